@@ -1,0 +1,129 @@
+"""Distances between teacher and student outputs.
+
+Each distance is a pure function of two tensors of the same shape that
+reduces the last (output-unit) axis and returns one value per remaining
+position, in float32. Reduction over the batch, sample weights and the
+scaling across replicas are left to `keras.losses.Loss`, exactly as for
+Keras's own losses, through `DistanceLoss`.
+
+Reference:
+    Li & Hoiem, "Learning without Forgetting", TPAMI 2017
+    (https://arxiv.org/abs/1606.09282), for the temperature-scaled KL form.
+"""
+
+import keras
+from keras import ops
+
+
+def _check_shapes(teacher_outputs, student_outputs):
+    """Raises `ValueError` unless both outputs have the same static shape."""
+    teacher_shape = tuple(teacher_outputs.shape)
+    student_shape = tuple(student_outputs.shape)
+    compatible = len(teacher_shape) == len(student_shape) and all(
+        t is None or s is None or t == s
+        for t, s in zip(teacher_shape, student_shape, strict=True)
+    )
+    if not compatible:
+        raise ValueError(
+            "Teacher and student outputs must have the same shape. "
+            f"Received: teacher_outputs.shape={teacher_shape}, "
+            f"student_outputs.shape={student_shape}"
+        )
+
+
+def _as_float32(teacher_outputs, student_outputs):
+    """Casts both outputs to float32 after checking their shapes."""
+    teacher_outputs = ops.convert_to_tensor(teacher_outputs)
+    student_outputs = ops.convert_to_tensor(student_outputs)
+    _check_shapes(teacher_outputs, student_outputs)
+    # float16 logits squared overflow past 256; compute every distance in
+    # float32 whatever the compute dtype of the models.
+    return (
+        ops.cast(teacher_outputs, "float32"),
+        ops.cast(student_outputs, "float32"),
+    )
+
+
+def mse(teacher_outputs, student_outputs):
+    """Mean over output units of the squared difference.
+
+    Args:
+        teacher_outputs: Tensor of shape `(..., units)`.
+        student_outputs: Tensor of the same shape.
+
+    Returns:
+        Float32 tensor of shape `(...)`.
+    """
+    teacher_outputs, student_outputs = _as_float32(
+        teacher_outputs, student_outputs
+    )
+    return ops.mean(ops.square(student_outputs - teacher_outputs), axis=-1)
+
+
+def squared_l2(teacher_outputs, student_outputs):
+    """Sum over output units of the squared difference, `||t - s||^2`.
+
+    Args:
+        teacher_outputs: Tensor of shape `(..., units)`.
+        student_outputs: Tensor of the same shape.
+
+    Returns:
+        Float32 tensor of shape `(...)`.
+    """
+    teacher_outputs, student_outputs = _as_float32(
+        teacher_outputs, student_outputs
+    )
+    return ops.sum(ops.square(student_outputs - teacher_outputs), axis=-1)
+
+
+def kl(teacher_outputs, student_outputs, temperature=1.0):
+    """`T^2 * KL(softmax(t / T) || softmax(s / T))` on logits.
+
+    The `T^2` factor keeps the gradient magnitude independent of `T`, as in
+    Hinton et al. (2015) and Learning without Forgetting.
+
+    Args:
+        teacher_outputs: Logits of shape `(..., classes)`.
+        student_outputs: Logits of the same shape.
+        temperature: Float > 0, the softmax temperature `T`.
+
+    Returns:
+        Float32 tensor of shape `(...)`.
+    """
+    teacher_outputs, student_outputs = _as_float32(
+        teacher_outputs, student_outputs
+    )
+    teacher_log_probs = ops.log_softmax(teacher_outputs / temperature, axis=-1)
+    student_log_probs = ops.log_softmax(student_outputs / temperature, axis=-1)
+    kl_divergence = ops.sum(
+        ops.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs),
+        axis=-1,
+    )
+    return temperature**2 * kl_divergence
+
+
+DISTANCES = {"mse": mse, "squared_l2": squared_l2, "kl": kl}
+
+
+class DistanceLoss(keras.losses.Loss):
+    """A distance as a Keras loss: `y_true` the teacher, `y_pred` the student.
+
+    Going through `keras.losses.Loss` gives the distance the very reduction
+    of Keras's own losses: sample weights, `"sum_over_batch_size"`, float32,
+    and the division by the number of replicas under `tf.distribute`.
+
+    Args:
+        distance: String, one of `"mse"`, `"squared_l2"`, `"kl"`.
+        temperature: Float > 0, used by `"kl"` only. Defaults to `1.0`.
+        name: String, name of the loss. Defaults to `"distill_loss"`.
+    """
+
+    def __init__(self, distance, temperature=1.0, name="distill_loss"):
+        super().__init__(name=name, dtype="float32")
+        self.distance = distance
+        self.temperature = temperature
+
+    def call(self, y_true, y_pred):
+        if self.distance == "kl":
+            return kl(y_true, y_pred, temperature=self.temperature)
+        return DISTANCES[self.distance](y_true, y_pred)
