@@ -1,10 +1,21 @@
 """keras-sft: fine-tune pretrained Keras models without forgetting."""
 
 from keras_sft.data_checks import check_dataset
+from keras_sft.l2_sp import apply_l2_sp
+from keras_sft.l2_sp import remove_l2_sp
+from keras_sft.select_lambda import select_lambda
 from keras_sft.sft_model import SFTModel
 from keras_sft.teacher import clone_teacher
 from keras_sft.terminate_on_nan import TerminateOnNaN
 
 __version__ = "0.1.0"
 
-__all__ = ["SFTModel", "TerminateOnNaN", "check_dataset", "clone_teacher"]
+__all__ = [
+    "SFTModel",
+    "TerminateOnNaN",
+    "apply_l2_sp",
+    "check_dataset",
+    "clone_teacher",
+    "remove_l2_sp",
+    "select_lambda",
+]

@@ -29,6 +29,13 @@ def clone_teacher(model):
         ValueError: if `model` is not a built `keras.Model`, or cannot be
             rebuilt from its config.
     """
+    teacher = copy_model(model)
+    teacher.trainable = False
+    return teacher
+
+
+def copy_model(model):
+    """Returns a new model with `model`'s config and bit-identical weights."""
     if not isinstance(model, keras.Model):
         raise ValueError(
             "Invalid value for argument `model`. Expected a `keras.Model` "
@@ -42,7 +49,7 @@ def clone_teacher(model):
             "(not built)"
         )
     try:
-        teacher = keras.models.clone_model(model)
+        copy = keras.models.clone_model(model)
     except (NotImplementedError, TypeError) as error:
         raise ValueError(
             "Invalid value for argument `model`. Expected a model that can "
@@ -50,6 +57,5 @@ def clone_teacher(model):
             f"`teacher=` explicitly). Received: model={model.name!r} "
             f"({type(model).__name__}: {error})"
         ) from error
-    teacher.set_weights(model.get_weights())
-    teacher.trainable = False
-    return teacher
+    copy.set_weights(model.get_weights())
+    return copy
