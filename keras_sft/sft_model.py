@@ -56,16 +56,17 @@ def _expand_sample_weight(sample_weight, output):
 
     Keras's loss reduction only reconciles ranks that differ by a trailing
     1, so `(batch,)` weights against per-pixel losses `(batch, H, W)` would
-    broadcast along the wrong axis or fail. Per-position weights pass as is.
+    broadcast along the wrong axis or fail. Per-position weights keep their
+    values. Going through `(batch, positions)` works whatever the weights'
+    rank, which `tf.function` forgets after retracing for a new shape.
     """
-    if sample_weight is None:
-        return None
-    sample_weight = ops.cast(sample_weight, "float32")
-    positions_rank = len(output.shape) - 1
-    if len(sample_weight.shape) != 1 or positions_rank <= 1:
+    if sample_weight is None or len(output.shape) <= 2:
         return sample_weight
-    expanded = ops.reshape(sample_weight, (-1,) + (1,) * (positions_rank - 1))
-    return ops.broadcast_to(expanded, ops.shape(output)[:-1])
+    positions = ops.shape(output)[:-1]
+    flat = ops.reshape(ops.cast(sample_weight, "float32"), (positions[0], -1))
+    count = math.prod(positions[1:])
+    flat = ops.broadcast_to(flat, (positions[0], count))
+    return ops.reshape(flat, positions)
 
 
 @keras.saving.register_keras_serializable(package="keras_sft")
@@ -438,8 +439,8 @@ class SFTModel(keras.Model):
         for tracker, value in terms.items():
             tracker.update_state(value * replicas, batch_size)
 
-    def _metric_sample_weight(self, y_pred, sample_weight):
-        """Sample weights for the compiled metrics, shaped like `y_pred`."""
+    def _structured_sample_weight(self, y_pred, sample_weight):
+        """Sample weights broadcast per output, in the structure of `y_pred`."""
         if sample_weight is None:
             return None
         weights = self._output_sample_weights(y_pred, sample_weight)
@@ -447,9 +448,29 @@ class SFTModel(keras.Model):
             return list(weights.values())
         return weights
 
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        # Keras builds its compiled loss through this hook with the raw
+        # sample weights; broadcast them over dense outputs as our step does.
+        return super().compute_loss(
+            x,
+            y,
+            y_pred,
+            self._structured_sample_weight(y_pred, sample_weight),
+            training=training,
+        )
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(
+            x, y, y_pred, self._structured_sample_weight(y_pred, sample_weight)
+        )
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_pred = ops.stop_gradient(self.teacher(x, training=False))
+        teacher_pred = keras.tree.map_structure(
+            ops.stop_gradient, self.teacher(x, training=False)
+        )
         with tf.GradientTape() as tape:
             y_pred = self.student(x, training=True)
             total, terms = self._compute_terms(
@@ -462,12 +483,7 @@ class SFTModel(keras.Model):
             zip(gradients, trainable_weights, strict=True)
         )
         self._track(x, total, terms)
-        return self.compute_metrics(
-            x,
-            y,
-            y_pred,
-            sample_weight=self._metric_sample_weight(y_pred, sample_weight),
-        )
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -477,12 +493,7 @@ class SFTModel(keras.Model):
             y, y_pred, teacher_pred, sample_weight
         )
         self._track(x, total, terms)
-        return self.compute_metrics(
-            x,
-            y,
-            y_pred,
-            sample_weight=self._metric_sample_weight(y_pred, sample_weight),
-        )
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def get_config(self):
         config = super().get_config()
@@ -586,7 +597,7 @@ class _FunctionLoss(keras.losses.Loss):
     """A loss function given by name or as a callable, as a Keras `Loss`."""
 
     def __init__(self, function):
-        super().__init__(name=getattr(function, "__name__", "loss"))
+        super().__init__(name="function_loss")
         self.function = function
 
     def call(self, y_true, y_pred):
