@@ -164,7 +164,14 @@ def test_dense_mirrored_equals_one_device():
     one_weights, one_logs = _dense_epoch(
         tf.distribute.OneDeviceStrategy("/cpu:0")
     )
-    mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Reduction through one device, not collectives: collective instance
+    # keys restart with each strategy, and two strategies in one process
+    # would exchange tensors of other models' shapes.
+    mirrored = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
+    assert mirrored.num_replicas_in_sync == 2
     two_weights, two_logs = _dense_epoch(mirrored)
     update = max(
         np.abs(a - b).max() for a, b in zip(one_weights, initial, strict=True)
