@@ -94,9 +94,25 @@ class SFTModel(keras.Model):
     (which `compile` sets up under `mixed_float16`) gets correctly scaled
     gradients. Distances are computed in float32.
 
-    Logs `loss` (the total), `task_loss`, `distill_loss` (before
-    multiplication by `lambda_`), then the compiled metrics of the student's
-    outputs. `predict` and `call` return the student's outputs.
+    Outputs of any rank work. For per-pixel logits `(batch, H, W, classes)`
+    with labels `(batch, H, W)`, both terms are per-pixel values averaged
+    over every non-batch axis, as Keras reduces per-pixel losses; a
+    `sample_weight` of shape `(batch,)` weighs every pixel of its sample
+    and one of shape `(batch, H, W)` weighs each pixel.
+
+    Students with several outputs (a list or a dict, as Keras's functional
+    API gives) take `compile`'s usual `loss=` structure: one loss for all,
+    a list, or a dict by output name. Teacher outputs pair with the student
+    outputs of the same name (dict key, or output layer name for lists), so
+    the teacher may have only some of the student's outputs, for example
+    the old head when the student has grown a new one.
+
+    Logs `loss` (the total), `task_loss`, `distill_loss` (the weighted sum
+    over distilled outputs, before multiplication by `lambda_`), then for a
+    student with several outputs `<output>_task_loss` and
+    `<output>_distill_loss` per output (unweighted), then the compiled
+    metrics of the student's outputs. `predict` and `call` return the
+    student's outputs.
 
     Example:
 
@@ -113,8 +129,9 @@ class SFTModel(keras.Model):
             trained in place: `model.student is student`.
         teacher: `keras.Model` or `None`. The frozen reference; it is set to
             `trainable=False`. `None` takes a frozen clone of `student`
-            (`keras_sft.clone_teacher`) now, before any training. Its
-            outputs must have the student's shape. Defaults to `None`.
+            (`keras_sft.clone_teacher`) now, before any training. Each of
+            its outputs must have the shape of the student output of the
+            same name. Defaults to `None`.
         lambda_: Float >= 0, weight of the consistency term. `0` is plain
             fine-tuning. Defaults to `0.5`.
         distance: String, the consistency distance `D`: `"mse"` (mean over
@@ -125,6 +142,12 @@ class SFTModel(keras.Model):
             Forgetting). Defaults to `"mse"`.
         temperature: Float > 0, the temperature `T` of `"kl"`. Defaults to
             `1.0`.
+        distill_outputs: List of output names or `None`, the outputs kept
+            close to the teacher's. `None` means every teacher output.
+            Defaults to `None`.
+        distill_weights: Dict from output name to float >= 0, or `None`; the
+            weight of each distilled output's distance in `distill_loss`
+            (missing names weigh 1). Defaults to `None`.
         **kwargs: Passed to `keras.Model` (for example `name`). The dtype
             policy defaults to the student's.
 
@@ -380,15 +403,9 @@ class SFTModel(keras.Model):
             return distance, {}
         teacher = _by_name(teacher_pred, self._teacher_names)
         student = _by_name(y_pred, self._student_names)
-        names = self.distill_outputs or list(teacher)
-        missing = [n for n in names if n not in teacher or n not in student]
-        if missing:
-            raise ValueError(
-                "Expected the distilled outputs to be outputs of both the "
-                f"student and the teacher. Received: outputs {missing} missing "
-                f"from teacher outputs {list(teacher)} or student outputs "
-                f"{list(student)}"
-            )
+        names = _distilled_names(
+            list(student), list(teacher), self.distill_outputs
+        )
         total = 0.0
         terms = {}
         for name in names:

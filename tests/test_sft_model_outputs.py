@@ -186,9 +186,9 @@ def test_dense_mirrored_equals_one_device():
 # 2. Two outputs: task and distance per output.
 
 
-def _two_head_expectations(model, x, masks, labels, weights):
-    s_seg, s_cls = _numpy_seg(model.student, x), _numpy_cls(model.student, x)
-    t_seg, t_cls = _numpy_seg(model.teacher, x), _numpy_cls(model.teacher, x)
+def _two_head_expectations(student, teacher, x, masks, labels, weights):
+    s_seg, s_cls = _numpy_seg(student, x), _numpy_cls(student, x)
+    t_seg, t_cls = _numpy_seg(teacher, x), _numpy_cls(teacher, x)
     return {
         "seg_task_loss": _weighted_mean(_cross_entropy(s_seg, masks), weights),
         "cls_task_loss": _weighted_mean(_cross_entropy(s_cls, labels), weights),
@@ -220,7 +220,9 @@ def test_two_outputs_log_each_term(as_dict, use_weights):
     logs = model.evaluate(
         x, y, sample_weight=weights, batch_size=4, return_dict=True, verbose=0
     )
-    expected = _two_head_expectations(model, x, masks, labels, weights)
+    expected = _two_head_expectations(
+        model.student, model.teacher, x, masks, labels, weights
+    )
     task = expected["seg_task_loss"] + 0.25 * expected["cls_task_loss"]
     distill = expected["seg_distill_loss"] + 3.0 * expected["cls_distill_loss"]
     for key, value in expected.items():
@@ -257,7 +259,9 @@ def test_per_output_losses_follow_compile():
     logs = model.evaluate(
         x, [masks, labels], batch_size=4, return_dict=True, verbose=0
     )
-    expected = _two_head_expectations(model, x, masks, labels, None)
+    expected = _two_head_expectations(
+        model.student, model.teacher, x, masks, labels, None
+    )
     assert set(logs) == {"loss", "task_loss", "distill_loss"} | {
         "cls_task_loss",
         "cls_distill_loss",
@@ -422,3 +426,64 @@ def test_loss_dict_keys_must_be_outputs():
         r"student's outputs \['seg', 'cls'\]. Received: loss=\{'box': 'mse'\}",
     ):
         model.compile(loss={"box": "mse"})
+
+
+class Wrapped(keras.Model):
+    """A subclassed student: no symbolic outputs, names known at call."""
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+
+    def call(self, inputs):
+        return self.inner(inputs)
+
+
+def test_subclassed_two_output_student_pairs_outputs_at_call():
+    x, masks, labels, weights, _ = _data()
+    inner = _two_head_model(as_dict=True)
+    teacher_inner = helpers.perturbed_copy(inner, scale=0.5)
+    student, teacher = Wrapped(inner), Wrapped(teacher_inner)
+    student(x[:1]), teacher(x[:1])
+    model = keras_sft.SFTModel(student, teacher=teacher, lambda_=0.5)
+    model.compile(optimizer="sgd")
+    y = {"seg": masks, "cls": labels}
+    logs = model.evaluate(
+        x, y, sample_weight=weights, batch_size=4, return_dict=True, verbose=0
+    )
+    expected = _two_head_expectations(
+        inner, teacher_inner, x, masks, labels, weights
+    )
+    task = expected["seg_task_loss"] + expected["cls_task_loss"]
+    distill = expected["seg_distill_loss"] + expected["cls_distill_loss"]
+    assert logs["task_loss"] == pytest.approx(task, rel=1e-5)
+    assert logs["distill_loss"] == pytest.approx(distill, rel=1e-5)
+
+
+def test_subclassed_student_checks_distill_outputs_at_call():
+    x, masks, labels, _, _ = _data()
+    inner = _two_head_model(as_dict=True)
+    student, teacher = Wrapped(inner), Wrapped(_two_head_model(True))
+    student(x[:1]), teacher(x[:1])
+    model = keras_sft.SFTModel(
+        student, teacher=teacher, distill_outputs=["box"]
+    )
+    model.compile(optimizer="sgd")
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid value for argument `distill_outputs`. Expected names "
+        r"of outputs of both the student and the teacher, among "
+        r"\['seg', 'cls'\]. Received: distill_outputs=\['box'\]",
+    ):
+        model.evaluate(x, {"seg": masks, "cls": labels}, verbose=0)
+
+
+def test_loss_list_needs_one_entry_per_output():
+    model = keras_sft.SFTModel(_two_head_model())
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid value for argument `loss_weights`. Expected one entry "
+        r"per student output \['seg', 'cls'\]. Received: "
+        r"loss_weights=\[1.0\]",
+    ):
+        model.compile(loss_weights=[1.0])
