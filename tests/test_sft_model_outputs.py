@@ -142,14 +142,15 @@ def test_dense_sample_weights_scale_whole_images():
         assert per_image[key] == pytest.approx(per_pixel[key], rel=1e-6)
 
 
-def _dense_epoch(strategy):
-    x, masks, _, weights, _ = _data(n=16)
+def _epoch(strategy, two_heads):
+    x, masks, labels, weights, _ = _data(n=16)
     with strategy.scope():
-        model = _sft(_dense_model(), lambda_=1.0)
+        student = _two_head_model() if two_heads else _dense_model()
+        model = _sft(student, lambda_=1.0)
         model.compile(optimizer=keras.optimizers.SGD(0.5))
     history = model.fit(
         x,
-        masks,
+        [masks, labels] if two_heads else masks,
         sample_weight=weights,
         batch_size=8,
         epochs=1,
@@ -159,10 +160,11 @@ def _dense_epoch(strategy):
     return model.student.get_weights(), history.history
 
 
-def test_dense_mirrored_equals_one_device():
-    initial = _dense_model().get_weights()
-    one_weights, one_logs = _dense_epoch(
-        tf.distribute.OneDeviceStrategy("/cpu:0")
+@pytest.mark.parametrize("two_heads", [False, True])
+def test_mirrored_equals_one_device(two_heads):
+    initial = (_two_head_model() if two_heads else _dense_model()).get_weights()
+    one_weights, one_logs = _epoch(
+        tf.distribute.OneDeviceStrategy("/cpu:0"), two_heads
     )
     # Reduction through one device, not collectives: collective instance
     # keys restart with each strategy, and two strategies in one process
@@ -172,14 +174,15 @@ def test_dense_mirrored_equals_one_device():
         cross_device_ops=tf.distribute.ReductionToOneDevice(),
     )
     assert mirrored.num_replicas_in_sync == 2
-    two_weights, two_logs = _dense_epoch(mirrored)
+    two_weights, two_logs = _epoch(mirrored, two_heads)
     update = max(
         np.abs(a - b).max() for a, b in zip(one_weights, initial, strict=True)
     )
     assert update > 1e-2  # the comparison below is not vacuous
     for a, b in zip(two_weights, one_weights, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    for key in ("loss", "task_loss", "distill_loss"):
+    assert set(two_logs) == set(one_logs)
+    for key in one_logs:
         assert two_logs[key][0] == pytest.approx(one_logs[key][0], rel=1e-5)
 
 
