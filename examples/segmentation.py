@@ -104,21 +104,17 @@ def main(argv):
     strategy = strategy_lib.build_strategy(STRATEGY.value)
     if DATASET.value == "digits":
         tasks = segmentation_experiment.digit_tasks(
-            image_size=IMAGE_SIZE.value or 16,
-            batch_size=BATCH_SIZE.value,
-            seed=SEED.value,
+            image_size=IMAGE_SIZE.value or 16, seed=SEED.value
         )
     else:
         tasks = segmentation_experiment.pet_tasks(
-            image_size=IMAGE_SIZE.value or 64,
-            batch_size=BATCH_SIZE.value,
-            data_dir=DATA_DIR.value,
-            seed=SEED.value,
+            image_size=IMAGE_SIZE.value or 64, data_dir=DATA_DIR.value
         )
     rows = segmentation_experiment.run_experiment(
         tasks,
         lambdas=lambdas,
         distance=DISTANCE.value,
+        batch_size=BATCH_SIZE.value,
         pretrain_epochs=PRETRAIN_EPOCHS.value,
         epochs=EPOCHS.value,
         learning_rate=LEARNING_RATE.value,

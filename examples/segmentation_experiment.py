@@ -58,20 +58,12 @@ def build_segmenter(input_shape, classes, *, seed=0):
     return keras.Model(inputs, outputs, name="segmenter")
 
 
-def _batched(images, masks, batch_size, *, shuffle_seed=None):
-    """A batched `tf.data.Dataset` of arrays, shuffled when seeded."""
-    dataset = tf.data.Dataset.from_tensor_slices((images, masks))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(images), seed=shuffle_seed)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def digit_tasks(*, image_size=16, batch_size=32, seed=0):
+def digit_tasks(*, image_size=16, seed=0):
     """Old and new digit-scene tasks, 70% to train and 30% to test.
 
     Returns:
         A dict with `old_train`, `new_train`, `old_test`, `new_test`
-        (batched datasets), `classes` and `input_shape`.
+        (unbatched datasets of known size), `classes` and `input_shape`.
     """
     tasks = {
         "classes": segmentation_data.DIGIT_CLASSES,
@@ -84,14 +76,14 @@ def digit_tasks(*, image_size=16, batch_size=32, seed=0):
         order = np.random.default_rng(seed).permutation(len(images))
         cut = int(0.7 * len(images))
         train, test = order[:cut], order[cut:]
-        tasks[f"{name}_train"] = _batched(
-            images[train], masks[train], batch_size, shuffle_seed=seed
-        )
-        tasks[f"{name}_test"] = _batched(images[test], masks[test], batch_size)
+        for split, rows in (("train", train), ("test", test)):
+            tasks[f"{name}_{split}"] = tf.data.Dataset.from_tensor_slices(
+                (images[rows], masks[rows])
+            )
     return tasks
 
 
-def pet_tasks(*, image_size=64, batch_size=32, data_dir=None, seed=0):
+def pet_tasks(*, image_size=64, data_dir=None):
     """Old (cats) and new (dogs) tasks from TFDS `oxford_iiit_pet`.
 
     Returns:
@@ -116,15 +108,21 @@ def pet_tasks(*, image_size=64, batch_size=32, data_dir=None, seed=0):
             # (which also fills the cache).
             dataset = dataset.cache()
             size = int(dataset.reduce(0, lambda count, _: count + 1))
-            dataset = dataset.apply(
+            tasks[f"{task}_{split}"] = dataset.apply(
                 tf.data.experimental.assert_cardinality(size)
             )
-            if split == "train":
-                dataset = dataset.shuffle(1000, seed=seed)
-            tasks[f"{task}_{split}"] = dataset.batch(batch_size).prefetch(
-                tf.data.AUTOTUNE
-            )
     return tasks
+
+
+def _batches(dataset, batch_size, *, seed=None):
+    """Batches `dataset`, shuffled afresh from `seed` when one is given.
+
+    A new shuffle per fit gives every fine-tuning the same order of
+    examples, epoch by epoch, whatever ran before it.
+    """
+    if seed is not None:
+        dataset = dataset.shuffle(int(dataset.cardinality()), seed=seed)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def segmentation_quality(model, dataset, classes):
@@ -153,6 +151,7 @@ def run_experiment(
     *,
     lambdas=(0.1,),
     distance="mse",
+    batch_size=32,
     pretrain_epochs=20,
     epochs=10,
     learning_rate=3e-3,
@@ -169,6 +168,7 @@ def run_experiment(
             `(0.1,)`.
         distance: String, SFT's distance (`"mse"`, `"squared_l2"`, `"kl"`).
             Defaults to `"mse"`.
+        batch_size: Int, the global batch size. Defaults to `32`.
         pretrain_epochs: Int, epochs on the old task. Defaults to `20`.
         epochs: Int, fine-tuning epochs on the new task. Defaults to `10`.
         learning_rate: Float, Adam's learning rate. Defaults to `3e-3`.
@@ -193,7 +193,10 @@ def run_experiment(
             jit_compile=jit_compile,
         )
     pretrained.fit(
-        tasks["old_train"], epochs=pretrain_epochs, shuffle=False, verbose=0
+        _batches(tasks["old_train"], batch_size, seed=seed),
+        epochs=pretrain_epochs,
+        shuffle=False,
+        verbose=0,
     )
 
     models = [("pretrained", pretrained)]
@@ -211,7 +214,12 @@ def run_experiment(
                 optimizer=keras.optimizers.Adam(learning_rate),
                 jit_compile=jit_compile,
             )
-        model.fit(tasks["new_train"], epochs=epochs, shuffle=False, verbose=0)
+        model.fit(
+            _batches(tasks["new_train"], batch_size, seed=seed),
+            epochs=epochs,
+            shuffle=False,
+            verbose=0,
+        )
         models.append((method, student))
 
     rows = []
@@ -219,7 +227,7 @@ def run_experiment(
         row = {"method": method}
         for task in ("old", "new"):
             quality = segmentation_quality(
-                model, tasks[f"{task}_test"], classes
+                model, _batches(tasks[f"{task}_test"], batch_size), classes
             )
             for key, value in quality.items():
                 row[f"{task}_{key}"] = value

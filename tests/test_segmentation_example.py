@@ -56,9 +56,9 @@ def _check_rows(rows, lambdas):
 
 
 def test_digit_experiment_runs():
-    tasks = segmentation_experiment.digit_tasks(image_size=10, batch_size=64)
+    tasks = segmentation_experiment.digit_tasks(image_size=10)
     rows = segmentation_experiment.run_experiment(
-        tasks, lambdas=(0.5,), pretrain_epochs=1, epochs=1
+        tasks, lambdas=(0.5,), batch_size=64, pretrain_epochs=1, epochs=1
     )
     _check_rows(rows, [0.5])
 
@@ -66,9 +66,14 @@ def test_digit_experiment_runs():
 def test_pet_experiment_runs_on_mock_data():
     # Enough mock examples that each split holds cats and dogs.
     with tfds.testing.mock_data(num_examples=16):
-        tasks = segmentation_experiment.pet_tasks(image_size=8, batch_size=4)
+        tasks = segmentation_experiment.pet_tasks(image_size=8)
         rows = segmentation_experiment.run_experiment(
-            tasks, lambdas=(1.0,), distance="kl", pretrain_epochs=1, epochs=1
+            tasks,
+            lambdas=(1.0,),
+            distance="kl",
+            batch_size=4,
+            pretrain_epochs=1,
+            epochs=1,
         )
     _check_rows(rows, [1.0])
 
