@@ -35,10 +35,10 @@ def _output_names(model):
         return None
     if isinstance(structure, dict):
         return list(structure)
-    return [
-        tensor._keras_history.operation.name
-        for tensor in keras.tree.flatten(structure)
-    ]
+    if getattr(model, "output_names", None):
+        return list(model.output_names)
+    # A Sequential model has one output, made by its last layer.
+    return [model.layers[-1].name]
 
 
 def _by_name(values, names):
@@ -289,8 +289,9 @@ class SFTModel(keras.Model):
             optimizer: As in `keras.Model.compile`. Defaults to `"rmsprop"`.
             loss: The task loss `L_task` on the student's outputs, as in
                 `keras.Model.compile`: one loss for every output, a list in
-                output order, or a dict keyed by output name (`None` values
-                and missing keys give an output no task loss). `None` means
+                output order (for dict outputs, give a dict), or a dict
+                keyed by output name (`None` values and missing keys give
+                an output no task loss). `None` means
                 `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`
                 for every output. Defaults to `None`.
             loss_weights: Float, list or dict, the weight of each output's
@@ -336,19 +337,13 @@ class SFTModel(keras.Model):
             )
             terms += [self.output_task_loss_trackers[n] for n in with_loss]
         terms += list(self.output_distill_loss_trackers.values())
-        hidden = set(map(id, self._per_output_trackers()))
-        if self._compile_loss is not None:
-            hidden |= set(map(id, self._compile_loss.metrics))
-        hidden |= set(map(id, terms))
-        others = [m for m in super().metrics if id(m) not in hidden]
-        return others[:1] + terms + others[1:]
-
-    def _per_output_trackers(self):
-        """Every per-output tracker, logged or not."""
-        return [
+        hidden = [
+            *terms,
             *self.output_task_loss_trackers.values(),
-            *self.output_distill_loss_trackers.values(),
+            *(self._compile_loss.metrics if self._compile_loss else []),
         ]
+        others = [m for m in super().metrics if not any(m is h for h in hidden)]
+        return others[:1] + terms + others[1:]
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
@@ -403,6 +398,8 @@ class SFTModel(keras.Model):
             return distance, {}
         teacher = _by_name(teacher_pred, self._teacher_names)
         student = _by_name(y_pred, self._student_names)
+        if not isinstance(weights, dict):
+            weights = dict.fromkeys(student, weights)
         names = _distilled_names(
             list(student), list(teacher), self.distill_outputs
         )

@@ -490,3 +490,24 @@ def test_loss_list_needs_one_entry_per_output():
         r"loss_weights=\[1.0\]",
     ):
         model.compile(loss_weights=[1.0])
+
+
+def test_single_output_student_with_a_larger_teacher():
+    x, masks, _, weights, _ = _data()
+    student = _dense_model()
+    teacher = helpers.perturbed_copy(_two_head_model(), scale=0.5)
+    model = keras_sft.SFTModel(
+        student, teacher=teacher, lambda_=1.0, distill_outputs=["seg"]
+    )
+    model.compile(optimizer="sgd")
+    logs = model.evaluate(
+        x,
+        masks,
+        sample_weight=weights,
+        batch_size=4,
+        return_dict=True,
+        verbose=0,
+    )
+    distance = _distance(_numpy_seg(teacher, x), _numpy_seg(student, x), "mse")
+    expected = _weighted_mean(distance, weights)
+    assert logs["distill_loss"] == pytest.approx(expected, rel=1e-5)
