@@ -61,6 +61,10 @@ def build_segmenter(input_shape, classes, *, seed=0):
 def digit_tasks(*, image_size=16, seed=0):
     """Old and new digit-scene tasks, 70% to train and 30% to test.
 
+    Args:
+        image_size: Int >= 8, the canvas side. Defaults to `16`.
+        seed: Int, seed of the scenes and of the split. Defaults to `0`.
+
     Returns:
         A dict with `old_train`, `new_train`, `old_test`, `new_test`
         (unbatched datasets of known size), `classes` and `input_shape`.
@@ -85,6 +89,14 @@ def digit_tasks(*, image_size=16, seed=0):
 
 def pet_tasks(*, image_size=64, data_dir=None):
     """Old (cats) and new (dogs) tasks from TFDS `oxford_iiit_pet`.
+
+    The TFDS `train` split trains and `test` tests.
+
+    Args:
+        image_size: Int > 0, the side of the resized images. Defaults to
+            `64`.
+        data_dir: String or `None`, the TFDS data directory. Defaults to
+            `None`.
 
     Returns:
         A dict as `digit_tasks` returns.
