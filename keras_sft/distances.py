@@ -2,9 +2,12 @@
 
 Each distance is a pure function of two tensors of the same shape that
 reduces the last (output-unit) axis and returns one value per remaining
-position, in float32. Reduction over the batch, sample weights and the
-scaling across replicas are left to `keras.losses.Loss`, exactly as for
-Keras's own losses, through `DistanceLoss`.
+position, in float32: one per sample for logits `(batch, classes)`, one
+per pixel for `(batch, H, W, classes)`. Reduction over the batch, sample
+weights and the scaling across replicas are left to `keras.losses.Loss`,
+exactly as for Keras's own losses, through `DistanceLoss`: its
+"sum_over_batch_size" divides by the number of values, so per-pixel
+distances are averaged over every non-batch axis.
 
 Reference:
     Li & Hoiem, "Learning without Forgetting", TPAMI 2017

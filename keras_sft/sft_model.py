@@ -22,6 +22,53 @@ def _batch_size(x):
     return ops.cast(ops.shape(first)[0], "float32")
 
 
+def _output_names(model):
+    """Names of a built model's outputs in call order, or `None` if unknown.
+
+    Dict outputs are named by their keys, other outputs by the layer that
+    makes them, as `keras.Model.compile` names them.
+    """
+    try:
+        structure = model.output
+    except (AttributeError, ValueError):
+        # Subclassed models have no symbolic outputs.
+        return None
+    if isinstance(structure, dict):
+        return list(structure)
+    if getattr(model, "output_names", None):
+        return list(model.output_names)
+    # A Sequential model has one output, made by its last layer.
+    return [model.layers[-1].name]
+
+
+def _by_name(values, names):
+    """Maps output names to `values`: a dict, a list in output order, or one."""
+    if isinstance(values, dict):
+        return dict(values)
+    if isinstance(values, (list, tuple)):
+        names = names or [f"output_{i}" for i in range(len(values))]
+        return dict(zip(names, values, strict=True))
+    return {names[0] if names else "output": values}
+
+
+def _expand_sample_weight(sample_weight, output):
+    """Broadcasts per-sample weights `(batch,)` to every position of `output`.
+
+    Keras's loss reduction only reconciles ranks that differ by a trailing
+    1, so `(batch,)` weights against per-pixel losses `(batch, H, W)` would
+    broadcast along the wrong axis or fail. Per-position weights keep their
+    values. Going through `(batch, positions)` works whatever the weights'
+    rank, which `tf.function` forgets after retracing for a new shape.
+    """
+    if sample_weight is None or len(output.shape) <= 2:
+        return sample_weight
+    positions = ops.shape(output)[:-1]
+    flat = ops.reshape(ops.cast(sample_weight, "float32"), (positions[0], -1))
+    count = math.prod(positions[1:])
+    flat = ops.broadcast_to(flat, (positions[0], count))
+    return ops.reshape(flat, positions)
+
+
 @keras.saving.register_keras_serializable(package="keras_sft")
 class SFTModel(keras.Model):
     """Fine-tunes a pretrained model while keeping its outputs near a teacher.
@@ -47,9 +94,25 @@ class SFTModel(keras.Model):
     (which `compile` sets up under `mixed_float16`) gets correctly scaled
     gradients. Distances are computed in float32.
 
-    Logs `loss` (the total), `task_loss`, `distill_loss` (before
-    multiplication by `lambda_`), then the compiled metrics of the student's
-    outputs. `predict` and `call` return the student's outputs.
+    Outputs of any rank work. For per-pixel logits `(batch, H, W, classes)`
+    with labels `(batch, H, W)`, both terms are per-pixel values averaged
+    over every non-batch axis, as Keras reduces per-pixel losses; a
+    `sample_weight` of shape `(batch,)` weighs every pixel of its sample
+    and one of shape `(batch, H, W)` weighs each pixel.
+
+    Students with several outputs (a list or a dict, as Keras's functional
+    API gives) take `compile`'s usual `loss=` structure: one loss for all,
+    a list, or a dict by output name. Teacher outputs pair with the student
+    outputs of the same name (dict key, or output layer name for lists), so
+    the teacher may have only some of the student's outputs, for example
+    the old head when the student has grown a new one.
+
+    Logs `loss` (the total), `task_loss`, `distill_loss` (the weighted sum
+    over distilled outputs, before multiplication by `lambda_`), then for a
+    student with several outputs `<output>_task_loss` and
+    `<output>_distill_loss` per output (unweighted), then the compiled
+    metrics of the student's outputs. `predict` and `call` return the
+    student's outputs.
 
     Example:
 
@@ -66,8 +129,9 @@ class SFTModel(keras.Model):
             trained in place: `model.student is student`.
         teacher: `keras.Model` or `None`. The frozen reference; it is set to
             `trainable=False`. `None` takes a frozen clone of `student`
-            (`keras_sft.clone_teacher`) now, before any training. Its
-            outputs must have the student's shape. Defaults to `None`.
+            (`keras_sft.clone_teacher`) now, before any training. Each of
+            its outputs must have the shape of the student output of the
+            same name. Defaults to `None`.
         lambda_: Float >= 0, weight of the consistency term. `0` is plain
             fine-tuning. Defaults to `0.5`.
         distance: String, the consistency distance `D`: `"mse"` (mean over
@@ -78,6 +142,12 @@ class SFTModel(keras.Model):
             Forgetting). Defaults to `"mse"`.
         temperature: Float > 0, the temperature `T` of `"kl"`. Defaults to
             `1.0`.
+        distill_outputs: List of output names or `None`, the outputs kept
+            close to the teacher's. `None` means every teacher output.
+            Defaults to `None`.
+        distill_weights: Dict from output name to float >= 0, or `None`; the
+            weight of each distilled output's distance in `distill_loss`
+            (missing names weigh 1). Defaults to `None`.
         **kwargs: Passed to `keras.Model` (for example `name`). The dtype
             policy defaults to the student's.
 
@@ -95,6 +165,9 @@ class SFTModel(keras.Model):
         lambda_=0.5,
         distance="mse",
         temperature=1.0,
+        *,
+        distill_outputs=None,
+        distill_weights=None,
         **kwargs,
     ):
         if keras.backend.backend() != "tensorflow":
@@ -139,8 +212,25 @@ class SFTModel(keras.Model):
                 "Invalid value for argument `temperature`. Expected a float "
                 f"> 0. Received: temperature={temperature!r}"
             )
-        if teacher is not None:
-            _check_output_shapes(teacher, student)
+        _check_distill_outputs(distill_outputs)
+        _check_distill_weights(distill_weights)
+        student_names = _output_names(student)
+        teacher_names = (
+            student_names if teacher is None else _output_names(teacher)
+        )
+        distilled = _distilled_names(
+            student_names, teacher_names, distill_outputs
+        )
+        if distill_weights is not None and distilled is not None:
+            unknown = sorted(set(distill_weights) - set(distilled))
+            if unknown:
+                raise ValueError(
+                    "Invalid value for argument `distill_weights`. Expected "
+                    f"keys among the distilled outputs {distilled}. "
+                    f"Received: distill_weights={distill_weights!r}"
+                )
+        if teacher is not None and distilled is not None:
+            _check_output_shapes(teacher, student, distilled)
         kwargs.setdefault("dtype", student.dtype_policy)
         super().__init__(**kwargs)
 
@@ -150,24 +240,63 @@ class SFTModel(keras.Model):
         self.lambda_ = float(lambda_)
         self.distance = distance
         self.temperature = float(temperature)
+        self.distill_outputs = (
+            None if distill_outputs is None else list(distill_outputs)
+        )
+        self.distill_weights = (
+            None
+            if distill_weights is None
+            else {name: float(w) for name, w in distill_weights.items()}
+        )
+        if student_names is not None:
+            # `compile` maps dict losses and metrics of list outputs by name.
+            self.output_names = student_names
 
+        self._student_names = student_names
+        self._teacher_names = teacher_names
         self._distance_loss = distances.DistanceLoss(
             distance, temperature=self.temperature
         )
         self.task_loss_tracker = keras.metrics.Mean(name="task_loss")
         self.distill_loss_tracker = keras.metrics.Mean(name="distill_loss")
+        # Per-output logs need the output names before training, so that the
+        # trackers are created with the model (inside a strategy's scope).
+        multi_output = student_names is not None and len(student_names) > 1
+        self.output_task_loss_trackers = {
+            name: keras.metrics.Mean(name=f"{name}_task_loss")
+            for name in (student_names if multi_output else [])
+        }
+        self.output_distill_loss_trackers = {
+            name: keras.metrics.Mean(name=f"{name}_distill_loss")
+            for name in (distilled if multi_output else [])
+        }
+        self._task_loss = None
+        self._task_loss_weights = None
         if student.built:
             self.built = True
 
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+    def compile(
+        self,
+        optimizer="rmsprop",
+        loss=None,
+        loss_weights=None,
+        metrics=None,
+        **kwargs,
+    ):
         """Configures the model for training.
 
         Args:
             optimizer: As in `keras.Model.compile`. Defaults to `"rmsprop"`.
             loss: The task loss `L_task` on the student's outputs, as in
-                `keras.Model.compile`. `None` means
-                `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`.
-                Defaults to `None`.
+                `keras.Model.compile`: one loss for every output, a list in
+                output order (for dict outputs, give a dict), or a dict
+                keyed by output name (`None` values and missing keys give
+                an output no task loss). `None` means
+                `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`
+                for every output. Defaults to `None`.
+            loss_weights: Float, list or dict, the weight of each output's
+                task loss in `task_loss`, as in `keras.Model.compile`.
+                Defaults to `None` (weight 1).
             metrics: Metrics of the student's outputs against `y`. Defaults to
                 `None`.
             **kwargs: Passed to `keras.Model.compile` (for example
@@ -175,9 +304,17 @@ class SFTModel(keras.Model):
         """
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if self._student_names is not None and len(self._student_names) > 1:
+            _output_losses(loss, loss_weights, self._student_names)
         super().compile(
-            optimizer=optimizer, loss=loss, metrics=metrics, **kwargs
+            optimizer=optimizer,
+            loss=loss,
+            loss_weights=loss_weights,
+            metrics=metrics,
+            **kwargs,
         )
+        self._task_loss = loss
+        self._task_loss_weights = loss_weights
 
     def compile_from_config(self, config):
         # Keras skips `compile` on load for models that override it; ours
@@ -189,24 +326,107 @@ class SFTModel(keras.Model):
     @property
     def metrics(self):
         # Keras lists its loss tracker, then the compiled metrics, then ours;
-        # put the two loss terms right after `loss` so logs read in order.
+        # put the loss terms right after `loss` so logs read in order. The
+        # per-output losses of Keras's own `CompileLoss` are left out: ours
+        # replace them (they weigh batches by their static size, which is
+        # unknown for the last, partial batch).
         terms = [self.task_loss_tracker, self.distill_loss_tracker]
-        others = [m for m in super().metrics if m not in terms]
+        if self._task_loss is not None and self.output_task_loss_trackers:
+            with_loss = _output_losses(
+                self._task_loss, self._task_loss_weights, self._student_names
+            )
+            terms += [self.output_task_loss_trackers[n] for n in with_loss]
+        terms += list(self.output_distill_loss_trackers.values())
+        hidden = [
+            *terms,
+            *self.output_task_loss_trackers.values(),
+            *(self._compile_loss.metrics if self._compile_loss else []),
+        ]
+        others = [m for m in super().metrics if not any(m is h for h in hidden)]
         return others[:1] + terms + others[1:]
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
-    def _compute_terms(self, y, y_pred, teacher_pred, sample_weight):
-        """Returns `(total, task_loss, distill_loss)`, scaled per replica.
+    def _output_sample_weights(self, y_pred, sample_weight):
+        """Sample weights per output, broadcast to each output's positions.
 
-        Each term is a per-replica mean divided by the number of replicas, as
-        Keras's losses are, so that summing gradients over replicas gives the
-        gradient of the global-batch mean rather than N times it.
+        Returns a tensor for a single output, else a dict by output name.
         """
-        task_loss = self._compile_loss(y, y_pred, sample_weight)
-        distill_loss = self._distance_loss(
-            teacher_pred, y_pred, sample_weight=sample_weight
+        if not keras.tree.is_nested(y_pred):
+            return _expand_sample_weight(sample_weight, y_pred)
+        outputs = _by_name(y_pred, self._student_names)
+        if sample_weight is None:
+            return dict.fromkeys(outputs)
+        if keras.tree.is_nested(sample_weight):
+            weights = _by_name(sample_weight, list(outputs))
+        else:
+            weights = dict.fromkeys(outputs, sample_weight)
+        return {
+            name: _expand_sample_weight(weights.get(name), output)
+            for name, output in outputs.items()
+        }
+
+    def _task_terms(self, y, y_pred, weights):
+        """Returns the weighted task loss and `{tracker: unweighted loss}`."""
+        if not keras.tree.is_nested(y_pred):
+            return self._compile_loss(y, y_pred, weights), {}
+        outputs = _by_name(y_pred, self._student_names)
+        labels = _by_name(y, list(outputs))
+        total = 0.0
+        terms = {}
+        losses = _output_losses(
+            self._task_loss, self._task_loss_weights, list(outputs)
+        )
+        for name, (loss, loss_weight) in losses.items():
+            value = ops.cast(
+                loss(labels[name], outputs[name], weights[name]), "float32"
+            )
+            total += value if loss_weight is None else loss_weight * value
+            if name in self.output_task_loss_trackers:
+                terms[self.output_task_loss_trackers[name]] = value
+        return total, terms
+
+    def _distill_terms(self, teacher_pred, y_pred, weights):
+        """Returns the weighted distance and `{tracker: unweighted value}`."""
+        if not keras.tree.is_nested(teacher_pred) and not keras.tree.is_nested(
+            y_pred
+        ):
+            distance = self._distance_loss(
+                teacher_pred, y_pred, sample_weight=weights
+            )
+            return distance, {}
+        teacher = _by_name(teacher_pred, self._teacher_names)
+        student = _by_name(y_pred, self._student_names)
+        if not isinstance(weights, dict):
+            weights = dict.fromkeys(student, weights)
+        names = _distilled_names(
+            list(student), list(teacher), self.distill_outputs
+        )
+        total = 0.0
+        terms = {}
+        for name in names:
+            value = self._distance_loss(
+                teacher[name], student[name], sample_weight=weights[name]
+            )
+            total += (self.distill_weights or {}).get(name, 1.0) * value
+            if name in self.output_distill_loss_trackers:
+                terms[self.output_distill_loss_trackers[name]] = value
+        return total, terms
+
+    def _compute_terms(self, y, y_pred, teacher_pred, sample_weight):
+        """Returns `(total, terms)`, each scaled per replica.
+
+        `terms` maps each loss tracker (`task_loss`, `distill_loss`, then the
+        per-output ones) to its value. Each value is a per-replica mean
+        divided by the number of replicas, as Keras's losses are, so that
+        summing gradients over replicas gives the gradient of the
+        global-batch mean rather than N times it.
+        """
+        weights = self._output_sample_weights(y_pred, sample_weight)
+        task_loss, task_terms = self._task_terms(y, y_pred, weights)
+        distill_loss, distill_terms = self._distill_terms(
+            teacher_pred, y_pred, weights
         )
         total = task_loss + self.lambda_ * distill_loss
         # Only the student's regularization losses: the teacher's are constant
@@ -215,26 +435,59 @@ class SFTModel(keras.Model):
             total += ops.cast(ops.sum(regularization), "float32") / (
                 _num_replicas()
             )
-        return total, task_loss, distill_loss
+        terms = {
+            self.task_loss_tracker: task_loss,
+            self.distill_loss_tracker: distill_loss,
+            **task_terms,
+            **distill_terms,
+        }
+        return total, terms
 
-    def _track(self, x, total, task_loss, distill_loss):
+    def _track(self, x, total, terms):
         """Updates the loss trackers with the unscaled per-replica means."""
         # Undo the per-replica scaling and weight by the local batch size:
         # the trackers sum over replicas on read, giving the global mean.
         batch_size = _batch_size(x)
         replicas = _num_replicas()
         self._loss_tracker.update_state(total * replicas, batch_size)
-        self.task_loss_tracker.update_state(task_loss * replicas, batch_size)
-        self.distill_loss_tracker.update_state(
-            distill_loss * replicas, batch_size
+        for tracker, value in terms.items():
+            tracker.update_state(value * replicas, batch_size)
+
+    def _structured_sample_weight(self, y_pred, sample_weight):
+        """Sample weights broadcast per output, in the structure of `y_pred`."""
+        if sample_weight is None:
+            return None
+        weights = self._output_sample_weights(y_pred, sample_weight)
+        if isinstance(y_pred, (list, tuple)):
+            return list(weights.values())
+        return weights
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        # Keras builds its compiled loss through this hook with the raw
+        # sample weights; broadcast them over dense outputs as our step does.
+        return super().compute_loss(
+            x,
+            y,
+            y_pred,
+            self._structured_sample_weight(y_pred, sample_weight),
+            training=training,
+        )
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        return super().compute_metrics(
+            x, y, y_pred, self._structured_sample_weight(y_pred, sample_weight)
         )
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_pred = ops.stop_gradient(self.teacher(x, training=False))
+        teacher_pred = keras.tree.map_structure(
+            ops.stop_gradient, self.teacher(x, training=False)
+        )
         with tf.GradientTape() as tape:
             y_pred = self.student(x, training=True)
-            total, task_loss, distill_loss = self._compute_terms(
+            total, terms = self._compute_terms(
                 y, y_pred, teacher_pred, sample_weight
             )
             scaled_total = self.optimizer.scale_loss(total)
@@ -243,17 +496,17 @@ class SFTModel(keras.Model):
         self.optimizer.apply_gradients(
             zip(gradients, trainable_weights, strict=True)
         )
-        self._track(x, total, task_loss, distill_loss)
+        self._track(x, total, terms)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         teacher_pred = self.teacher(x, training=False)
         y_pred = self.student(x, training=False)
-        total, task_loss, distill_loss = self._compute_terms(
+        total, terms = self._compute_terms(
             y, y_pred, teacher_pred, sample_weight
         )
-        self._track(x, total, task_loss, distill_loss)
+        self._track(x, total, terms)
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def get_config(self):
@@ -265,6 +518,8 @@ class SFTModel(keras.Model):
                 "lambda_": self.lambda_,
                 "distance": self.distance,
                 "temperature": self.temperature,
+                "distill_outputs": self.distill_outputs,
+                "distill_weights": self.distill_weights,
             }
         )
         return config
@@ -281,23 +536,150 @@ class SFTModel(keras.Model):
         return cls(**config)
 
 
-def _check_output_shapes(teacher, student):
-    """Raises `ValueError` if built teacher and student outputs differ."""
-    try:
-        teacher_outputs = teacher.outputs
-        student_outputs = student.outputs
-    except AttributeError:
+def _check_distill_outputs(distill_outputs):
+    """Raises `ValueError` unless `distill_outputs` is None or unique names."""
+    if distill_outputs is None:
+        return
+    if (
+        isinstance(distill_outputs, str)
+        or not isinstance(distill_outputs, (list, tuple))
+        or not distill_outputs
+        or not all(isinstance(name, str) for name in distill_outputs)
+        or len(set(distill_outputs)) != len(distill_outputs)
+    ):
+        raise ValueError(
+            "Invalid value for argument `distill_outputs`. Expected None or "
+            "a non-empty list of distinct output names. Received: "
+            f"distill_outputs={distill_outputs!r}"
+        )
+
+
+def _check_distill_weights(distill_weights):
+    """Raises `ValueError` unless `distill_weights` maps names to weights."""
+    if distill_weights is None:
+        return
+    if not isinstance(distill_weights, dict) or not all(
+        isinstance(name, str)
+        and not isinstance(weight, bool)
+        and isinstance(weight, numbers.Real)
+        and math.isfinite(weight)
+        and weight >= 0
+        for name, weight in distill_weights.items()
+    ):
+        raise ValueError(
+            "Invalid value for argument `distill_weights`. Expected None or "
+            "a dict mapping output names to floats >= 0. Received: "
+            f"distill_weights={distill_weights!r}"
+        )
+
+
+def _distilled_names(student_names, teacher_names, distill_outputs):
+    """Names of the outputs the distance applies to, `None` if not yet known.
+
+    Teacher outputs pair with the student outputs of the same name, so the
+    teacher may have a subset of the student's outputs (for example only
+    the old head, when the student has grown a new one). A single-output
+    teacher and student pair whatever their names.
+    """
+    if student_names is None or teacher_names is None:
+        return None if distill_outputs is None else list(distill_outputs)
+    if len(student_names) == 1 and len(teacher_names) == 1:
+        common = list(student_names)
+    else:
+        common = [name for name in teacher_names if name in student_names]
+    if distill_outputs is None:
+        if len(common) != len(teacher_names):
+            raise ValueError(
+                "Invalid value for argument `teacher`. Expected every teacher "
+                "output to have a student output of the same name (or name "
+                "the outputs to keep close with `distill_outputs`). Received: "
+                f"teacher outputs {teacher_names}, student outputs "
+                f"{student_names}"
+            )
+        return common
+    unknown = [name for name in distill_outputs if name not in common]
+    if unknown:
+        raise ValueError(
+            "Invalid value for argument `distill_outputs`. Expected names of "
+            f"outputs of both the student and the teacher, among {common}. "
+            f"Received: distill_outputs={distill_outputs!r}"
+        )
+    return list(distill_outputs)
+
+
+class _FunctionLoss(keras.losses.Loss):
+    """A loss function given by name or as a callable, as a Keras `Loss`."""
+
+    def __init__(self, function):
+        super().__init__(name="function_loss")
+        self.function = function
+
+    def call(self, y_true, y_pred):
+        return self.function(y_true, y_pred)
+
+
+def _per_output(value, names, argument):
+    """Spreads a `compile` argument (one, list or dict) over output names."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ValueError(
+                f"Invalid value for argument `{argument}`. Expected keys "
+                f"among the student's outputs {names}. Received: "
+                f"{argument}={value!r}"
+            )
+        return {name: value.get(name) for name in names}
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(names):
+            raise ValueError(
+                f"Invalid value for argument `{argument}`. Expected one entry "
+                f"per student output {names}. Received: {argument}={value!r}"
+            )
+        return dict(zip(names, value, strict=True))
+    return dict.fromkeys(names, value)
+
+
+def _output_losses(loss, loss_weights, names):
+    """Maps each output name with a task loss to `(loss, weight or None)`."""
+    losses = _per_output(loss, names, "loss")
+    weights = _per_output(loss_weights, names, "loss_weights")
+    resolved = {}
+    for name in names:
+        if losses[name] is None:
+            continue
+        output_loss = keras.losses.get(losses[name])
+        if not isinstance(output_loss, keras.losses.Loss):
+            output_loss = _FunctionLoss(output_loss)
+        resolved[name] = (output_loss, weights[name])
+    return resolved
+
+
+def _static_shapes(model):
+    """Output shapes of a built model by output name, or `None` if unknown."""
+    names = _output_names(model)
+    if names is None:
+        return None
+    shapes = [tuple(t.shape) for t in keras.tree.flatten(model.output)]
+    if isinstance(model.output, dict):
+        # `tree.flatten` sorts dict keys; names keep the model's order.
+        shapes = [tuple(model.output[name].shape) for name in names]
+    return dict(zip(names, shapes, strict=True))
+
+
+def _check_output_shapes(teacher, student, distilled):
+    """Raises `ValueError` if paired teacher and student outputs differ."""
+    teacher_shapes = _static_shapes(teacher)
+    student_shapes = _static_shapes(student)
+    if teacher_shapes is None or student_shapes is None:
         # Subclassed models have no symbolic outputs: the distance checks
         # the shapes on the first batch instead.
         return
-    if teacher_outputs is None or student_outputs is None:
-        return
-    teacher_shapes = [
-        tuple(t.shape) for t in keras.tree.flatten(teacher_outputs)
-    ]
-    student_shapes = [
-        tuple(s.shape) for s in keras.tree.flatten(student_outputs)
-    ]
+    if len(teacher_shapes) == 1 and len(student_shapes) == 1:
+        teacher_shapes = list(teacher_shapes.values())
+        student_shapes = list(student_shapes.values())
+    else:
+        teacher_shapes = [teacher_shapes[name] for name in distilled]
+        student_shapes = [student_shapes[name] for name in distilled]
     if teacher_shapes != student_shapes:
         raise ValueError(
             "Invalid value for argument `teacher`. Expected a model whose "
