@@ -93,6 +93,18 @@ flags.FLAGS["log_dir"].help = (
     "files, if any); no TensorBoard logs when empty."
 )
 
+OUTPUT = flags.DEFINE_string(
+    "output",
+    None,
+    "The .keras file pretrain writes the trained classifier to, or finetune "
+    "the fine-tuned student.",
+)
+flags.register_validator(
+    OUTPUT,
+    lambda path: path is None or path.endswith(".keras"),
+    message="--output must end in .keras",
+)
+
 _CLASS_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 

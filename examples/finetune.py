@@ -29,9 +29,6 @@ LAMBDA = flags.DEFINE_float(
     "Weight of the teacher-consistency term (>= 0); 0 is plain fine-tuning.",
     lower_bound=0.0,
 )
-OUTPUT = flags.DEFINE_string(
-    "output", None, "The .keras file the fine-tuned student is written to."
-)
 BACKUP_DIR = flags.DEFINE_string(
     "backup_dir",
     None,
@@ -50,11 +47,6 @@ flags.register_validator(
     message="--pretrained must be an existing .keras file",
 )
 flags.register_validator(
-    OUTPUT,
-    lambda path: path is None or path.endswith(".keras"),
-    message="--output must end in .keras",
-)
-flags.register_validator(
     EXPORT_DIR,
     lambda path: path is None or not os.path.exists(path),
     message="--export_dir must not exist yet",
@@ -68,13 +60,13 @@ def main(argv):
     strategy = common_flags.set_up()
     train, _ = common_flags.load_split(common_flags.TRAIN_SPLIT.value)
     test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
-    experiment.ensure_parent(OUTPUT.value)
+    experiment.ensure_parent(common_flags.OUTPUT.value)
     model = experiment.finetune(
         pretrained=PRETRAINED.value,
         train=common_flags.batched(train, shuffle=True),
         validation=common_flags.batched(test, shuffle=False),
         lambda_=LAMBDA.value,
-        output=OUTPUT.value,
+        output=common_flags.OUTPUT.value,
         strategy=strategy,
         epochs=common_flags.EPOCHS.value,
         learning_rate=common_flags.LEARNING_RATE.value,
@@ -87,12 +79,12 @@ def main(argv):
     logging.info(
         "Fine-tuned with lambda=%g; student saved to %s",
         model.lambda_,
-        OUTPUT.value,
+        common_flags.OUTPUT.value,
     )
     if EXPORT_DIR.value:
         logging.info("SavedModel exported to %s", EXPORT_DIR.value)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required([PRETRAINED.name, OUTPUT.name])
+    flags.mark_flags_as_required([PRETRAINED.name, common_flags.OUTPUT.name])
     app.run(main)

@@ -20,14 +20,6 @@ MODEL = flags.DEFINE_enum(
     "Classifier: 'mlp' (one hidden layer of 128 units) or 'cnn' (two 3x3 "
     "convolutions and global average pooling).",
 )
-OUTPUT = flags.DEFINE_string(
-    "output", None, "The .keras file the trained classifier is written to."
-)
-flags.register_validator(
-    OUTPUT,
-    lambda path: path is None or path.endswith(".keras"),
-    message="--output must end in .keras",
-)
 flags.adopt_module_key_flags(common_flags)
 
 
@@ -37,14 +29,14 @@ def main(argv):
     strategy = common_flags.set_up()
     train, num_classes = common_flags.load_split(common_flags.TRAIN_SPLIT.value)
     test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
-    experiment.ensure_parent(OUTPUT.value)
+    experiment.ensure_parent(common_flags.OUTPUT.value)
     model = experiment.pretrain(
         model_name=MODEL.value,
         train=common_flags.batched(train, shuffle=True),
         validation=common_flags.batched(test, shuffle=False),
         input_shape=tuple(train.element_spec[0].shape),
         num_classes=num_classes,
-        output=OUTPUT.value,
+        output=common_flags.OUTPUT.value,
         strategy=strategy,
         epochs=common_flags.EPOCHS.value,
         learning_rate=common_flags.LEARNING_RATE.value,
@@ -56,10 +48,10 @@ def main(argv):
         "Saved %s (%d parameters) to %s",
         MODEL.value,
         model.count_params(),
-        OUTPUT.value,
+        common_flags.OUTPUT.value,
     )
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required(OUTPUT.name)
+    flags.mark_flag_as_required(common_flags.OUTPUT.name)
     app.run(main)

@@ -78,6 +78,9 @@ def load(name="digits", *, split="train", data_dir=None):
 def select_classes(dataset, classes):
     """Keeps the `(image, label)` pairs whose label is in `classes`.
 
+    The result has a known size (`cardinality`), counted with one pass over
+    the labels, so Keras knows the number of steps of an epoch.
+
     Example:
 
     ```python
@@ -100,8 +103,19 @@ def select_classes(dataset, classes):
             f"sequence of ints >= 0. Received: classes={classes!r}"
         )
     kept = tf.constant(classes, dtype=tf.int32)
-    return dataset.filter(
-        lambda image, label: tf.reduce_any(tf.equal(label, kept))
+
+    def keep(image, label):
+        return tf.reduce_any(tf.equal(label, kept))
+
+    # A filter hides the dataset's size from Keras, which then cannot show
+    # the steps of an epoch and warns that the input "ran out of data" at
+    # the end of the first one; one pass over the labels restores it.
+    count = dataset.map(lambda image, label: label).reduce(
+        np.int64(0),
+        lambda total, label: total + tf.cast(keep(None, label), tf.int64),
+    )
+    return dataset.filter(keep).apply(
+        tf.data.experimental.assert_cardinality(count)
     )
 
 

@@ -157,3 +157,9 @@ def test_batch_refuses_bad_batch_size(batch_size):
         r"0. Received: batch_size=",
     ):
         data.batch(_toy([0]), batch_size=batch_size)
+
+
+def test_select_classes_knows_its_size():
+    labels = np.array([0, 5, 1, 5, 9])
+    selected = data.select_classes(_toy(labels), [5, 9])
+    assert int(selected.cardinality()) == 3
