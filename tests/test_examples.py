@@ -75,7 +75,6 @@ def test_pretrain_reads_a_tfds_dataset(tmp_path):
             dataset="mnist",
             train_split="train",
             test_split="test",
-            strategy="mirrored",
         )
     assert keras.models.load_model(path).input_shape == (None, 28, 28, 1)
 
@@ -251,5 +250,4 @@ def test_command_line_pretrain_finetune_export_evaluate(tmp_path):
     assert "Traceback" not in result.stderr
     assert "FATAL Flags parsing error: flag --lambda=-1: " in result.stderr
     result = run("finetune", "--helpshort")
-    assert result.returncode == 0
     assert "--lambda" in result.stdout and "--backup_dir" in result.stdout
