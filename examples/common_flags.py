@@ -128,7 +128,8 @@ def parse_classes(values):
     return sorted(set(classes))
 
 
-def _valid_classes(values):
+def valid_classes(values):
+    """Flag validator: `values` parse with `parse_classes`."""
     try:
         parse_classes(values)
     except ValueError as error:
@@ -137,13 +138,14 @@ def _valid_classes(values):
 
 
 def _known_dataset(name):
+    """Flag validator: `name` is 'digits' or a registered TFDS builder."""
     # Drop an optional config or version ('mnist:3.*.*', 'cifar10/plain').
     return name == "digits" or re.split("[:/]", name)[0] in tfds.list_builders(
         with_community_datasets=False
     )
 
 
-flags.register_validator(CLASSES, _valid_classes)
+flags.register_validator(CLASSES, valid_classes)
 flags.register_validator(
     LEARNING_RATE, lambda rate: rate > 0, message="--learning_rate must be > 0"
 )

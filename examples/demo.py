@@ -248,6 +248,7 @@ def _plot(rows, path, shift):
 
 
 def _is_nonnegative_float(value):
+    """Whether the string `value` is a float >= 0."""
     try:
         return float(value) >= 0
     except ValueError:

@@ -33,11 +33,7 @@ flags.register_validator(
     lambda path: path is None or os.path.isfile(path),
     message="--model_path must be an existing .keras file",
 )
-flags.register_validator(
-    GROUPS,
-    lambda groups: all(common_flags.parse_classes([g]) for g in groups),
-    message="--groups must be labels or ranges such as '0-4'",
-)
+flags.register_validator(GROUPS, common_flags.valid_classes)
 flags.adopt_module_key_flags(common_flags)
 
 

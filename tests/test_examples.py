@@ -174,6 +174,7 @@ def test_stray_arguments_are_refused(binary):
         ("--pretrained=/no/such.keras", r"--pretrained must be an existing"),
         ("--model_path=/no/such.keras", r"--model_path must be an existing"),
         ("--classes=4-0", r"Expected an increasing range. Received: '4-0'"),
+        ("--groups=0-4,x", r"Expected a label or a range such as '0-4'"),
         ("--output=model.h5", r"--output must end in .keras"),
         ("--lambdas=0.1,x", r"--lambdas must be floats >= 0"),
         ("--strategy=gpu", r"value should be one of"),
