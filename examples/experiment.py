@@ -151,9 +151,10 @@ def finetune(
 ):
     """Fine-tunes a saved classifier with `keras_sft.SFTModel`.
 
-    The teacher is a frozen clone of the pretrained model. The fine-tuned
-    student is saved to `output`; with `export_dir` it is also exported as
-    a SavedModel. With `backup_dir`, `keras.callbacks.BackupAndRestore`
+    The teacher is a frozen clone of the pretrained model. The student alone
+    (a plain classifier) is saved to `output` after each epoch, with
+    `ModelCheckpoint`; with `export_dir` it is exported as a SavedModel
+    after training. With `backup_dir`, `keras.callbacks.BackupAndRestore`
     keeps a backup there at each epoch and resumes from it after a crash.
 
     Args:
@@ -190,7 +191,7 @@ def finetune(
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
-    callbacks = []
+    callbacks = [_StudentCheckpoint(output)]
     if backup_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
     if log_dir:
@@ -204,10 +205,16 @@ def finetune(
         shuffle=False,
         verbose=verbose,
     )
-    model.student.save(output)
     if export_dir:
         keras_sft.export_saved_model(model, export_dir)
     return model
+
+
+class _StudentCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`ModelCheckpoint` that saves the student of the `SFTModel` trained."""
+
+    def set_model(self, model):
+        super().set_model(model.student)
 
 
 def accuracy_by_group(model, dataset, groups=()):

@@ -6,9 +6,10 @@ r"""Fine-tunes a pretrained `.keras` classifier with `keras_sft.SFTModel`.
 
 The teacher is a frozen clone of the pretrained model; `--lambda=0` is
 plain fine-tuning. The fine-tuned student is validated on `--test_split`
-(with the same `--classes` and `--shift`) and written to `--output`; with
-`--export_dir` it is also exported as a SavedModel, and with `--backup_dir`
-training resumes from the last finished epoch after a crash.
+(with the same `--classes` and `--shift`) and written to `--output` after
+each epoch (`ModelCheckpoint`); with `--export_dir` it is exported as a
+SavedModel after training, and with `--backup_dir` training resumes from
+the last finished epoch after a crash (`BackupAndRestore`).
 """
 
 import os
