@@ -139,6 +139,8 @@ def run_demo(
         learning_rate=learning_rate,
         seed=seed,
         jit_compile=jit_compile,
+        # The demo needs only the final models.
+        checkpoint_every_epoch=False,
         verbose=0,
     )
     rows = [
@@ -161,6 +163,7 @@ def run_demo(
             learning_rate=learning_rate,
             seed=seed,
             jit_compile=jit_compile,
+            checkpoint_every_epoch=False,
             verbose=0,
         )
         rows.append(

@@ -77,9 +77,10 @@ def pretrain(
     seed=0,
     log_dir=None,
     jit_compile=False,
+    checkpoint_every_epoch=True,
     verbose="auto",
 ):
-    """Trains a new classifier and saves it to `output` after each epoch.
+    """Trains a new classifier and saves it to `output`.
 
     Args:
         model_name: String, a name of `MODELS`.
@@ -87,7 +88,7 @@ def pretrain(
         validation: Batched `tf.data.Dataset` of `(image, label)`, or `None`.
         input_shape: Tuple, the image shape.
         num_classes: Int, the number of classes.
-        output: String, the `.keras` file `ModelCheckpoint` writes.
+        output: String, the `.keras` file the classifier goes to.
         strategy: `tf.distribute.Strategy`; the model and its optimizer are
             built in its scope.
         epochs: Int, the number of epochs.
@@ -98,6 +99,9 @@ def pretrain(
             to `None`.
         jit_compile: Bool, whether to compile the step with XLA. Defaults
             to `False`.
+        checkpoint_every_epoch: Bool, whether `ModelCheckpoint` writes
+            `output` after every epoch; if not, it is written once, after
+            training. Defaults to `True`.
         verbose: As in `keras.Model.fit`. Defaults to `"auto"`.
 
     Returns:
@@ -117,7 +121,9 @@ def pretrain(
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
-    callbacks = [keras.callbacks.ModelCheckpoint(output)]
+    callbacks = []
+    if checkpoint_every_epoch:
+        callbacks.append(keras.callbacks.ModelCheckpoint(output))
     if log_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir))
     model.fit(
@@ -129,6 +135,8 @@ def pretrain(
         shuffle=False,
         verbose=verbose,
     )
+    if not checkpoint_every_epoch:
+        model.save(output)
     return model
 
 
@@ -147,13 +155,14 @@ def finetune(
     export_dir=None,
     log_dir=None,
     jit_compile=False,
+    checkpoint_every_epoch=True,
     verbose="auto",
 ):
     """Fine-tunes a saved classifier with `keras_sft.SFTModel`.
 
     The teacher is a frozen clone of the pretrained model. The student alone
-    (a plain classifier) is saved to `output` after each epoch, with
-    `ModelCheckpoint`; with `export_dir` it is exported as a SavedModel
+    (a plain classifier) is saved to `output`, after each epoch by default
+    (`ModelCheckpoint`); with `export_dir` it is exported as a SavedModel
     after training. With `backup_dir`, `keras.callbacks.BackupAndRestore`
     keeps a backup there at each epoch and resumes from it after a crash.
 
@@ -177,6 +186,9 @@ def finetune(
             to `None`.
         jit_compile: Bool, whether to compile the step with XLA. Defaults
             to `False`.
+        checkpoint_every_epoch: Bool, whether `ModelCheckpoint` writes
+            `output` after every epoch; if not, it is written once, after
+            training. Defaults to `True`.
         verbose: As in `keras.Model.fit`. Defaults to `"auto"`.
 
     Returns:
@@ -191,7 +203,9 @@ def finetune(
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
-    callbacks = [_StudentCheckpoint(output)]
+    callbacks = []
+    if checkpoint_every_epoch:
+        callbacks.append(_StudentCheckpoint(output))
     if backup_dir:
         callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
     if log_dir:
@@ -205,6 +219,8 @@ def finetune(
         shuffle=False,
         verbose=verbose,
     )
+    if not checkpoint_every_epoch:
+        model.student.save(output)
     if export_dir:
         keras_sft.export_saved_model(model, export_dir)
     return model
