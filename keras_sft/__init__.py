@@ -1,6 +1,7 @@
 """keras-sft: fine-tune pretrained Keras models without forgetting."""
 
 from keras_sft.data_checks import check_dataset
+from keras_sft.export import export_saved_model
 from keras_sft.l2_sp import apply_l2_sp
 from keras_sft.l2_sp import remove_l2_sp
 from keras_sft.select_lambda import select_lambda
@@ -16,6 +17,7 @@ __all__ = [
     "apply_l2_sp",
     "check_dataset",
     "clone_teacher",
+    "export_saved_model",
     "remove_l2_sp",
     "select_lambda",
 ]

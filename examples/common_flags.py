@@ -1,0 +1,187 @@
+"""Flags shared by the binaries, and the set-up and data they describe.
+
+Importing this module defines the flags; each binary adopts them as key
+flags, so its `--helpshort` lists them.
+"""
+
+import re
+
+import keras
+import tensorflow_datasets as tfds
+from absl import flags
+
+from keras_sft import data
+from keras_sft import strategy as strategy_lib
+
+PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
+
+DATASET = flags.DEFINE_string(
+    "dataset",
+    "digits",
+    "Dataset: 'digits' (scikit-learn's bundled 8x8 handwritten digits, "
+    "offline) or a TensorFlow Datasets image-classification name such as "
+    "'mnist', 'fashion_mnist' or 'cifar10' (downloaded into --data_dir).",
+)
+DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    None,
+    "TensorFlow Datasets data directory; TFDS's default when unset. "
+    "Unused for 'digits'.",
+)
+TRAIN_SPLIT = flags.DEFINE_string(
+    "train_split",
+    "train",
+    "Split to train on, in TFDS syntax ('train', 'train[:50%]').",
+)
+TEST_SPLIT = flags.DEFINE_string(
+    "test_split",
+    "test",
+    "Split to validate and evaluate on, in TFDS syntax.",
+)
+CLASSES = flags.DEFINE_list(
+    "classes",
+    [],
+    "Classes to keep, as labels or ranges ('0-4', '0,2,7'); all when empty.",
+)
+SHIFT = flags.DEFINE_enum(
+    "shift",
+    "none",
+    data.SHIFTS,
+    "Domain shift applied to the images: 'none', 'invert' (1 - image, a "
+    "negative) or 'rot90' (rotated by 90 degrees).",
+)
+BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size",
+    32,
+    "Global batch size (split across the replicas of --strategy).",
+    lower_bound=1,
+)
+EPOCHS = flags.DEFINE_integer(
+    "epochs", 10, "Number of training epochs.", lower_bound=1
+)
+LEARNING_RATE = flags.DEFINE_float(
+    "learning_rate", 1e-3, "Adam's learning rate (> 0)."
+)
+SEED = flags.DEFINE_integer(
+    "seed",
+    0,
+    "Seed of the weights, of Keras's randomness and of the shuffling.",
+    lower_bound=0,
+)
+STRATEGY = flags.DEFINE_enum(
+    "strategy",
+    "default",
+    strategy_lib.STRATEGIES,
+    "tf.distribute strategy: 'default' (one device), 'mirrored' (all local "
+    "GPUs), 'multi_worker' (cluster from TF_CONFIG) or 'tpu'.",
+)
+MIXED_PRECISION = flags.DEFINE_enum(
+    "mixed_precision",
+    "none",
+    PRECISIONS,
+    "Keras dtype policy for new layers: 'none' (float32), 'mixed_float16' "
+    "(GPU) or 'mixed_bfloat16' (TPU, recent CPUs).",
+)
+JIT_COMPILE = flags.DEFINE_bool(
+    "jit_compile", False, "Compile the train and test steps with XLA."
+)
+# absl.logging already defines --log_dir (for its log files, which it
+# writes only on request); the training binaries write TensorBoard logs there.
+flags.declare_key_flag("log_dir")
+flags.FLAGS["log_dir"].help = (
+    "TensorBoard log directory of pretrain and finetune (and absl's log "
+    "files, if any); no TensorBoard logs when empty."
+)
+
+OUTPUT = flags.DEFINE_string(
+    "output",
+    None,
+    "The .keras file pretrain writes the trained classifier to, or finetune "
+    "the fine-tuned student.",
+)
+flags.register_validator(
+    OUTPUT,
+    lambda path: path is None or path.endswith(".keras"),
+    message="--output must end in .keras",
+)
+
+_CLASS_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def parse_classes(values):
+    """Turns `["0-4", "7"]` into `[0, 1, 2, 3, 4, 7]`; raises `ValueError`."""
+    classes = []
+    for value in values:
+        match = _CLASS_RANGE.match(value.strip())
+        if not match:
+            raise ValueError(
+                "Expected a label or a range such as '0-4'. "
+                f"Received: {value!r}"
+            )
+        first = int(match.group(1))
+        last = int(match.group(2) or first)
+        if last < first:
+            raise ValueError(
+                f"Expected an increasing range. Received: {value!r}"
+            )
+        classes.extend(range(first, last + 1))
+    return sorted(set(classes))
+
+
+def valid_classes(values):
+    """Flag validator: `values` parse with `parse_classes`."""
+    try:
+        parse_classes(values)
+    except ValueError as error:
+        raise flags.ValidationError(str(error)) from error
+    return True
+
+
+def _known_dataset(name):
+    """Flag validator: `name` is 'digits' or a registered TFDS builder."""
+    # Drop an optional config or version ('mnist:3.*.*', 'cifar10/plain').
+    return name == "digits" or re.split("[:/]", name)[0] in tfds.list_builders(
+        with_community_datasets=False
+    )
+
+
+flags.register_validator(CLASSES, valid_classes)
+flags.register_validator(
+    LEARNING_RATE, lambda rate: rate > 0, message="--learning_rate must be > 0"
+)
+flags.register_validator(
+    DATASET,
+    _known_dataset,
+    message="--dataset must be 'digits' or a TensorFlow Datasets name.",
+)
+
+
+def set_up():
+    """Seeds Keras, sets the dtype policy, and returns the strategy."""
+    keras.utils.set_random_seed(SEED.value)
+    keras.config.set_dtype_policy(
+        "float32" if MIXED_PRECISION.value == "none" else MIXED_PRECISION.value
+    )
+    return strategy_lib.build_strategy(STRATEGY.value)
+
+
+def load_split(split):
+    """The unbatched `--dataset` split with `--classes` and `--shift`.
+
+    Returns `(dataset, num_classes)`.
+    """
+    dataset, num_classes = data.load(
+        DATASET.value, split=split, data_dir=DATA_DIR.value
+    )
+    if CLASSES.value:
+        dataset = data.select_classes(dataset, parse_classes(CLASSES.value))
+    return data.shift_domain(dataset, SHIFT.value), num_classes
+
+
+def batched(dataset, *, shuffle):
+    """Batches with `--batch_size`, shuffling with `--seed` if `shuffle`."""
+    return data.batch(
+        dataset,
+        batch_size=BATCH_SIZE.value,
+        shuffle_seed=SEED.value if shuffle else None,
+    )

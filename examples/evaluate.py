@@ -1,0 +1,64 @@
+r"""Prints the accuracy of a saved classifier, overall and per class group.
+
+    python -m examples.evaluate --model_path=runs/finetuned.keras \
+        --groups=0-4,5-9
+
+Evaluates on `--test_split` of `--dataset` (restricted to `--classes` and
+moved by `--shift`, when given). A `.keras` file of a `keras_sft.SFTModel`
+is evaluated through its student.
+"""
+
+import os
+
+import keras
+from absl import app
+from absl import flags
+from absl import logging
+
+import keras_sft  # noqa: F401  (registers SFTModel for loading)
+from examples import common_flags
+from examples import experiment
+
+MODEL_PATH = flags.DEFINE_string(
+    "model_path", None, "The .keras classifier to evaluate (logits output)."
+)
+GROUPS = flags.DEFINE_list(
+    "groups",
+    [],
+    "Class groups to report accuracy on, each a label or a range "
+    "('0-4,5-9' gives two groups); only the overall accuracy when empty.",
+)
+flags.register_validator(
+    MODEL_PATH,
+    lambda path: path is None or os.path.isfile(path),
+    message="--model_path must be an existing .keras file",
+)
+flags.register_validator(GROUPS, common_flags.valid_classes)
+flags.adopt_module_key_flags(common_flags)
+
+
+def evaluate():
+    """Returns and logs the accuracies the flags ask for."""
+    strategy = common_flags.set_up()
+    test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
+    with strategy.scope():
+        model = keras.models.load_model(MODEL_PATH.value, compile=False)
+    accuracies = experiment.accuracy_by_group(
+        model,
+        common_flags.batched(test, shuffle=False),
+        groups=[common_flags.parse_classes([g]) for g in GROUPS.value],
+    )
+    for name, accuracy in accuracies.items():
+        logging.info("accuracy %s: %.4f", name, accuracy)
+    return accuracies
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    evaluate()
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required(MODEL_PATH.name)
+    app.run(main)

@@ -1,0 +1,57 @@
+r"""Trains a classifier and saves it as a `.keras` file.
+
+    python -m examples.pretrain --model=mlp --output=runs/pretrained.keras
+
+The model is saved after each epoch (`ModelCheckpoint`); it is validated on
+`--test_split`, and `--log_dir` gets TensorBoard logs.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from examples import common_flags
+from examples import experiment
+
+MODEL = flags.DEFINE_enum(
+    "model",
+    "mlp",
+    experiment.MODELS,
+    "Classifier: 'mlp' (one hidden layer of 128 units) or 'cnn' (two 3x3 "
+    "convolutions and global average pooling).",
+)
+flags.adopt_module_key_flags(common_flags)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    strategy = common_flags.set_up()
+    train, num_classes = common_flags.load_split(common_flags.TRAIN_SPLIT.value)
+    test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
+    experiment.ensure_parent(common_flags.OUTPUT.value)
+    model = experiment.pretrain(
+        model_name=MODEL.value,
+        train=common_flags.batched(train, shuffle=True),
+        validation=common_flags.batched(test, shuffle=False),
+        input_shape=tuple(train.element_spec[0].shape),
+        num_classes=num_classes,
+        output=common_flags.OUTPUT.value,
+        strategy=strategy,
+        epochs=common_flags.EPOCHS.value,
+        learning_rate=common_flags.LEARNING_RATE.value,
+        seed=common_flags.SEED.value,
+        log_dir=flags.FLAGS.log_dir or None,
+        jit_compile=common_flags.JIT_COMPILE.value,
+    )
+    logging.info(
+        "Saved %s (%d parameters) to %s",
+        MODEL.value,
+        model.count_params(),
+        common_flags.OUTPUT.value,
+    )
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required(common_flags.OUTPUT.name)
+    app.run(main)
