@@ -4,14 +4,18 @@ Importing this module defines the flags; each binary adopts them as key
 flags, so its `--helpshort` lists them.
 """
 
+import math
 import re
 
 import keras
+import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import app
 from absl import flags
 
 from keras_sft import data
 from keras_sft import strategy as strategy_lib
+from keras_sft.epoch_shuffle import EpochShuffle
 
 PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 
@@ -85,6 +89,25 @@ MIXED_PRECISION = flags.DEFINE_enum(
 JIT_COMPILE = flags.DEFINE_bool(
     "jit_compile", False, "Compile the train and test steps with XLA."
 )
+DETERMINISTIC = flags.DEFINE_bool(
+    "deterministic",
+    False,
+    "Turn on TensorFlow's op determinism "
+    "(tf.config.experimental.enable_op_determinism): with the same --seed, "
+    "two runs give bit-identical weights, at some cost in speed on GPU.",
+)
+OVERWRITE = flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Replace an existing --output (and finetune's --export_dir); without "
+    "it an existing one is refused.",
+)
+CHECKPOINT_DIR = flags.DEFINE_string(
+    "checkpoint_dir",
+    None,
+    "Directory where keras.callbacks.ModelCheckpoint writes the trained "
+    "model after each epoch (epoch_001.keras, ...); none when unset.",
+)
 # absl.logging already defines --log_dir (for its log files, which it
 # writes only on request); the training binaries write TensorBoard logs there.
 flags.declare_key_flag("log_dir")
@@ -103,6 +126,15 @@ flags.register_validator(
     OUTPUT,
     lambda path: path is None or path.endswith(".keras"),
     message="--output must end in .keras",
+)
+flags.register_multi_flags_validator(
+    [OUTPUT, OVERWRITE],
+    lambda values: (
+        values["output"] is None
+        or values["overwrite"]
+        or not tf.io.gfile.exists(values["output"])
+    ),
+    message="--output exists already; pass --overwrite to replace it",
 )
 
 _CLASS_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -147,7 +179,9 @@ def _known_dataset(name):
 
 flags.register_validator(CLASSES, valid_classes)
 flags.register_validator(
-    LEARNING_RATE, lambda rate: rate > 0, message="--learning_rate must be > 0"
+    LEARNING_RATE,
+    lambda rate: math.isfinite(rate) and rate > 0,
+    message="--learning_rate must be a finite number > 0",
 )
 flags.register_validator(
     DATASET,
@@ -156,8 +190,28 @@ flags.register_validator(
 )
 
 
+def run(main):
+    """`app.run(main)`, reporting expected failures on one line.
+
+    Bad data, unreadable files and a diverging loss raise `ValueError`,
+    `OSError` or `RuntimeError` with a message that names the problem and
+    the fix; the user gets that line and exit status 1, not a traceback.
+    Other exceptions are bugs and keep their traceback.
+    """
+
+    def main_with_one_line_errors(argv):
+        try:
+            return main(argv)
+        except (ValueError, OSError, RuntimeError) as error:
+            raise SystemExit(f"Error: {error}") from None
+
+    app.run(main_with_one_line_errors)
+
+
 def set_up():
-    """Seeds Keras, sets the dtype policy, and returns the strategy."""
+    """Seeds Keras, sets determinism and dtype policy, returns the strategy."""
+    if DETERMINISTIC.value:
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(SEED.value)
     keras.config.set_dtype_policy(
         "float32" if MIXED_PRECISION.value == "none" else MIXED_PRECISION.value
@@ -178,10 +232,20 @@ def load_split(split):
     return data.shift_domain(dataset, SHIFT.value), num_classes
 
 
-def batched(dataset, *, shuffle):
-    """Batches with `--batch_size`, shuffling with `--seed` if `shuffle`."""
-    return data.batch(
-        dataset,
-        batch_size=BATCH_SIZE.value,
-        shuffle_seed=SEED.value if shuffle else None,
+def training_batches(dataset):
+    """`--batch_size` batches, reshuffled each epoch in an order fixed by
+    `--seed` and the epoch number, so that a run resumed from a backup sees
+    the batches of an uninterrupted run.
+
+    Returns `(batches, epoch_shuffle)`; pass `epoch_shuffle` to `fit`.
+    """
+    epoch_shuffle = EpochShuffle(SEED.value)
+    return (
+        data.batch(epoch_shuffle(dataset), batch_size=BATCH_SIZE.value),
+        epoch_shuffle,
     )
+
+
+def evaluation_batches(dataset):
+    """`--batch_size` batches in the dataset's order."""
+    return data.batch(dataset, batch_size=BATCH_SIZE.value)

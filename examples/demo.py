@@ -139,8 +139,6 @@ def run_demo(
         learning_rate=learning_rate,
         seed=seed,
         jit_compile=jit_compile,
-        # The demo needs only the final models.
-        checkpoint_every_epoch=False,
         verbose=0,
     )
     rows = [
@@ -163,7 +161,6 @@ def run_demo(
             learning_rate=learning_rate,
             seed=seed,
             jit_compile=jit_compile,
-            checkpoint_every_epoch=False,
             verbose=0,
         )
         rows.append(
@@ -285,4 +282,4 @@ if __name__ == "__main__":
     flags.FLAGS.set_default("classes", ["0-4"])
     flags.FLAGS.set_default("shift", "invert")
     flags.FLAGS.set_default("epochs", 80)
-    app.run(main)
+    common_flags.run(main)

@@ -10,7 +10,6 @@ is evaluated through its student.
 
 import os
 
-import keras
 from absl import app
 from absl import flags
 from absl import logging
@@ -42,10 +41,10 @@ def evaluate():
     strategy = common_flags.set_up()
     test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
     with strategy.scope():
-        model = keras.models.load_model(MODEL_PATH.value, compile=False)
+        model = experiment.load_classifier(MODEL_PATH.value)
     accuracies = experiment.accuracy_by_group(
         model,
-        common_flags.batched(test, shuffle=False),
+        common_flags.evaluation_batches(test),
         groups=[common_flags.parse_classes([g]) for g in GROUPS.value],
     )
     for name, accuracy in accuracies.items():
@@ -61,4 +60,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flag_as_required(MODEL_PATH.name)
-    app.run(main)
+    common_flags.run(main)

@@ -5,6 +5,7 @@ and the tests share them.
 """
 
 import os
+import tempfile
 
 import keras
 import numpy as np
@@ -76,8 +77,9 @@ def pretrain(
     learning_rate=1e-3,
     seed=0,
     log_dir=None,
+    checkpoint_dir=None,
     jit_compile=False,
-    checkpoint_every_epoch=True,
+    callbacks=(),
     verbose="auto",
 ):
     """Trains a new classifier and saves it to `output`.
@@ -97,11 +99,12 @@ def pretrain(
             Defaults to `0`.
         log_dir: String, the TensorBoard log directory, or `None`. Defaults
             to `None`.
+        checkpoint_dir: String, where `ModelCheckpoint` writes the model
+            after each epoch, or `None`. Defaults to `None`.
         jit_compile: Bool, whether to compile the step with XLA. Defaults
             to `False`.
-        checkpoint_every_epoch: Bool, whether `ModelCheckpoint` writes
-            `output` after every epoch; if not, it is written once, after
-            training. Defaults to `True`.
+        callbacks: Sequence of extra `keras.callbacks.Callback`s, run first
+            (for example the `EpochShuffle` of `train`). Defaults to `()`.
         verbose: As in `keras.Model.fit`. Defaults to `"auto"`.
 
     Returns:
@@ -121,22 +124,21 @@ def pretrain(
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
-    callbacks = []
-    if checkpoint_every_epoch:
-        callbacks.append(keras.callbacks.ModelCheckpoint(output))
-    if log_dir:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir))
+    keras_sft.check_dataset(train, model)
     model.fit(
         train,
         validation_data=validation,
         epochs=epochs,
-        callbacks=callbacks,
+        callbacks=_callbacks(
+            callbacks,
+            checkpoint_dir=checkpoint_dir,
+            log_dir=log_dir,
+        ),
         # The dataset is shuffled by the pipeline (with --seed).
         shuffle=False,
         verbose=verbose,
     )
-    if not checkpoint_every_epoch:
-        model.save(output)
+    save_atomically(model, output)
     return model
 
 
@@ -152,19 +154,23 @@ def finetune(
     learning_rate=1e-3,
     seed=0,
     backup_dir=None,
+    checkpoint_dir=None,
     export_dir=None,
+    overwrite=False,
     log_dir=None,
     jit_compile=False,
-    checkpoint_every_epoch=True,
+    callbacks=(),
     verbose="auto",
 ):
     """Fine-tunes a saved classifier with `keras_sft.SFTModel`.
 
-    The teacher is a frozen clone of the pretrained model. The student alone
-    (a plain classifier) is saved to `output`, after each epoch by default
-    (`ModelCheckpoint`); with `export_dir` it is exported as a SavedModel
-    after training. With `backup_dir`, `keras.callbacks.BackupAndRestore`
-    keeps a backup there at each epoch and resumes from it after a crash.
+    The teacher is a frozen clone of the pretrained model. The training data
+    is checked first (`keras_sft.check_dataset`), and a non-finite loss
+    stops training at once (`keras_sft.TerminateOnNaN`). With `backup_dir`,
+    `keras.callbacks.BackupAndRestore` keeps a backup there at the end of
+    each epoch and a rerun resumes from it. After training the student
+    alone (a plain classifier) is saved to `output`, atomically, and with
+    `export_dir` exported as a SavedModel.
 
     Args:
         pretrained: String, the pretrained `.keras` file.
@@ -180,15 +186,18 @@ def finetune(
         seed: Int, the seed of Keras's randomness. Defaults to `0`.
         backup_dir: String, the `BackupAndRestore` directory, or `None`.
             Defaults to `None`.
+        checkpoint_dir: String, where `ModelCheckpoint` writes the student
+            after each epoch, or `None`. Defaults to `None`.
         export_dir: String, where to export the SavedModel, or `None`.
             Defaults to `None`.
+        overwrite: Bool, whether to replace an existing `export_dir`.
+            Defaults to `False`.
         log_dir: String, the TensorBoard log directory, or `None`. Defaults
             to `None`.
         jit_compile: Bool, whether to compile the step with XLA. Defaults
             to `False`.
-        checkpoint_every_epoch: Bool, whether `ModelCheckpoint` writes
-            `output` after every epoch; if not, it is written once, after
-            training. Defaults to `True`.
+        callbacks: Sequence of extra `keras.callbacks.Callback`s, run first
+            (for example the `EpochShuffle` of `train`). Defaults to `()`.
         verbose: As in `keras.Model.fit`. Defaults to `"auto"`.
 
     Returns:
@@ -196,41 +205,99 @@ def finetune(
     """
     keras.utils.set_random_seed(seed)
     with strategy.scope():
-        student = keras.models.load_model(pretrained, compile=False)
+        student = load_classifier(pretrained)
         model = keras_sft.SFTModel(student, lambda_=lambda_)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
-    callbacks = []
-    if checkpoint_every_epoch:
-        callbacks.append(_StudentCheckpoint(output))
-    if backup_dir:
-        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir))
-    if log_dir:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir))
+    keras_sft.check_dataset(train, student)
     model.fit(
         train,
         validation_data=validation,
         epochs=epochs,
-        callbacks=callbacks,
+        callbacks=_callbacks(
+            callbacks,
+            backup_dir=backup_dir,
+            checkpoint_dir=checkpoint_dir,
+            log_dir=log_dir,
+        ),
         # The dataset is shuffled by the pipeline (with --seed).
         shuffle=False,
         verbose=verbose,
     )
-    if not checkpoint_every_epoch:
-        model.student.save(output)
+    save_atomically(model.student, output)
     if export_dir:
-        keras_sft.export_saved_model(model, export_dir)
+        keras_sft.export_saved_model(model, export_dir, overwrite=overwrite)
     return model
 
 
-class _StudentCheckpoint(keras.callbacks.ModelCheckpoint):
-    """`ModelCheckpoint` that saves the student of the `SFTModel` trained."""
+def _callbacks(extra, *, backup_dir=None, checkpoint_dir=None, log_dir=None):
+    """The training callbacks of the binaries, in the order they must run."""
+    callbacks = [*extra, keras_sft.TerminateOnNaN()]
+    if backup_dir:
+        # Two copies, so a crash while one is written leaves the other.
+        callbacks.append(
+            keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
+        )
+    if checkpoint_dir:
+        callbacks.append(
+            _ModelCheckpoint(
+                os.path.join(checkpoint_dir, "epoch_{epoch:03d}.keras")
+            )
+        )
+    if log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir))
+    return callbacks
+
+
+class _ModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`ModelCheckpoint` that saves the student of an `SFTModel`."""
 
     def set_model(self, model):
-        super().set_model(model.student)
+        super().set_model(getattr(model, "student", model))
+
+
+def load_classifier(path):
+    """Loads a `.keras` classifier (an `SFTModel` gives its student).
+
+    Raises:
+        ValueError: one line naming the file and the fix, if the file is
+            missing, truncated or not a Keras model.
+    """
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises a dozen types for bad files.
+        reason = str(error).strip().splitlines()[0] if str(error) else ""
+        raise ValueError(
+            f"Cannot load a Keras model from {path!r} "
+            f"({type(error).__name__}: {reason}); pass a .keras file written "
+            "by model.save(), such as the output of examples.pretrain"
+        ) from error
+    return getattr(model, "student", model)
+
+
+def save_atomically(model, path):
+    """Saves `model` to the `.keras` file `path`, whole or not at all.
+
+    The model is written to a temporary file beside `path`, then renamed
+    over it: a crash midway leaves the previous file (or none), never a
+    truncated one.
+    """
+    ensure_parent(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    descriptor, staging = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.tmp-", suffix=".keras", dir=directory
+    )
+    os.close(descriptor)
+    try:
+        model.save(staging)
+        os.replace(staging, path)
+    except BaseException:
+        if os.path.exists(staging):
+            os.remove(staging)
+        raise
 
 
 def accuracy_by_group(model, dataset, groups=()):

@@ -6,12 +6,14 @@ r"""Fine-tunes a pretrained `.keras` classifier with `keras_sft.SFTModel`.
 
 The teacher is a frozen clone of the pretrained model; `--lambda=0` is
 plain fine-tuning. The fine-tuned student is validated on `--test_split`
-(with the same `--classes` and `--shift`) and written to `--output` after
-each epoch (`ModelCheckpoint`); with `--export_dir` it is exported as a
-SavedModel after training, and with `--backup_dir` training resumes from
-the last finished epoch after a crash (`BackupAndRestore`).
+(with the same `--classes` and `--shift`) and, after training, written to
+`--output` and, with `--export_dir`, exported as a SavedModel, each whole
+or not at all. With `--backup_dir`, a run killed midway and started again
+with the same command resumes from its last finished epoch
+(`BackupAndRestore`) and ends with the weights of an uninterrupted run.
 """
 
+import math
 import os
 
 from absl import app
@@ -39,8 +41,8 @@ BACKUP_DIR = flags.DEFINE_string(
 EXPORT_DIR = flags.DEFINE_string(
     "export_dir",
     None,
-    "Directory (must not exist) to export the student to as a TensorFlow "
-    "SavedModel; no export when unset.",
+    "Directory to export the student to as a TensorFlow SavedModel (an "
+    "existing one is replaced only with --overwrite); no export when unset.",
 )
 flags.register_validator(
     PRETRAINED,
@@ -48,9 +50,18 @@ flags.register_validator(
     message="--pretrained must be an existing .keras file",
 )
 flags.register_validator(
-    EXPORT_DIR,
-    lambda path: path is None or not os.path.exists(path),
-    message="--export_dir must not exist yet",
+    LAMBDA,
+    math.isfinite,
+    message="--lambda must be a finite number >= 0",
+)
+flags.register_multi_flags_validator(
+    [EXPORT_DIR, common_flags.OVERWRITE],
+    lambda values: (
+        values["export_dir"] is None
+        or values["overwrite"]
+        or not os.path.exists(values["export_dir"])
+    ),
+    message="--export_dir exists already; pass --overwrite to replace it",
 )
 flags.adopt_module_key_flags(common_flags)
 
@@ -61,11 +72,11 @@ def main(argv):
     strategy = common_flags.set_up()
     train, _ = common_flags.load_split(common_flags.TRAIN_SPLIT.value)
     test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
-    experiment.ensure_parent(common_flags.OUTPUT.value)
+    train, epoch_shuffle = common_flags.training_batches(train)
     model = experiment.finetune(
         pretrained=PRETRAINED.value,
-        train=common_flags.batched(train, shuffle=True),
-        validation=common_flags.batched(test, shuffle=False),
+        train=train,
+        validation=common_flags.evaluation_batches(test),
         lambda_=LAMBDA.value,
         output=common_flags.OUTPUT.value,
         strategy=strategy,
@@ -73,9 +84,12 @@ def main(argv):
         learning_rate=common_flags.LEARNING_RATE.value,
         seed=common_flags.SEED.value,
         backup_dir=BACKUP_DIR.value,
+        checkpoint_dir=common_flags.CHECKPOINT_DIR.value,
         export_dir=EXPORT_DIR.value,
+        overwrite=common_flags.OVERWRITE.value,
         log_dir=flags.FLAGS.log_dir or None,
         jit_compile=common_flags.JIT_COMPILE.value,
+        callbacks=[epoch_shuffle],
     )
     logging.info(
         "Fine-tuned with lambda=%g; student saved to %s",
@@ -88,4 +102,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required([PRETRAINED.name, common_flags.OUTPUT.name])
-    app.run(main)
+    common_flags.run(main)

@@ -2,8 +2,9 @@ r"""Trains a classifier and saves it as a `.keras` file.
 
     python -m examples.pretrain --model=mlp --output=runs/pretrained.keras
 
-The model is saved after each epoch (`ModelCheckpoint`); it is validated on
-`--test_split`, and `--log_dir` gets TensorBoard logs.
+The model is validated on `--test_split` and saved to `--output` after
+training, whole or not at all; `--checkpoint_dir` gets a copy after each
+epoch (`ModelCheckpoint`) and `--log_dir` TensorBoard logs.
 """
 
 from absl import app
@@ -29,12 +30,13 @@ def main(argv):
     strategy = common_flags.set_up()
     train, num_classes = common_flags.load_split(common_flags.TRAIN_SPLIT.value)
     test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
-    experiment.ensure_parent(common_flags.OUTPUT.value)
+    input_shape = tuple(train.element_spec[0].shape)
+    train, epoch_shuffle = common_flags.training_batches(train)
     model = experiment.pretrain(
         model_name=MODEL.value,
-        train=common_flags.batched(train, shuffle=True),
-        validation=common_flags.batched(test, shuffle=False),
-        input_shape=tuple(train.element_spec[0].shape),
+        train=train,
+        validation=common_flags.evaluation_batches(test),
+        input_shape=input_shape,
         num_classes=num_classes,
         output=common_flags.OUTPUT.value,
         strategy=strategy,
@@ -42,7 +44,9 @@ def main(argv):
         learning_rate=common_flags.LEARNING_RATE.value,
         seed=common_flags.SEED.value,
         log_dir=flags.FLAGS.log_dir or None,
+        checkpoint_dir=common_flags.CHECKPOINT_DIR.value,
         jit_compile=common_flags.JIT_COMPILE.value,
+        callbacks=[epoch_shuffle],
     )
     logging.info(
         "Saved %s (%d parameters) to %s",
@@ -54,4 +58,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flag_as_required(common_flags.OUTPUT.name)
-    app.run(main)
+    common_flags.run(main)

@@ -1,6 +1,7 @@
 """keras-sft: fine-tune pretrained Keras models without forgetting."""
 
 from keras_sft.data_checks import check_dataset
+from keras_sft.epoch_shuffle import EpochShuffle
 from keras_sft.export import export_saved_model
 from keras_sft.l2_sp import apply_l2_sp
 from keras_sft.l2_sp import remove_l2_sp
@@ -12,6 +13,7 @@ from keras_sft.terminate_on_nan import TerminateOnNaN
 __version__ = "0.1.0"
 
 __all__ = [
+    "EpochShuffle",
     "SFTModel",
     "TerminateOnNaN",
     "apply_l2_sp",

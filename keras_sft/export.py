@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras_sft.sft_model import SFTModel
 
 
-def export_saved_model(model, export_dir):
+def export_saved_model(model, export_dir, *, overwrite=False):
     """Writes the student alone as a TensorFlow SavedModel.
 
     The SavedModel's `serving_default` signature maps a batch of inputs to
@@ -18,7 +18,10 @@ def export_saved_model(model, export_dir):
     student's variables are written: the teacher is needed for training, not
     for serving. It is written to a temporary directory beside `export_dir`
     and renamed into place, so `export_dir` appears complete or not at all:
-    a failure midway leaves no partial SavedModel behind.
+    a failure midway leaves no partial SavedModel behind. With `overwrite`,
+    an existing export is moved aside, the new one renamed into place, and
+    the old one deleted: a crash leaves the previous export, or the new
+    one, or (between the two renames) none at `export_dir`, never a mix.
 
     Example:
 
@@ -32,8 +35,10 @@ def export_saved_model(model, export_dir):
         model: A `keras_sft.SFTModel` (its `student` is exported) or a
             built `keras.Model` with one symbolic input (Functional or
             Sequential).
-        export_dir: String or path-like, a local directory that does not
-            exist yet; its parent must exist.
+        export_dir: String or path-like, a local directory; its parent
+            must exist.
+        overwrite: Bool, whether to replace an existing `export_dir`.
+            Defaults to `False`: an existing `export_dir` is refused.
     """
     student = model.student if isinstance(model, SFTModel) else model
     if not isinstance(student, keras.Model):
@@ -43,10 +48,11 @@ def export_saved_model(model, export_dir):
         )
     input_signature = _input_signature(student)
     export_dir = os.path.abspath(os.fspath(export_dir))
-    if os.path.exists(export_dir):
+    if os.path.exists(export_dir) and not overwrite:
         raise ValueError(
             "Invalid value for argument `export_dir`. Expected a path that "
-            f"does not exist yet. Received: export_dir={export_dir!r}"
+            "does not exist yet (or pass `overwrite=True`). Received: "
+            f"export_dir={export_dir!r}"
         )
     parent = os.path.dirname(export_dir)
     if not os.path.isdir(parent):
@@ -69,10 +75,16 @@ def export_saved_model(model, export_dir):
     )
     try:
         archive.write_out(staging_dir, verbose=False)
-        os.rename(staging_dir, export_dir)
     except BaseException:
         shutil.rmtree(staging_dir, ignore_errors=True)
         raise
+    if os.path.exists(export_dir):
+        previous_dir = f"{staging_dir}.previous"
+        os.rename(export_dir, previous_dir)
+        os.rename(staging_dir, export_dir)
+        shutil.rmtree(previous_dir)
+    else:
+        os.rename(staging_dir, export_dir)
 
 
 def _input_signature(student):

@@ -68,12 +68,42 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_overwrite_replaces_an_existing_export(tmp_path):
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    old, new = helpers.mlp(seed=0), helpers.mlp(seed=5)
+    keras_sft.export_saved_model(old, tmp_path / "serving")
+    keras_sft.export_saved_model(new, tmp_path / "serving", overwrite=True)
+    _, logits = _serve(str(tmp_path / "serving"), x)
+    np.testing.assert_allclose(logits, new.predict(x, verbose=0), atol=1e-5)
+    assert os.listdir(tmp_path) == ["serving"]
+
+
+def test_failed_overwrite_keeps_the_previous_export(tmp_path, monkeypatch):
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    old = helpers.mlp(seed=0)
+    keras_sft.export_saved_model(old, tmp_path / "serving")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        keras_sft.export_saved_model(
+            helpers.mlp(seed=5), tmp_path / "serving", overwrite=True
+        )
+    monkeypatch.undo()
+    _, logits = _serve(str(tmp_path / "serving"), x)
+    np.testing.assert_allclose(logits, old.predict(x, verbose=0), atol=1e-5)
+    assert os.listdir(tmp_path) == ["serving"]
+
+
 def test_existing_export_dir_is_refused(tmp_path):
     (tmp_path / "serving").mkdir()
     with pytest.raises(
         ValueError,
         match=r"Invalid value for argument `export_dir`. Expected a path "
-        r"that does not exist yet. Received: export_dir=.*serving'",
+        r"that does not exist yet \(or pass `overwrite=True`\). Received: "
+        r"export_dir=.*serving'",
     ):
         keras_sft.export_saved_model(helpers.mlp(), tmp_path / "serving")
 
