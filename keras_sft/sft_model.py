@@ -36,6 +36,15 @@ def _first_replica_batch(strategy, batch):
     )
 
 
+def _unpack(data):
+    """`(x, y, sample_weight, teacher_outputs)` of a batch, `None` if absent."""
+    # `cache_teacher_outputs` yields 4-tuples; Keras's own batches have at
+    # most three parts, so the two cannot be confused.
+    if isinstance(data, tuple) and len(data) == 4:
+        return data
+    return (*keras.utils.unpack_x_y_sample_weight(data), None)
+
+
 def _batch_size(x):
     """Leading dimension of the first input tensor, as float32."""
     first = next(t for t in keras.tree.flatten(x) if t is not None)
@@ -250,8 +259,10 @@ class SFTModel(keras.Model):
         )
 
     def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_pred = ops.stop_gradient(self.teacher(x, training=False))
+        x, y, sample_weight, teacher_pred = _unpack(data)
+        if teacher_pred is None:
+            teacher_pred = self.teacher(x, training=False)
+        teacher_pred = ops.stop_gradient(teacher_pred)
         with tf.GradientTape() as tape:
             y_pred = self.student(x, training=True)
             total, task_loss, distill_loss = self._compute_terms(
@@ -269,8 +280,9 @@ class SFTModel(keras.Model):
         )
 
     def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_pred = self.teacher(x, training=False)
+        x, y, sample_weight, teacher_pred = _unpack(data)
+        if teacher_pred is None:
+            teacher_pred = self.teacher(x, training=False)
         y_pred = self.student(x, training=False)
         total, task_loss, distill_loss = self._compute_terms(
             y, y_pred, teacher_pred, sample_weight
@@ -296,13 +308,18 @@ class SFTModel(keras.Model):
         # Keras takes the first batch's shapes to build the compiled loss and
         # metrics, but first averages the batch over replicas with
         # `strategy.reduce`, which `MultiWorkerMirroredStrategy` cannot do on
-        # per-replica data. One replica's batch has the same shapes.
+        # per-replica data. One replica's batch has the same shapes. Keras
+        # builds from 3-tuples: leave out cached teacher outputs.
+        if self._distribute_strategy is None:
+            return
         if iterator is not None and data_batch is None:
             for _, _, batches in iterator:
                 data_batch = _first_replica_batch(
                     self.distribute_strategy, next(batches)
                 )
                 break
+        if data_batch is not None:
+            data_batch = _unpack(data_batch)[:3]
         super()._maybe_symbolic_build(data_batch=data_batch)
 
     def get_config(self):
