@@ -1,6 +1,7 @@
 """Computing the teacher's outputs once and storing them with the data."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 # Dataset ops whose output can change from one iteration to the next: a
@@ -15,7 +16,7 @@ def cache_teacher_outputs(teacher, dataset, *, batch_size=256, directory=None):
     The teacher of `SFTModel` is frozen and runs with `training=False`, so
     on deterministic inputs its outputs are the same every epoch. This
     computes them once, in one pass of `teacher.predict` (under the
-    teacher's strategy, on its devices), and zips them with the examples:
+    teacher's strategy, on its devices), and stores them with the examples:
     each element becomes `(x, y, sample_weight, teacher_outputs)`, the
     structure `SFTModel.train_step` and `test_step` recognise, and each
     epoch then runs the student alone. Training on the cache gives the
@@ -46,11 +47,11 @@ def cache_teacher_outputs(teacher, dataset, *, batch_size=256, directory=None):
             `(x, y, sample_weight)`, deterministic and finite.
         batch_size: Int > 0, the batch size of the teacher's pass. Defaults
             to `256`.
-        directory: String or `None`. `None` keeps the outputs in memory
-            (one float per output unit and example); a path saves the
-            examples with their outputs there (`tf.data.Dataset.save`) and
-            reads them back from disk, for sets larger than memory.
-            Defaults to `None`.
+        directory: String or `None`. `None` reads the examples into memory
+            and keeps their outputs beside them (one float per output unit
+            and example); a path saves the examples with their outputs there
+            (`tf.data.Dataset.save`) and reads them back from disk, for sets
+            larger than memory. Defaults to `None`.
 
     Returns:
         A `tf.data.Dataset` of `(x, y, sample_weight, teacher_outputs)`
@@ -77,15 +78,28 @@ def cache_teacher_outputs(teacher, dataset, *, batch_size=256, directory=None):
         )
     _check_deterministic(dataset)
 
+    if directory is None:
+        return _cache_in_memory(teacher, dataset, batch_size)
     inputs = dataset.map(lambda x, *_: x).batch(batch_size)
     outputs = teacher.predict(inputs, verbose=0)
     cached = tf.data.Dataset.zip(
         dataset, tf.data.Dataset.from_tensor_slices(outputs)
     ).map(_with_teacher_outputs)
-    if directory is None:
-        return cached
     cached.save(directory)
     return tf.data.Dataset.load(directory)
+
+
+def _cache_in_memory(teacher, dataset, batch_size):
+    """Reads `dataset` once into memory and adds the teacher's outputs."""
+    batches = list(dataset.batch(batch_size).as_numpy_iterator())
+    examples = keras.tree.map_structure(
+        lambda *parts: np.concatenate(parts), *batches
+    )
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(examples)
+    outputs = teacher.predict(x, batch_size=batch_size, verbose=0)
+    # Slicing in-memory tensors is as fast as the original pipeline; a zip
+    # and a map per example would make the input pipeline the bottleneck.
+    return tf.data.Dataset.from_tensor_slices((x, y, sample_weight, outputs))
 
 
 def _with_teacher_outputs(example, teacher_outputs):
