@@ -1,6 +1,6 @@
 """Training throughput and peak memory of SFT against its alternatives.
 
-Times, on the same data and the same model, one process per run:
+Times, on the same data and the same model:
 
 1. `plain`: `model.fit` with cross-entropy only (the floor);
 2. `distiller`: `keras.distillation.Distiller` with MSE on the outputs;
@@ -8,18 +8,21 @@ Times, on the same data and the same model, one process per run:
 4. `sft_cached`: `keras_sft.SFTModel` on `keras_sft.cache_teacher_outputs`;
 
 on the MLP 784-256-10 of the textbook example and on a small CNN (32x32x3),
-batch 128, and prints samples per second (median over the timed epochs of
-every repeat), each ratio to `plain`, and the peak resident memory of the
-run's process. Runs are interleaved (each repeat runs every variant, in a
-rotated order) so that load from other processes spreads over all variants.
+batch 128, and prints samples per second (median over the timed epochs),
+each ratio to `plain`, and each variant's peak memory.
 
-Each run is its own process: its peak resident set size (`ru_maxrss` from
-`wait4`) then measures that variant alone, TensorFlow's runtime included.
-The first epoch of each run (tracing, compilation) is not timed; the
-cached variant's one teacher pass is timed separately (`cache_s`).
+Throughput: one process per model builds every variant, trains each one
+untimed epoch (tracing, compilation), then times `--rounds` epochs of each,
+taken in turns in a rotating order, so that load from other processes on
+the machine falls on all variants alike. The cached variant's one teacher
+pass is timed apart (`cache_s`), not in its epochs.
+
+Peak memory: one process per variant trains it for two epochs; its peak
+resident set size (`ru_maxrss` from `wait4`) measures that variant alone,
+TensorFlow's runtime and the in-memory data included.
 
     python -m benchmarks.throughput
-    python -m benchmarks.throughput --jit_compile=false --repeats=5
+    python -m benchmarks.throughput --jit_compile=false --rounds=9
 """
 
 import json
@@ -44,11 +47,8 @@ STEPS = {"mlp": 200, "cnn": 24}
 
 _MODELS = flags.DEFINE_list("models", list(MODELS), "Models to time.")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "Variants to time.")
-_REPEATS = flags.DEFINE_integer(
-    "repeats", 3, "Processes per variant and model.", lower_bound=1
-)
-_EPOCHS = flags.DEFINE_integer(
-    "epochs", 3, "Timed epochs per process.", lower_bound=1
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 5, "Timed epochs per variant, taken in turns.", lower_bound=1
 )
 _JIT_COMPILE = flags.DEFINE_enum(
     "jit_compile",
@@ -63,7 +63,7 @@ _STEPS_PER_EXECUTION = flags.DEFINE_integer(
     lower_bound=0,
 )
 _RUN = flags.DEFINE_string(
-    "run", None, "Internal: `MODEL,VARIANT` to run in this process."
+    "run", None, "Internal: `MODEL:VARIANT,...:ROUNDS` to run in this process."
 )
 
 
@@ -118,8 +118,8 @@ def _compile_kwargs():
     return kwargs
 
 
-def _run(model_name, variant):
-    """Trains one variant; returns its epoch times and settings."""
+def _prepare(model_name, variant):
+    """The model of `variant`, its dataset and the cache's time (or None)."""
     import keras
     import tensorflow as tf
 
@@ -155,104 +155,110 @@ def _run(model_name, variant):
         .batch(BATCH_SIZE)
         .prefetch(tf.data.AUTOTUNE)
     )
-    times = []
+    return model, dataset, cache_s
+
+
+def _run(model_name, variants, rounds):
+    """Trains `variants` in turns, an epoch each; returns their timings."""
+    import keras
+
+    prepared = {v: _prepare(model_name, v) for v in variants}
+    times = {v: [] for v in variants}
 
     class _EpochTimer(keras.callbacks.Callback):
+        def __init__(self, variant):
+            super().__init__()
+            self.variant = variant
+
         def on_epoch_begin(self, epoch, logs=None):
             self.start = time.perf_counter()
 
         def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
+            times[self.variant].append(time.perf_counter() - self.start)
 
-    model.fit(
-        dataset, epochs=1 + _EPOCHS.value, callbacks=[_EpochTimer()], verbose=0
-    )
+    # The first epoch traces and compiles: not timed.
+    for model, dataset, _ in prepared.values():
+        model.fit(dataset, epochs=1, verbose=0)
+    order = list(variants)
+    for _ in range(rounds):
+        for variant in order:
+            model, dataset, _ = prepared[variant]
+            model.fit(
+                dataset, epochs=1, callbacks=[_EpochTimer(variant)], verbose=0
+            )
+        # Rotate so that no variant always follows the same one.
+        order = order[1:] + order[:1]
     return {
-        "epoch_s": times[1:],
-        "cache_s": cache_s,
-        "jit_compile": model.jit_compile,
-        "steps_per_execution": model.steps_per_execution,
+        variant: {
+            "epoch_s": times[variant],
+            "cache_s": cache_s,
+            "jit_compile": model.jit_compile,
+            "steps_per_execution": model.steps_per_execution,
+        }
+        for variant, (model, _, cache_s) in prepared.items()
     }
 
 
-def _spawn(model_name, variant, argv):
-    """Runs one variant in a child; returns its result and peak RSS (MiB)."""
-    flags_to_pass = [a for a in argv[1:] if not a.startswith("--run")]
+def _spawn(model_name, variants, rounds):
+    """Runs `_run` in a child; returns its results and peak RSS (MiB)."""
     child = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "benchmarks.throughput",
-            f"--run={model_name},{variant}",
-            *flags_to_pass,
+            f"--run={model_name}:{','.join(variants)}:{rounds}",
+            f"--jit_compile={_JIT_COMPILE.value}",
+            f"--steps_per_execution={_STEPS_PER_EXECUTION.value}",
         ],
         stdout=subprocess.PIPE,
     )
     stdout = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise RuntimeError(f"{model_name} {variant} failed")
-    result = json.loads(stdout.decode().strip().splitlines()[-1])
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{model_name} {variants} failed")
+    results = json.loads(stdout.decode().strip().splitlines()[-1])
     # Linux reports ru_maxrss in KiB.
-    result["peak_rss_mib"] = usage.ru_maxrss / 1024
-    return result
+    return results, usage.ru_maxrss / 1024
 
 
-def _table(model_name, results):
+def _rows(model_name, timings, peak_rss):
     """Markdown rows for one model's variants."""
-    rows = []
     samples = STEPS[model_name] * BATCH_SIZE
     speed = {
-        variant: samples / statistics.median(r["epoch_s"])
-        for variant, r in results.items()
+        v: samples / statistics.median(r["epoch_s"]) for v, r in timings.items()
     }
-    rss = {v: statistics.median(r["peak_rss_mib"]) for v, r in results.items()}
-    for variant, r in results.items():
-        cache = f"{statistics.median(r['cache_s']):.2f}" if r["cache_s"] else ""
-        ratio = speed[variant] / speed["plain"] if "plain" in speed else 0
+    rows = []
+    for variant, result in timings.items():
+        ratio = speed[variant] / speed["plain"] if "plain" in speed else 0.0
+        cache = result["cache_s"]
         rows.append(
-            f"| {model_name} | {variant} | {r['settings']} "
+            f"| {model_name} | {variant} "
+            f"| {result['jit_compile']} | {result['steps_per_execution']} "
             f"| {speed[variant]:,.0f} | {ratio:.2f} "
-            f"| {rss[variant]:,.0f} | {cache} |"
+            f"| {peak_rss[variant]:,.0f} "
+            f"| {'' if cache is None else f'{cache:.2f}'} |"
         )
     return rows
 
 
 def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if _RUN.value:
-        model_name, variant = _RUN.value.split(",")
-        print(json.dumps(_run(model_name, variant)))
+        model_name, variants, rounds = _RUN.value.split(":")
+        results = _run(model_name, variants.split(","), int(rounds))
+        print(json.dumps(results))
         return
-    results = {
-        m: {
-            v: {"epoch_s": [], "peak_rss_mib": [], "cache_s": []}
-            for v in _VARIANTS.value
-        }
-        for m in _MODELS.value
-    }
-    order = list(_VARIANTS.value)
-    for _ in range(_REPEATS.value):
-        for model_name in _MODELS.value:
-            for variant in order:
-                result = _spawn(model_name, variant, argv)
-                entry = results[model_name][variant]
-                entry["epoch_s"] += result["epoch_s"]
-                entry["peak_rss_mib"].append(result["peak_rss_mib"])
-                if result["cache_s"] is not None:
-                    entry["cache_s"].append(result["cache_s"])
-                entry["settings"] = (
-                    f"jit={result['jit_compile']}, "
-                    f"spe={result['steps_per_execution']}"
-                )
-        order = order[1:] + order[:1]
     print(
-        "| model | variant | settings | samples/s | vs plain "
-        "| peak RSS MiB | cache_s |"
+        "| model | variant | jit_compile | steps_per_execution | samples/s "
+        "| vs plain | peak RSS MiB | cache_s |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for model_name in _MODELS.value:
-        print("\n".join(_table(model_name, results[model_name])))
+        timings, _ = _spawn(model_name, _VARIANTS.value, _ROUNDS.value)
+        # Peak memory: one process per variant, one timed epoch.
+        peak_rss = {v: _spawn(model_name, [v], 1)[1] for v in _VARIANTS.value}
+        print("\n".join(_rows(model_name, timings, peak_rss)), flush=True)
 
 
 if __name__ == "__main__":
