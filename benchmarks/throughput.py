@@ -101,7 +101,6 @@ def _examples(model_name):
     shape = (784,) if model_name == "mlp" else (32, 32, 3)
     count = STEPS[model_name] * BATCH_SIZE
     rng = np.random.default_rng(0)
-    # Drawn in float32: a float64 draw would set every variant's peak memory.
     x = rng.random(size=(count, *shape), dtype="float32")
     y = rng.integers(0, 10, size=count).astype("int32")
     return tf.data.Dataset.from_tensor_slices((x, y))
