@@ -8,6 +8,7 @@ from keras_sft.l2_sp import remove_l2_sp
 from keras_sft.select_lambda import select_lambda
 from keras_sft.sft_model import SFTModel
 from keras_sft.teacher import clone_teacher
+from keras_sft.teacher_cache import cache_teacher_outputs
 from keras_sft.terminate_on_nan import TerminateOnNaN
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ __all__ = [
     "SFTModel",
     "TerminateOnNaN",
     "apply_l2_sp",
+    "cache_teacher_outputs",
     "check_dataset",
     "clone_teacher",
     "export_saved_model",

@@ -16,6 +16,35 @@ def _num_replicas():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def _in_multi_worker_mode(strategy):
+    """Whether `strategy` is a `MultiWorkerMirroredStrategy` over >1 worker."""
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    )
+
+
+def _first_replica_batch(strategy, batch):
+    """This worker's first replica's part of a (distributed) batch."""
+    return keras.tree.map_structure(
+        lambda value: (
+            strategy.experimental_local_results(value)[0]
+            if isinstance(value, tf.distribute.DistributedValues)
+            else value
+        ),
+        batch,
+    )
+
+
+def _unpack(data):
+    """`(x, y, sample_weight, teacher_outputs)` of a batch, `None` if absent."""
+    # `cache_teacher_outputs` yields 4-tuples; Keras's own batches have at
+    # most three parts, so the two cannot be confused.
+    if isinstance(data, tuple) and len(data) == 4:
+        return data
+    return (*keras.utils.unpack_x_y_sample_weight(data), None)
+
+
 def _batch_size(x):
     """Leading dimension of the first input tensor, as float32."""
     first = next(t for t in keras.tree.flatten(x) if t is not None)
@@ -481,10 +510,10 @@ class SFTModel(keras.Model):
         )
 
     def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_pred = keras.tree.map_structure(
-            ops.stop_gradient, self.teacher(x, training=False)
-        )
+        x, y, sample_weight, teacher_pred = _unpack(data)
+        if teacher_pred is None:
+            teacher_pred = self.teacher(x, training=False)
+        teacher_pred = keras.tree.map_structure(ops.stop_gradient, teacher_pred)
         with tf.GradientTape() as tape:
             y_pred = self.student(x, training=True)
             total, terms = self._compute_terms(
@@ -497,17 +526,52 @@ class SFTModel(keras.Model):
             zip(gradients, trainable_weights, strict=True)
         )
         self._track(x, total, terms)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return self._step_logs(
+            self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        )
 
     def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        teacher_pred = self.teacher(x, training=False)
+        x, y, sample_weight, teacher_pred = _unpack(data)
+        if teacher_pred is None:
+            teacher_pred = self.teacher(x, training=False)
         y_pred = self.student(x, training=False)
         total, terms = self._compute_terms(
             y, y_pred, teacher_pred, sample_weight
         )
         self._track(x, total, terms)
-        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        return self._step_logs(
+            self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        )
+
+    def _step_logs(self, logs):
+        """The step's logs, shaped for Keras's reduction under `fit`."""
+        # Under multiple workers Keras reduces each returned log with
+        # `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars
+        # (keras-team/keras#20585); a leading axis of one reduces to the
+        # same scalar mean.
+        if _in_multi_worker_mode(self.distribute_strategy):
+            return {
+                key: ops.expand_dims(value, 0) for key, value in logs.items()
+            }
+        return logs
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras takes the first batch's shapes to build the compiled loss and
+        # metrics, but first averages the batch over replicas with
+        # `strategy.reduce`, which `MultiWorkerMirroredStrategy` cannot do on
+        # per-replica data. One replica's batch has the same shapes. Keras
+        # builds from 3-tuples: leave out cached teacher outputs.
+        if self._distribute_strategy is None:
+            return
+        if iterator is not None and data_batch is None:
+            for _, _, batches in iterator:
+                data_batch = _first_replica_batch(
+                    self.distribute_strategy, next(batches)
+                )
+                break
+        if data_batch is not None:
+            data_batch = _unpack(data_batch)[:3]
+        super()._maybe_symbolic_build(data_batch=data_batch)
 
     def get_config(self):
         config = super().get_config()

@@ -1,0 +1,265 @@
+"""Training throughput and peak memory of SFT against its alternatives.
+
+Times, on the same data and the same model:
+
+1. `plain`: `model.fit` with cross-entropy only (the floor);
+2. `distiller`: `keras.distillation.Distiller` with MSE on the outputs;
+3. `sft_live`: `keras_sft.SFTModel` with the live teacher;
+4. `sft_cached`: `keras_sft.SFTModel` on `keras_sft.cache_teacher_outputs`;
+
+on the MLP 784-256-10 of the textbook example and on a small CNN (32x32x3),
+batch 128, and prints samples per second (median over the timed epochs),
+each ratio to `plain`, and each variant's peak memory.
+
+Throughput: one process per model builds every variant, trains each one
+untimed epoch (tracing, compilation), then times `--rounds` epochs of each,
+taken in turns in a rotating order, so that load from other processes on
+the machine falls on all variants alike. The cached variant's one teacher
+pass is timed apart (`cache_s`), not in its epochs.
+
+Peak memory: one process per variant trains it for two epochs; its peak
+resident set size (`ru_maxrss` from `wait4`) measures that variant alone,
+TensorFlow's runtime and the in-memory data included.
+
+    python -m benchmarks.throughput
+    python -m benchmarks.throughput --jit_compile=false --rounds=9
+"""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+VARIANTS = ("plain", "distiller", "sft_live", "sft_cached")
+MODELS = ("mlp", "cnn")
+BATCH_SIZE = 128
+# Steps per epoch: enough for a stable epoch time, few enough for a run of
+# a few minutes on two cores.
+STEPS = {"mlp": 200, "cnn": 24}
+
+_MODELS = flags.DEFINE_list("models", list(MODELS), "Models to time.")
+_VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "Variants to time.")
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 6, "Timed epochs per variant, taken in turns.", lower_bound=1
+)
+_JIT_COMPILE = flags.DEFINE_enum(
+    "jit_compile",
+    "default",
+    ["default", "auto", "true", "false"],
+    "`jit_compile` of every variant; `default` leaves each its own.",
+)
+_STEPS_PER_EXECUTION = flags.DEFINE_integer(
+    "steps_per_execution",
+    0,
+    "`steps_per_execution` of every variant; 0 leaves each its own.",
+    lower_bound=0,
+)
+_RUN = flags.DEFINE_string(
+    "run", None, "Internal: `MODEL:VARIANT,...:ROUNDS` to run in this process."
+)
+
+
+def _build(model_name, seed=0):
+    """The pretrained classifier (random weights: speed does not care)."""
+    import keras
+
+    init = keras.initializers.GlorotUniform
+    if model_name == "mlp":
+        inputs = keras.Input((784,))
+        hidden = keras.layers.Dense(256, "relu", kernel_initializer=init(seed))(
+            inputs
+        )
+    else:
+        inputs = keras.Input((32, 32, 3))
+        hidden = inputs
+        for i, filters in enumerate((32, 64)):
+            hidden = keras.layers.Conv2D(
+                filters, 3, activation="relu", kernel_initializer=init(seed + i)
+            )(hidden)
+            hidden = keras.layers.MaxPooling2D()(hidden)
+        hidden = keras.layers.Flatten()(hidden)
+        hidden = keras.layers.Dense(128, "relu", kernel_initializer=init(seed))(
+            hidden
+        )
+    outputs = keras.layers.Dense(10, kernel_initializer=init(seed + 7))(hidden)
+    return keras.Model(inputs, outputs, name=model_name)
+
+
+def _examples(model_name):
+    """A `tf.data.Dataset` of unbatched synthetic `(x, y)` examples."""
+    import numpy as np
+    import tensorflow as tf
+
+    shape = (784,) if model_name == "mlp" else (32, 32, 3)
+    count = STEPS[model_name] * BATCH_SIZE
+    rng = np.random.default_rng(0)
+    x = rng.random(size=(count, *shape), dtype="float32")
+    y = rng.integers(0, 10, size=count).astype("int32")
+    return tf.data.Dataset.from_tensor_slices((x, y))
+
+
+def _compile_kwargs():
+    """The compile arguments the flags set; empty keeps each default."""
+    kwargs = {}
+    if _JIT_COMPILE.value != "default":
+        kwargs["jit_compile"] = {"auto": "auto", "true": True, "false": False}[
+            _JIT_COMPILE.value
+        ]
+    if _STEPS_PER_EXECUTION.value:
+        kwargs["steps_per_execution"] = _STEPS_PER_EXECUTION.value
+    return kwargs
+
+
+def _prepare(model_name, variant):
+    """The model of `variant`, its dataset and the cache's time (or None)."""
+    import keras
+    import tensorflow as tf
+
+    import keras_sft
+
+    keras.utils.set_random_seed(0)
+    student = _build(model_name)
+    optimizer = keras.optimizers.Adam(1e-3)
+    task_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    examples = _examples(model_name)
+    cache_s = None
+    if variant == "plain":
+        model = student
+        model.compile(optimizer=optimizer, loss=task_loss, **_compile_kwargs())
+    elif variant == "distiller":
+        model = keras.distillation.Distiller(
+            teacher=keras_sft.clone_teacher(student),
+            student=student,
+            distillation_losses=keras.distillation.FeatureDistillation(
+                loss="mse"
+            ),
+        )
+        model.compile(optimizer=optimizer, loss=task_loss, **_compile_kwargs())
+    else:
+        model = keras_sft.SFTModel(student, lambda_=0.5)
+        model.compile(optimizer=optimizer, **_compile_kwargs())
+        if variant == "sft_cached":
+            start = time.perf_counter()
+            examples = keras_sft.cache_teacher_outputs(model.teacher, examples)
+            cache_s = time.perf_counter() - start
+    dataset = (
+        examples.shuffle(STEPS[model_name] * BATCH_SIZE, seed=0)
+        .batch(BATCH_SIZE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return model, dataset, cache_s
+
+
+def _run(model_name, variants, rounds):
+    """Trains `variants` in turns, an epoch each; returns their timings."""
+    import keras
+
+    prepared = {v: _prepare(model_name, v) for v in variants}
+    times = {v: [] for v in variants}
+
+    class _EpochTimer(keras.callbacks.Callback):
+        def __init__(self, variant):
+            super().__init__()
+            self.variant = variant
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times[self.variant].append(time.perf_counter() - self.start)
+
+    # The first epoch traces and compiles: not timed.
+    for model, dataset, _ in prepared.values():
+        model.fit(dataset, epochs=1, verbose=0)
+    order = list(variants)
+    for _ in range(rounds):
+        for variant in order:
+            model, dataset, _ = prepared[variant]
+            model.fit(
+                dataset, epochs=1, callbacks=[_EpochTimer(variant)], verbose=0
+            )
+        # Rotate so that no variant always follows the same one.
+        order = order[1:] + order[:1]
+    return {
+        variant: {
+            "epoch_s": times[variant],
+            "cache_s": cache_s,
+            "jit_compile": model.jit_compile,
+            "steps_per_execution": model.steps_per_execution,
+        }
+        for variant, (model, _, cache_s) in prepared.items()
+    }
+
+
+def _spawn(model_name, variants, rounds):
+    """Runs `_run` in a child; returns its results and peak RSS (MiB)."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.throughput",
+            f"--run={model_name}:{','.join(variants)}:{rounds}",
+            f"--jit_compile={_JIT_COMPILE.value}",
+            f"--steps_per_execution={_STEPS_PER_EXECUTION.value}",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    stdout = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{model_name} {variants} failed")
+    results = json.loads(stdout.decode().strip().splitlines()[-1])
+    # Linux reports ru_maxrss in KiB.
+    return results, usage.ru_maxrss / 1024
+
+
+def _rows(model_name, timings, peak_rss):
+    """Markdown rows for one model's variants."""
+    samples = STEPS[model_name] * BATCH_SIZE
+    speed = {
+        v: samples / statistics.median(r["epoch_s"]) for v, r in timings.items()
+    }
+    rows = []
+    for variant, result in timings.items():
+        ratio = speed[variant] / speed["plain"] if "plain" in speed else 0.0
+        cache = result["cache_s"]
+        rows.append(
+            f"| {model_name} | {variant} "
+            f"| {result['jit_compile']} | {result['steps_per_execution']} "
+            f"| {speed[variant]:,.0f} | {ratio:.2f} "
+            f"| {peak_rss[variant]:,.0f} "
+            f"| {'' if cache is None else f'{cache:.2f}'} |"
+        )
+    return rows
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _RUN.value:
+        model_name, variants, rounds = _RUN.value.split(":")
+        results = _run(model_name, variants.split(","), int(rounds))
+        print(json.dumps(results))
+        return
+    print(
+        "| model | variant | jit_compile | steps_per_execution | samples/s "
+        "| vs plain | peak RSS MiB | cache_s |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for model_name in _MODELS.value:
+        timings, _ = _spawn(model_name, _VARIANTS.value, _ROUNDS.value)
+        # Peak memory: one process per variant, one timed epoch.
+        peak_rss = {v: _spawn(model_name, [v], 1)[1] for v in _VARIANTS.value}
+        print("\n".join(_rows(model_name, timings, peak_rss)), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

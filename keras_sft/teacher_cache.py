@@ -1,0 +1,143 @@
+"""Computing the teacher's outputs once and storing them with the data."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# Dataset ops whose output can change from one iteration to the next: a
+# cache built from one pass would then pair inputs with the teacher outputs
+# of other inputs.
+_NONDETERMINISTIC_OPS = ("Shuffle", "Random", "Sampling")
+
+
+def cache_teacher_outputs(teacher, dataset, *, batch_size=256, directory=None):
+    """Returns `dataset` with the teacher's outputs stored beside each example.
+
+    The teacher of `SFTModel` is frozen and runs with `training=False`, so
+    on deterministic inputs its outputs are the same every epoch. This
+    computes them once, in one pass of `teacher.predict` (under the
+    teacher's strategy, on its devices), and stores them with the examples:
+    each element becomes `(x, y, sample_weight, teacher_outputs)`, the
+    structure `SFTModel.train_step` and `test_step` recognise, and each
+    epoch then runs the student alone. Training on the cache gives the
+    weights of training with the live teacher.
+
+    Shuffle and batch the returned dataset as the original: the outputs
+    travel with their examples. Random augmentation
+    must not be in `dataset` (the cache would pair augmented inputs with
+    the outputs of other augmentations), and is refused, as are shuffles
+    and other random ops (the second pass would not meet the examples in
+    the order of the first), `deterministic=False` options and infinite
+    datasets. Ops hidden in Python (`py_function`, `from_generator`) cannot
+    be checked; they must be deterministic too.
+
+    Example:
+
+    ```python
+    model = keras_sft.SFTModel(pretrained, lambda_=0.5)
+    examples = tf.data.Dataset.from_tensor_slices((x, y))
+    cached = keras_sft.cache_teacher_outputs(model.teacher, examples)
+    model.compile(optimizer="adam")
+    model.fit(cached.shuffle(10_000).batch(128), epochs=5)
+    ```
+
+    Args:
+        teacher: `keras.Model`, the frozen teacher (`SFTModel.teacher`).
+        dataset: `tf.data.Dataset` of unbatched examples `(x, y)` or
+            `(x, y, sample_weight)`, deterministic and finite.
+        batch_size: Int > 0, the batch size of the teacher's pass. Defaults
+            to `256`.
+        directory: String or `None`. `None` reads the examples into memory
+            and keeps their outputs beside them (one float per output unit
+            and example); a path saves the examples with their outputs there
+            (`tf.data.Dataset.save`) and reads them back from disk, for sets
+            larger than memory. Defaults to `None`.
+
+    Returns:
+        A `tf.data.Dataset` of `(x, y, sample_weight, teacher_outputs)`
+        (`sample_weight` is `None` where `dataset` has none).
+    """
+    if not isinstance(teacher, keras.Model):
+        raise ValueError(
+            "Invalid value for argument `teacher`. Expected a `keras.Model` "
+            f"instance. Received: teacher={teacher!r}"
+        )
+    if not isinstance(dataset, tf.data.Dataset):
+        raise ValueError(
+            "Invalid value for argument `dataset`. Expected a "
+            f"`tf.data.Dataset`. Received: dataset={dataset!r}"
+        )
+    if (
+        isinstance(batch_size, bool)
+        or not isinstance(batch_size, int)
+        or batch_size <= 0
+    ):
+        raise ValueError(
+            "Invalid value for argument `batch_size`. Expected an int > 0. "
+            f"Received: batch_size={batch_size!r}"
+        )
+    _check_deterministic(dataset)
+
+    if directory is None:
+        return _cache_in_memory(teacher, dataset, batch_size)
+    inputs = dataset.map(lambda x, *_: x).batch(batch_size)
+    outputs = teacher.predict(inputs, verbose=0)
+    cached = tf.data.Dataset.zip(
+        dataset, tf.data.Dataset.from_tensor_slices(outputs)
+    ).map(_with_teacher_outputs)
+    cached.save(directory)
+    return tf.data.Dataset.load(directory)
+
+
+def _cache_in_memory(teacher, dataset, batch_size):
+    """Reads `dataset` once into memory and adds the teacher's outputs."""
+    batches = list(dataset.batch(batch_size).as_numpy_iterator())
+    examples = keras.tree.map_structure(
+        lambda *parts: np.concatenate(parts), *batches
+    )
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(examples)
+    outputs = teacher.predict(x, batch_size=batch_size, verbose=0)
+    # Slicing in-memory tensors is as fast as the original pipeline; a zip
+    # and a map per example would make the input pipeline the bottleneck.
+    return tf.data.Dataset.from_tensor_slices((x, y, sample_weight, outputs))
+
+
+def _with_teacher_outputs(example, teacher_outputs):
+    """`(x, y, sample_weight, teacher_outputs)` from an example and outputs."""
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(example)
+    return x, y, sample_weight, teacher_outputs
+
+
+def _check_deterministic(dataset):
+    """Raises `ValueError` where two passes over `dataset` could differ."""
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            "Invalid value for argument `dataset`. Expected a finite "
+            "dataset: the teacher's outputs are computed in one pass. "
+            "Received: an infinite dataset (`repeat()` without a count?). "
+            "Cache first, then repeat."
+        )
+    if dataset.options().deterministic is False:
+        raise ValueError(
+            "Invalid value for argument `dataset`. Expected a deterministic "
+            "dataset: cached teacher outputs are matched to examples by "
+            "position. Received: a dataset with "
+            "`options().deterministic=False`."
+        )
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(dataset._as_serialized_graph().numpy())
+    ops = {node.op for node in graph.node}
+    for function in graph.library.function:
+        ops.update(node.op for node in function.node_def)
+    random_ops = sorted(
+        op for op in ops if any(word in op for word in _NONDETERMINISTIC_OPS)
+    )
+    if random_ops:
+        raise ValueError(
+            "Invalid value for argument `dataset`. Expected a deterministic "
+            "dataset without shuffling or random augmentation: cached "
+            "teacher outputs are computed once and matched to examples by "
+            "position. Cache first, then shuffle; with random augmentation, "
+            "train with the live teacher. Received: a dataset with "
+            f"{random_ops}"
+        )

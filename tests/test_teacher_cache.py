@@ -1,0 +1,157 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sft
+from tests import helpers
+
+
+def _examples(use_weights=True, n=40):
+    x, y, weights = helpers.classification_data(n=n)
+    parts = (x, y, weights) if use_weights else (x, y)
+    return tf.data.Dataset.from_tensor_slices(parts)
+
+
+def _fit(strategy, cache, use_weights=True, directory=None):
+    """Student weights after two shuffled epochs, live or cached teacher."""
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        student = helpers.mlp(dropout=0.2)
+        model = keras_sft.SFTModel(
+            student, teacher=helpers.perturbed_copy(student), lambda_=1.0
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.2, momentum=0.9))
+    dataset = _examples(use_weights)
+    if cache:
+        dataset = keras_sft.cache_teacher_outputs(
+            model.teacher, dataset, batch_size=7, directory=directory
+        )
+    dataset = dataset.shuffle(40, seed=1).batch(8)
+    history = model.fit(dataset, epochs=2, shuffle=False, verbose=0)
+    return model.student.get_weights(), history.history
+
+
+@pytest.mark.parametrize("use_weights", [False, True])
+def test_cached_equals_live(use_weights):
+    live, live_logs = _fit(tf.distribute.get_strategy(), False, use_weights)
+    cached, cached_logs = _fit(tf.distribute.get_strategy(), True, use_weights)
+    update = max(
+        np.abs(a - b).max()
+        for a, b in zip(live, helpers.mlp().get_weights(), strict=True)
+    )
+    assert update > 1e-2  # the comparison below is not vacuous
+    for a, b in zip(cached, live, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert cached_logs["distill_loss"] == pytest.approx(
+        live_logs["distill_loss"], rel=1e-5
+    )
+
+
+def test_cached_equals_live_mirrored():
+    mirrored = lambda: tf.distribute.MirroredStrategy(  # noqa: E731
+        ["/cpu:0", "/cpu:1"]
+    )
+    live, _ = _fit(mirrored(), False)
+    cached, _ = _fit(mirrored(), True)
+    for a, b in zip(cached, live, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_cache_on_disk_equals_live(tmp_path):
+    live, _ = _fit(tf.distribute.get_strategy(), False)
+    cached, _ = _fit(
+        tf.distribute.get_strategy(), True, directory=str(tmp_path / "c")
+    )
+    for a, b in zip(cached, live, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_cached_outputs_are_the_teachers_in_numpy():
+    teacher = helpers.mlp()
+    x, y, _ = helpers.classification_data(n=10)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    elements = list(
+        keras_sft.cache_teacher_outputs(teacher, dataset, batch_size=4)
+    )
+    expected = helpers.numpy_mlp_logits(teacher.get_weights(), x)
+    assert len(elements) == 10
+    for i, (xi, yi, weight, outputs) in enumerate(elements):
+        np.testing.assert_array_equal(xi, x[i])
+        assert yi == y[i] and weight is None
+        np.testing.assert_allclose(outputs, expected[i], atol=1e-5)
+
+
+def test_evaluate_on_the_cache_equals_live():
+    model = keras_sft.SFTModel(
+        helpers.mlp(), teacher=helpers.perturbed_copy(helpers.mlp())
+    )
+    model.compile(optimizer="sgd")
+    dataset = _examples()
+    cached = keras_sft.cache_teacher_outputs(model.teacher, dataset)
+    live_logs = model.evaluate(dataset.batch(8), return_dict=True, verbose=0)
+    cached_logs = model.evaluate(cached.batch(8), return_dict=True, verbose=0)
+    for key, value in live_logs.items():
+        assert cached_logs[key] == pytest.approx(value, rel=1e-6)
+
+
+def _nondeterministic(dataset):
+    options = tf.data.Options()
+    options.deterministic = False
+    return dataset.with_options(options)
+
+
+@pytest.mark.parametrize(
+    "transform, message",
+    [
+        (
+            lambda d: d.shuffle(8),
+            r"Invalid value for argument `dataset`. Expected a deterministic "
+            r"dataset without shuffling or random augmentation.*"
+            r"Received: a dataset with \['ShuffleDatasetV3'\]",
+        ),
+        (
+            lambda d: d.map(
+                lambda x, y, w: (x + tf.random.normal(tf.shape(x)), y, w)
+            ),
+            r"Received: a dataset with \['RandomStandardNormal'\]",
+        ),
+        (
+            lambda d: d.repeat(),
+            r"Invalid value for argument `dataset`. Expected a finite dataset",
+        ),
+        (
+            _nondeterministic,
+            r"Received: a dataset with `options\(\).deterministic=False`",
+        ),
+    ],
+)
+def test_nondeterministic_datasets_are_refused(transform, message):
+    with pytest.raises(ValueError, match=message):
+        keras_sft.cache_teacher_outputs(helpers.mlp(), transform(_examples()))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"teacher": "t.keras"},
+            r"Invalid value for argument `teacher`. Expected a `keras.Model` "
+            r"instance. Received: teacher='t.keras'",
+        ),
+        (
+            {"dataset": [1, 2]},
+            r"Invalid value for argument `dataset`. Expected a "
+            r"`tf.data.Dataset`. Received: dataset=\[1, 2\]",
+        ),
+        (
+            {"batch_size": 0},
+            r"Invalid value for argument `batch_size`. Expected an int > 0. "
+            r"Received: batch_size=0",
+        ),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, message):
+    arguments = {"teacher": helpers.mlp(), "dataset": _examples()} | kwargs
+    with pytest.raises(ValueError, match=message):
+        keras_sft.cache_teacher_outputs(**arguments)
