@@ -8,6 +8,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_sft import distances
+from keras_sft import outputs
 from keras_sft.teacher import clone_teacher
 
 
@@ -49,53 +50,6 @@ def _batch_size(x):
     """Leading dimension of the first input tensor, as float32."""
     first = next(t for t in keras.tree.flatten(x) if t is not None)
     return ops.cast(ops.shape(first)[0], "float32")
-
-
-def _output_names(model):
-    """Names of a built model's outputs in call order, or `None` if unknown.
-
-    Dict outputs are named by their keys, other outputs by the layer that
-    makes them, as `keras.Model.compile` names them.
-    """
-    try:
-        structure = model.output
-    except (AttributeError, ValueError):
-        # Subclassed models have no symbolic outputs.
-        return None
-    if isinstance(structure, dict):
-        return list(structure)
-    if getattr(model, "output_names", None):
-        return list(model.output_names)
-    # A Sequential model has one output, made by its last layer.
-    return [model.layers[-1].name]
-
-
-def _by_name(values, names):
-    """Maps output names to `values`: a dict, a list in output order, or one."""
-    if isinstance(values, dict):
-        return dict(values)
-    if isinstance(values, (list, tuple)):
-        names = names or [f"output_{i}" for i in range(len(values))]
-        return dict(zip(names, values, strict=True))
-    return {names[0] if names else "output": values}
-
-
-def _expand_sample_weight(sample_weight, output):
-    """Broadcasts per-sample weights `(batch,)` to every position of `output`.
-
-    Keras's loss reduction only reconciles ranks that differ by a trailing
-    1, so `(batch,)` weights against per-pixel losses `(batch, H, W)` would
-    broadcast along the wrong axis or fail. Per-position weights keep their
-    values. Going through `(batch, positions)` works whatever the weights'
-    rank, which `tf.function` forgets after retracing for a new shape.
-    """
-    if sample_weight is None or len(output.shape) <= 2:
-        return sample_weight
-    positions = ops.shape(output)[:-1]
-    flat = ops.reshape(ops.cast(sample_weight, "float32"), (positions[0], -1))
-    count = math.prod(positions[1:])
-    flat = ops.broadcast_to(flat, (positions[0], count))
-    return ops.reshape(flat, positions)
 
 
 @keras.saving.register_keras_serializable(package="keras_sft")
@@ -241,13 +195,13 @@ class SFTModel(keras.Model):
                 "Invalid value for argument `temperature`. Expected a float "
                 f"> 0. Received: temperature={temperature!r}"
             )
-        _check_distill_outputs(distill_outputs)
-        _check_distill_weights(distill_weights)
-        student_names = _output_names(student)
+        outputs.check_distill_outputs(distill_outputs)
+        outputs.check_distill_weights(distill_weights)
+        student_names = outputs.output_names(student)
         teacher_names = (
-            student_names if teacher is None else _output_names(teacher)
+            student_names if teacher is None else outputs.output_names(teacher)
         )
-        distilled = _distilled_names(
+        distilled = outputs.distilled_names(
             student_names, teacher_names, distill_outputs
         )
         if distill_weights is not None and distilled is not None:
@@ -259,7 +213,7 @@ class SFTModel(keras.Model):
                     f"Received: distill_weights={distill_weights!r}"
                 )
         if teacher is not None and distilled is not None:
-            _check_output_shapes(teacher, student, distilled)
+            outputs.check_output_shapes(teacher, student, distilled)
         kwargs.setdefault("dtype", student.dtype_policy)
         super().__init__(**kwargs)
 
@@ -334,7 +288,7 @@ class SFTModel(keras.Model):
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if self._student_names is not None and len(self._student_names) > 1:
-            _output_losses(loss, loss_weights, self._student_names)
+            outputs.output_losses(loss, loss_weights, self._student_names)
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -361,7 +315,7 @@ class SFTModel(keras.Model):
         # unknown for the last, partial batch).
         terms = [self.task_loss_tracker, self.distill_loss_tracker]
         if self._task_loss is not None and self.output_task_loss_trackers:
-            with_loss = _output_losses(
+            with_loss = outputs.output_losses(
                 self._task_loss, self._task_loss_weights, self._student_names
             )
             terms += [self.output_task_loss_trackers[n] for n in with_loss]
@@ -383,33 +337,33 @@ class SFTModel(keras.Model):
         Returns a tensor for a single output, else a dict by output name.
         """
         if not keras.tree.is_nested(y_pred):
-            return _expand_sample_weight(sample_weight, y_pred)
-        outputs = _by_name(y_pred, self._student_names)
+            return outputs.expand_sample_weight(sample_weight, y_pred)
+        predictions = outputs.by_name(y_pred, self._student_names)
         if sample_weight is None:
-            return dict.fromkeys(outputs)
+            return dict.fromkeys(predictions)
         if keras.tree.is_nested(sample_weight):
-            weights = _by_name(sample_weight, list(outputs))
+            weights = outputs.by_name(sample_weight, list(predictions))
         else:
-            weights = dict.fromkeys(outputs, sample_weight)
+            weights = dict.fromkeys(predictions, sample_weight)
         return {
-            name: _expand_sample_weight(weights.get(name), output)
-            for name, output in outputs.items()
+            name: outputs.expand_sample_weight(weights.get(name), output)
+            for name, output in predictions.items()
         }
 
     def _task_terms(self, y, y_pred, weights):
         """Returns the weighted task loss and `{tracker: unweighted loss}`."""
         if not keras.tree.is_nested(y_pred):
             return self._compile_loss(y, y_pred, weights), {}
-        outputs = _by_name(y_pred, self._student_names)
-        labels = _by_name(y, list(outputs))
+        predictions = outputs.by_name(y_pred, self._student_names)
+        labels = outputs.by_name(y, list(predictions))
         total = 0.0
         terms = {}
-        losses = _output_losses(
-            self._task_loss, self._task_loss_weights, list(outputs)
+        losses = outputs.output_losses(
+            self._task_loss, self._task_loss_weights, list(predictions)
         )
         for name, (loss, loss_weight) in losses.items():
             value = ops.cast(
-                loss(labels[name], outputs[name], weights[name]), "float32"
+                loss(labels[name], predictions[name], weights[name]), "float32"
             )
             total += value if loss_weight is None else loss_weight * value
             if name in self.output_task_loss_trackers:
@@ -425,11 +379,11 @@ class SFTModel(keras.Model):
                 teacher_pred, y_pred, sample_weight=weights
             )
             return distance, {}
-        teacher = _by_name(teacher_pred, self._teacher_names)
-        student = _by_name(y_pred, self._student_names)
+        teacher = outputs.by_name(teacher_pred, self._teacher_names)
+        student = outputs.by_name(y_pred, self._student_names)
         if not isinstance(weights, dict):
             weights = dict.fromkeys(student, weights)
-        names = _distilled_names(
+        names = outputs.distilled_names(
             list(student), list(teacher), self.distill_outputs
         )
         total = 0.0
@@ -598,155 +552,3 @@ class SFTModel(keras.Model):
             config["teacher"]
         )
         return cls(**config)
-
-
-def _check_distill_outputs(distill_outputs):
-    """Raises `ValueError` unless `distill_outputs` is None or unique names."""
-    if distill_outputs is None:
-        return
-    if (
-        isinstance(distill_outputs, str)
-        or not isinstance(distill_outputs, (list, tuple))
-        or not distill_outputs
-        or not all(isinstance(name, str) for name in distill_outputs)
-        or len(set(distill_outputs)) != len(distill_outputs)
-    ):
-        raise ValueError(
-            "Invalid value for argument `distill_outputs`. Expected None or "
-            "a non-empty list of distinct output names. Received: "
-            f"distill_outputs={distill_outputs!r}"
-        )
-
-
-def _check_distill_weights(distill_weights):
-    """Raises `ValueError` unless `distill_weights` maps names to weights."""
-    if distill_weights is None:
-        return
-    if not isinstance(distill_weights, dict) or not all(
-        isinstance(name, str)
-        and not isinstance(weight, bool)
-        and isinstance(weight, numbers.Real)
-        and math.isfinite(weight)
-        and weight >= 0
-        for name, weight in distill_weights.items()
-    ):
-        raise ValueError(
-            "Invalid value for argument `distill_weights`. Expected None or "
-            "a dict mapping output names to floats >= 0. Received: "
-            f"distill_weights={distill_weights!r}"
-        )
-
-
-def _distilled_names(student_names, teacher_names, distill_outputs):
-    """Names of the outputs the distance applies to, `None` if not yet known.
-
-    Teacher outputs pair with the student outputs of the same name, so the
-    teacher may have a subset of the student's outputs (for example only
-    the old head, when the student has grown a new one). A single-output
-    teacher and student pair whatever their names.
-    """
-    if student_names is None or teacher_names is None:
-        return None if distill_outputs is None else list(distill_outputs)
-    if len(student_names) == 1 and len(teacher_names) == 1:
-        common = list(student_names)
-    else:
-        common = [name for name in teacher_names if name in student_names]
-    if distill_outputs is None:
-        if len(common) != len(teacher_names):
-            raise ValueError(
-                "Invalid value for argument `teacher`. Expected every teacher "
-                "output to have a student output of the same name (or name "
-                "the outputs to keep close with `distill_outputs`). Received: "
-                f"teacher outputs {teacher_names}, student outputs "
-                f"{student_names}"
-            )
-        return common
-    unknown = [name for name in distill_outputs if name not in common]
-    if unknown:
-        raise ValueError(
-            "Invalid value for argument `distill_outputs`. Expected names of "
-            f"outputs of both the student and the teacher, among {common}. "
-            f"Received: distill_outputs={distill_outputs!r}"
-        )
-    return list(distill_outputs)
-
-
-class _FunctionLoss(keras.losses.Loss):
-    """A loss function given by name or as a callable, as a Keras `Loss`."""
-
-    def __init__(self, function):
-        super().__init__(name="function_loss")
-        self.function = function
-
-    def call(self, y_true, y_pred):
-        return self.function(y_true, y_pred)
-
-
-def _per_output(value, names, argument):
-    """Spreads a `compile` argument (one, list or dict) over output names."""
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - set(names))
-        if unknown:
-            raise ValueError(
-                f"Invalid value for argument `{argument}`. Expected keys "
-                f"among the student's outputs {names}. Received: "
-                f"{argument}={value!r}"
-            )
-        return {name: value.get(name) for name in names}
-    if isinstance(value, (list, tuple)):
-        if len(value) != len(names):
-            raise ValueError(
-                f"Invalid value for argument `{argument}`. Expected one entry "
-                f"per student output {names}. Received: {argument}={value!r}"
-            )
-        return dict(zip(names, value, strict=True))
-    return dict.fromkeys(names, value)
-
-
-def _output_losses(loss, loss_weights, names):
-    """Maps each output name with a task loss to `(loss, weight or None)`."""
-    losses = _per_output(loss, names, "loss")
-    weights = _per_output(loss_weights, names, "loss_weights")
-    resolved = {}
-    for name in names:
-        if losses[name] is None:
-            continue
-        output_loss = keras.losses.get(losses[name])
-        if not isinstance(output_loss, keras.losses.Loss):
-            output_loss = _FunctionLoss(output_loss)
-        resolved[name] = (output_loss, weights[name])
-    return resolved
-
-
-def _static_shapes(model):
-    """Output shapes of a built model by output name, or `None` if unknown."""
-    names = _output_names(model)
-    if names is None:
-        return None
-    shapes = [tuple(t.shape) for t in keras.tree.flatten(model.output)]
-    if isinstance(model.output, dict):
-        # `tree.flatten` sorts dict keys; names keep the model's order.
-        shapes = [tuple(model.output[name].shape) for name in names]
-    return dict(zip(names, shapes, strict=True))
-
-
-def _check_output_shapes(teacher, student, distilled):
-    """Raises `ValueError` if paired teacher and student outputs differ."""
-    teacher_shapes = _static_shapes(teacher)
-    student_shapes = _static_shapes(student)
-    if teacher_shapes is None or student_shapes is None:
-        # Subclassed models have no symbolic outputs: the distance checks
-        # the shapes on the first batch instead.
-        return
-    if len(teacher_shapes) == 1 and len(student_shapes) == 1:
-        teacher_shapes = list(teacher_shapes.values())
-        student_shapes = list(student_shapes.values())
-    else:
-        teacher_shapes = [teacher_shapes[name] for name in distilled]
-        student_shapes = [student_shapes[name] for name in distilled]
-    if teacher_shapes != student_shapes:
-        raise ValueError(
-            "Invalid value for argument `teacher`. Expected a model whose "
-            "outputs have the student's shapes. Received: teacher output "
-            f"shapes {teacher_shapes}, student output shapes {student_shapes}"
-        )
