@@ -69,13 +69,12 @@ def check_distill_outputs(distill_outputs):
     if (
         isinstance(distill_outputs, str)
         or not isinstance(distill_outputs, (list, tuple))
-        or not distill_outputs
         or not all(isinstance(name, str) for name in distill_outputs)
         or len(set(distill_outputs)) != len(distill_outputs)
     ):
         raise ValueError(
             "Invalid value for argument `distill_outputs`. Expected None or "
-            "a non-empty list of distinct output names. Received: "
+            "a list of distinct output names. Received: "
             f"distill_outputs={distill_outputs!r}"
         )
 

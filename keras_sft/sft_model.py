@@ -151,6 +151,7 @@ class SFTModel(keras.Model):
         *,
         distill_outputs=None,
         distill_weights=None,
+        distill_features=None,
         **kwargs,
     ):
         if keras.backend.backend() != "tensorflow":
@@ -170,16 +171,7 @@ class SFTModel(keras.Model):
                 "`keras.Model` instance or None. Received: "
                 f"teacher={teacher!r}"
             )
-        if (
-            isinstance(lambda_, bool)
-            or not isinstance(lambda_, numbers.Real)
-            or not math.isfinite(lambda_)
-            or lambda_ < 0
-        ):
-            raise ValueError(
-                "Invalid value for argument `lambda_`. Expected a float >= 0. "
-                f"Received: lambda_={lambda_!r}"
-            )
+        _check_lambda(lambda_)
         if distance not in distances.DISTANCES:
             raise ValueError(
                 "Invalid value for argument `distance`. Expected one of "
@@ -197,6 +189,7 @@ class SFTModel(keras.Model):
             )
         outputs.check_distill_outputs(distill_outputs)
         outputs.check_distill_weights(distill_weights)
+        _check_distill_features(distill_features, distance, distill_outputs)
         student_names = outputs.output_names(student)
         teacher_names = (
             student_names if teacher is None else outputs.output_names(teacher)
@@ -205,11 +198,12 @@ class SFTModel(keras.Model):
             student_names, teacher_names, distill_outputs
         )
         if distill_weights is not None and distilled is not None:
-            unknown = sorted(set(distill_weights) - set(distilled))
+            known = [*distilled, *(distill_features or [])]
+            unknown = sorted(set(distill_weights) - set(known))
             if unknown:
                 raise ValueError(
                     "Invalid value for argument `distill_weights`. Expected "
-                    f"keys among the distilled outputs {distilled}. "
+                    f"keys among the distilled outputs and features {known}. "
                     f"Received: distill_weights={distill_weights!r}"
                 )
         if teacher is not None and distilled is not None:
@@ -220,7 +214,9 @@ class SFTModel(keras.Model):
         self.student = student
         self.teacher = clone_teacher(student) if teacher is None else teacher
         self.teacher.trainable = False
-        self.lambda_ = float(lambda_)
+        self.lambda_ = (
+            float(lambda_) if isinstance(lambda_, numbers.Real) else lambda_
+        )
         self.distance = distance
         self.temperature = float(temperature)
         self.distill_outputs = (
@@ -231,9 +227,22 @@ class SFTModel(keras.Model):
             if distill_weights is None
             else {name: float(w) for name, w in distill_weights.items()}
         )
+        self.distill_features = (
+            None if distill_features is None else list(distill_features)
+        )
         if student_names is not None:
             # `compile` maps dict losses and metrics of list outputs by name.
             self.output_names = student_names
+        self._student_extractor = _feature_extractor(
+            student, self.distill_features, "student"
+        )
+        self._teacher_extractor = _feature_extractor(
+            self.teacher, self.distill_features, "teacher"
+        )
+        if self._student_extractor is not None:
+            _check_feature_shapes(
+                self._teacher_extractor, self._student_extractor
+            )
 
         self._student_names = student_names
         self._teacher_names = teacher_names
@@ -252,6 +261,10 @@ class SFTModel(keras.Model):
         self.output_distill_loss_trackers = {
             name: keras.metrics.Mean(name=f"{name}_distill_loss")
             for name in (distilled if multi_output else [])
+        }
+        self.feature_distill_loss_trackers = {
+            name: keras.metrics.Mean(name=f"{name}_distill_loss")
+            for name in self.distill_features or []
         }
         self._task_loss = None
         self._task_loss_weights = None
@@ -320,6 +333,7 @@ class SFTModel(keras.Model):
             )
             terms += [self.output_task_loss_trackers[n] for n in with_loss]
         terms += list(self.output_distill_loss_trackers.values())
+        terms += list(self.feature_distill_loss_trackers.values())
         hidden = [
             *terms,
             *self.output_task_loss_trackers.values(),
@@ -372,6 +386,8 @@ class SFTModel(keras.Model):
 
     def _distill_terms(self, teacher_pred, y_pred, weights):
         """Returns the weighted distance and `{tracker: unweighted value}`."""
+        if self.distill_outputs == []:
+            return 0.0, {}
         if not keras.tree.is_nested(teacher_pred) and not keras.tree.is_nested(
             y_pred
         ):
@@ -397,7 +413,54 @@ class SFTModel(keras.Model):
                 terms[self.output_distill_loss_trackers[name]] = value
         return total, terms
 
-    def _compute_terms(self, y, y_pred, teacher_pred, sample_weight):
+    def _feature_terms(self, teacher_features, student_features, weights):
+        """Returns the weighted feature distance and `{tracker: value}`."""
+        total = 0.0
+        terms = {}
+        for name, tracker in self.feature_distill_loss_trackers.items():
+            student = student_features[name]
+            value = self._distance_loss(
+                teacher_features[name],
+                student,
+                sample_weight=outputs.expand_sample_weight(weights, student),
+            )
+            total += (self.distill_weights or {}).get(name, 1.0) * value
+            terms[tracker] = value
+        return total, terms
+
+    def _current_lambda(self):
+        """`lambda_`, or its schedule's value at the optimizer's step."""
+        if isinstance(self.lambda_, float):
+            return self.lambda_
+        return ops.cast(self.lambda_(self.optimizer.iterations), "float32")
+
+    def _teacher_forward(self, x, cached=None):
+        """Teacher outputs (`cached`, if given) and features, no gradient."""
+        if self._teacher_extractor is None:
+            if cached is None:
+                cached = self.teacher(x, training=False)
+            predictions, features = cached, {}
+        elif cached is not None:
+            raise ValueError(
+                "Cached teacher outputs hold no intermediate features: with "
+                "`distill_features`, train on the plain dataset (the "
+                "teacher runs live)"
+            )
+        else:
+            predictions, features = self._teacher_extractor(x, training=False)
+        return keras.tree.map_structure(
+            ops.stop_gradient, (predictions, features)
+        )
+
+    def _student_forward(self, x, training):
+        """Student outputs and the features named by `distill_features`."""
+        if self._student_extractor is None:
+            return self.student(x, training=training), {}
+        return self._student_extractor(x, training=training)
+
+    def _compute_terms(
+        self, y, y_pred, teacher_pred, sample_weight, features=({}, {})
+    ):
         """Returns `(total, terms)`, each scaled per replica.
 
         `terms` maps each loss tracker (`task_loss`, `distill_loss`, then the
@@ -411,7 +474,13 @@ class SFTModel(keras.Model):
         distill_loss, distill_terms = self._distill_terms(
             teacher_pred, y_pred, weights
         )
-        total = task_loss + self.lambda_ * distill_loss
+        if self.distill_features:
+            feature_loss, feature_terms = self._feature_terms(
+                *features, sample_weight
+            )
+            distill_loss += feature_loss
+            distill_terms.update(feature_terms)
+        total = task_loss + self._current_lambda() * distill_loss
         # Only the student's regularization losses: the teacher's are constant
         # and would inflate the logged loss.
         for regularization in self.student.losses:
@@ -464,14 +533,16 @@ class SFTModel(keras.Model):
         )
 
     def train_step(self, data):
-        x, y, sample_weight, teacher_pred = _unpack(data)
-        if teacher_pred is None:
-            teacher_pred = self.teacher(x, training=False)
-        teacher_pred = keras.tree.map_structure(ops.stop_gradient, teacher_pred)
+        x, y, sample_weight, cached = _unpack(data)
+        teacher_pred, teacher_features = self._teacher_forward(x, cached)
         with tf.GradientTape() as tape:
-            y_pred = self.student(x, training=True)
+            y_pred, student_features = self._student_forward(x, training=True)
             total, terms = self._compute_terms(
-                y, y_pred, teacher_pred, sample_weight
+                y,
+                y_pred,
+                teacher_pred,
+                sample_weight,
+                (teacher_features, student_features),
             )
             scaled_total = self.optimizer.scale_loss(total)
         trainable_weights = self.student.trainable_weights
@@ -485,12 +556,15 @@ class SFTModel(keras.Model):
         )
 
     def test_step(self, data):
-        x, y, sample_weight, teacher_pred = _unpack(data)
-        if teacher_pred is None:
-            teacher_pred = self.teacher(x, training=False)
-        y_pred = self.student(x, training=False)
+        x, y, sample_weight, cached = _unpack(data)
+        teacher_pred, teacher_features = self._teacher_forward(x, cached)
+        y_pred, student_features = self._student_forward(x, training=False)
         total, terms = self._compute_terms(
-            y, y_pred, teacher_pred, sample_weight
+            y,
+            y_pred,
+            teacher_pred,
+            sample_weight,
+            (teacher_features, student_features),
         )
         self._track(x, total, terms)
         return self._step_logs(
@@ -498,11 +572,14 @@ class SFTModel(keras.Model):
         )
 
     def _step_logs(self, logs):
-        """The step's logs, shaped for Keras's reduction under `fit`."""
+        """The step's logs (with a scheduled `lambda_`'s current value),
+        shaped for Keras's reduction under `fit`."""
         # Under multiple workers Keras reduces each returned log with
         # `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars
         # (keras-team/keras#20585); a leading axis of one reduces to the
         # same scalar mean.
+        if not isinstance(self.lambda_, float):
+            logs = {**logs, "lambda": self._current_lambda()}
         if _in_multi_worker_mode(self.distribute_strategy):
             return {
                 key: ops.expand_dims(value, 0) for key, value in logs.items()
@@ -533,11 +610,16 @@ class SFTModel(keras.Model):
             {
                 "student": keras.saving.serialize_keras_object(self.student),
                 "teacher": keras.saving.serialize_keras_object(self.teacher),
-                "lambda_": self.lambda_,
+                "lambda_": (
+                    self.lambda_
+                    if isinstance(self.lambda_, float)
+                    else keras.saving.serialize_keras_object(self.lambda_)
+                ),
                 "distance": self.distance,
                 "temperature": self.temperature,
                 "distill_outputs": self.distill_outputs,
                 "distill_weights": self.distill_weights,
+                "distill_features": self.distill_features,
             }
         )
         return config
@@ -551,4 +633,103 @@ class SFTModel(keras.Model):
         config["teacher"] = keras.saving.deserialize_keras_object(
             config["teacher"]
         )
+        if isinstance(config["lambda_"], dict):
+            config["lambda_"] = keras.saving.deserialize_keras_object(
+                config["lambda_"]
+            )
         return cls(**config)
+
+
+def _check_lambda(lambda_):
+    """Raises `ValueError` unless `lambda_` is a float >= 0 or a schedule."""
+    if isinstance(lambda_, bool):
+        valid = False
+    elif isinstance(lambda_, numbers.Real):
+        if not math.isfinite(lambda_) or lambda_ < 0:
+            raise ValueError(
+                "Invalid value for argument `lambda_`. Expected a float >= 0. "
+                f"Received: lambda_={lambda_!r}"
+            )
+        valid = True
+    else:
+        valid = callable(lambda_)
+    if not valid:
+        raise ValueError(
+            "Invalid value for argument `lambda_`. Expected a float >= 0, or "
+            "a schedule of the training step (a `keras.optimizers.schedules."
+            "LearningRateSchedule` or a callable). Received: "
+            f"lambda_={lambda_!r}"
+        )
+
+
+def _check_distill_features(distill_features, distance, distill_outputs):
+    """Raises `ValueError` unless `distill_features` is usable."""
+    if distill_features is None:
+        if distill_outputs is not None and not distill_outputs:
+            raise ValueError(
+                "Invalid value for argument `distill_outputs`. Expected at "
+                "least one output to keep close, or layers named in "
+                "`distill_features`. Received: distill_outputs=[]"
+            )
+        return
+    if (
+        isinstance(distill_features, str)
+        or not isinstance(distill_features, (list, tuple))
+        or not distill_features
+        or not all(isinstance(name, str) for name in distill_features)
+        or len(set(distill_features)) != len(distill_features)
+    ):
+        raise ValueError(
+            "Invalid value for argument `distill_features`. Expected None or "
+            "a non-empty list of distinct layer names. Received: "
+            f"distill_features={distill_features!r}"
+        )
+    if distance == "kl":
+        raise ValueError(
+            "Invalid value for argument `distill_features`. Expected "
+            "distance 'mse' or 'squared_l2': 'kl' compares class "
+            "probabilities, not features. Received: "
+            f"distill_features={distill_features!r} with distance='kl'"
+        )
+
+
+def _feature_extractor(model, names, role):
+    """A model sharing `model`'s layers that returns `(outputs, features)`."""
+    if names is None:
+        return None
+    try:
+        features = {name: model.get_layer(name).output for name in names}
+        return keras.Model(
+            _symbolic(model, "input"), (_symbolic(model, "output"), features)
+        )
+    except (ValueError, AttributeError) as error:
+        raise ValueError(
+            "Invalid value for argument `distill_features`. Expected names "
+            f"of layers of the {role}, a built Functional or Sequential "
+            f"model. Received: distill_features={names!r} ({error})"
+        ) from error
+
+
+def _symbolic(model, kind):
+    """`model.input` or `model.output` (`kind`), Sequential models included."""
+    try:
+        return getattr(model, kind)
+    except AttributeError:
+        # A Sequential model that was built but never called has only the
+        # plural attribute, with one tensor.
+        (tensor,) = getattr(model, f"{kind}s")
+        return tensor
+
+
+def _check_feature_shapes(teacher_extractor, student_extractor):
+    """Raises `ValueError` if paired teacher and student features differ."""
+    teacher = teacher_extractor.output[1]
+    student = student_extractor.output[1]
+    for name, feature in student.items():
+        if tuple(feature.shape) != tuple(teacher[name].shape):
+            raise ValueError(
+                "Invalid value for argument `distill_features`. Expected "
+                "teacher and student features of the same shape. Received: "
+                f"layer {name!r} gives {tuple(teacher[name].shape)} in the "
+                f"teacher and {tuple(feature.shape)} in the student"
+            )

@@ -313,7 +313,13 @@ def test_keras_round_trip(tmp_path):
             r"Invalid value for argument `lambda_`. Expected a float >= 0. "
             r"Received: lambda_=-1",
         ),
-        ({"lambda_": "0.5"}, r"Expected a float >= 0. Received: lambda_='0.5'"),
+        (
+            {"lambda_": "0.5"},
+            r"Invalid value for argument `lambda_`. Expected a float >= 0, "
+            r"or a schedule of the training step \(a "
+            r"`keras.optimizers.schedules.LearningRateSchedule` or a "
+            r"callable\). Received: lambda_='0.5'",
+        ),
         ({"lambda_": float("nan")}, r"Received: lambda_=nan"),
         ({"lambda_": True}, r"Received: lambda_=True"),
         (

@@ -376,10 +376,15 @@ def test_saved_model_serves_every_output(tmp_path):
         (
             {"distill_outputs": "seg"},
             r"Invalid value for argument `distill_outputs`. Expected None or "
-            r"a non-empty list of distinct output names. Received: "
+            r"a list of distinct output names. Received: "
             r"distill_outputs='seg'",
         ),
-        ({"distill_outputs": []}, r"Received: distill_outputs=\[\]"),
+        (
+            {"distill_outputs": []},
+            r"Invalid value for argument `distill_outputs`. Expected at least "
+            r"one output to keep close, or layers named in `distill_features`. "
+            r"Received: distill_outputs=\[\]",
+        ),
         (
             {"distill_outputs": ["seg", "seg"]},
             r"Received: distill_outputs=\['seg', 'seg'\]",
@@ -400,7 +405,7 @@ def test_saved_model_serves_every_output(tmp_path):
         (
             {"distill_outputs": ["seg"], "distill_weights": {"cls": 1.0}},
             r"Invalid value for argument `distill_weights`. Expected keys "
-            r"among the distilled outputs \['seg'\]. Received: "
+            r"among the distilled outputs and features \['seg'\]. Received: "
             r"distill_weights=\{'cls': 1.0\}",
         ),
     ],
