@@ -159,6 +159,7 @@ def finetune(
     overwrite=False,
     log_dir=None,
     jit_compile=False,
+    l2_sp_alpha=None,
     callbacks=(),
     verbose="auto",
 ):
@@ -196,6 +197,9 @@ def finetune(
             to `None`.
         jit_compile: Bool, whether to compile the step with XLA. Defaults
             to `False`.
+        l2_sp_alpha: Float >= 0, the strength of an L2-SP penalty towards
+            the pretrained weights (`keras_sft.apply_l2_sp`), or `None` for
+            none. Defaults to `None`.
         callbacks: Sequence of extra `keras.callbacks.Callback`s, run first
             (for example the `EpochShuffle` of `train`). Defaults to `()`.
         verbose: As in `keras.Model.fit`. Defaults to `"auto"`.
@@ -206,6 +210,8 @@ def finetune(
     keras.utils.set_random_seed(seed)
     with strategy.scope():
         student = load_classifier(pretrained)
+        if l2_sp_alpha is not None:
+            keras_sft.apply_l2_sp(student, l2_sp_alpha)
         model = keras_sft.SFTModel(student, lambda_=lambda_)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate),

@@ -5,6 +5,7 @@ from keras_sft.epoch_shuffle import EpochShuffle
 from keras_sft.export import export_saved_model
 from keras_sft.l2_sp import apply_l2_sp
 from keras_sft.l2_sp import remove_l2_sp
+from keras_sft.new_head import add_head
 from keras_sft.select_lambda import select_lambda
 from keras_sft.sft_model import SFTModel
 from keras_sft.teacher import clone_teacher
@@ -17,6 +18,7 @@ __all__ = [
     "EpochShuffle",
     "SFTModel",
     "TerminateOnNaN",
+    "add_head",
     "apply_l2_sp",
     "cache_teacher_outputs",
     "check_dataset",

@@ -134,6 +134,8 @@ def test_demo_writes_its_table_and_plot(tmp_path):
     with flagsaver.flagsaver(
         output_dir=str(tmp_path),
         lambdas=["0.5"],
+        l2_sp_alphas=["0.01"],
+        new_head_lambdas=[],
         epochs=1,
         pretrain_epochs=1,
         batch_size=64,
@@ -147,6 +149,7 @@ def test_demo_writes_its_table_and_plot(tmp_path):
         "| pretrained",
         "| plain fine-tuning",
         "| SFT",
+        "| L2-SP, alpha=0.01",
     ]
     assert "classes 5-9, original domain" in table[0]
     assert (tmp_path / "forgetting.png").read_bytes()[:4] == b"\x89PNG"
