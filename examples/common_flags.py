@@ -5,6 +5,7 @@ flags, so its `--helpshort` lists them.
 """
 
 import math
+import os
 import re
 
 import keras
@@ -135,6 +136,18 @@ flags.register_multi_flags_validator(
         or not tf.io.gfile.exists(values["output"])
     ),
     message="--output exists already; pass --overwrite to replace it",
+)
+
+PRETRAINED = flags.DEFINE_string(
+    "pretrained",
+    None,
+    "The pretrained .keras classifier (logits output) that finetune and "
+    "select_lambda start from.",
+)
+flags.register_validator(
+    PRETRAINED,
+    lambda path: path is None or os.path.isfile(path),
+    message="--pretrained must be an existing .keras file",
 )
 
 _CLASS_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")

@@ -23,9 +23,6 @@ from absl import logging
 from examples import common_flags
 from examples import experiment
 
-PRETRAINED = flags.DEFINE_string(
-    "pretrained", None, "The pretrained .keras classifier (logits output)."
-)
 LAMBDA = flags.DEFINE_float(
     "lambda",
     0.03,
@@ -43,11 +40,6 @@ EXPORT_DIR = flags.DEFINE_string(
     None,
     "Directory to export the student to as a TensorFlow SavedModel (an "
     "existing one is replaced only with --overwrite); no export when unset.",
-)
-flags.register_validator(
-    PRETRAINED,
-    lambda path: path is None or os.path.isfile(path),
-    message="--pretrained must be an existing .keras file",
 )
 flags.register_validator(
     LAMBDA,
@@ -74,7 +66,7 @@ def main(argv):
     test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
     train, epoch_shuffle = common_flags.training_batches(train)
     model = experiment.finetune(
-        pretrained=PRETRAINED.value,
+        pretrained=common_flags.PRETRAINED.value,
         train=train,
         validation=common_flags.evaluation_batches(test),
         lambda_=LAMBDA.value,
@@ -101,5 +93,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required([PRETRAINED.name, common_flags.OUTPUT.name])
+    flags.mark_flags_as_required(
+        [common_flags.PRETRAINED.name, common_flags.OUTPUT.name]
+    )
     common_flags.run(main)
