@@ -80,6 +80,12 @@ STRATEGY = flags.DEFINE_enum(
     "tf.distribute strategy: 'default' (one device), 'mirrored' (all local "
     "GPUs), 'multi_worker' (cluster from TF_CONFIG) or 'tpu'.",
 )
+TPU = flags.DEFINE_string(
+    "tpu",
+    None,
+    "TPU address for --strategy=tpu: a grpc:// address or a TPU name; "
+    "'local' (the default) on a TPU VM.",
+)
 MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision",
     "none",
@@ -229,7 +235,7 @@ def set_up():
     keras.config.set_dtype_policy(
         "float32" if MIXED_PRECISION.value == "none" else MIXED_PRECISION.value
     )
-    return strategy_lib.build_strategy(STRATEGY.value)
+    return strategy_lib.build_strategy(STRATEGY.value, tpu=TPU.value)
 
 
 def load_split(split):

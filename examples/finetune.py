@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+import keras_sft
 from examples import common_flags
 from examples import experiment
 
@@ -40,6 +41,21 @@ EXPORT_DIR = flags.DEFINE_string(
     None,
     "Directory to export the student to as a TensorFlow SavedModel (an "
     "existing one is replaced only with --overwrite); no export when unset.",
+)
+CACHE_TEACHER = flags.DEFINE_bool(
+    "cache_teacher",
+    False,
+    "Compute the teacher's outputs on the training data once, before "
+    "training, and store them with the examples "
+    "(keras_sft.cache_teacher_outputs), so each epoch runs the student "
+    "alone. Same weights as the live teacher; the data must be "
+    "deterministic (no random augmentation).",
+)
+CACHE_DIR = flags.DEFINE_string(
+    "cache_dir",
+    None,
+    "With --cache_teacher, a directory to keep the cache on disk (for "
+    "sets larger than memory); in memory when unset.",
 )
 flags.register_validator(
     LAMBDA,
@@ -64,6 +80,14 @@ def main(argv):
     strategy = common_flags.set_up()
     train, _ = common_flags.load_split(common_flags.TRAIN_SPLIT.value)
     test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
+    if CACHE_TEACHER.value:
+        # The pretrained file loaded again is the frozen teacher that
+        # SFTModel clones: same weights, so the same outputs.
+        with strategy.scope():
+            teacher = experiment.load_classifier(common_flags.PRETRAINED.value)
+        train = keras_sft.cache_teacher_outputs(
+            teacher, train, directory=CACHE_DIR.value
+        )
     train, epoch_shuffle = common_flags.training_batches(train)
     model = experiment.finetune(
         pretrained=common_flags.PRETRAINED.value,

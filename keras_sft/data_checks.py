@@ -32,8 +32,9 @@ def check_dataset(dataset, model, *, num_classes=None):
     ```
 
     Args:
-        dataset: A batched `tf.data.Dataset` of `(x, y)` or
-            `(x, y, sample_weight)`.
+        dataset: A batched `tf.data.Dataset` of `(x, y)`,
+            `(x, y, sample_weight)` or, from `cache_teacher_outputs`,
+            `(x, y, sample_weight, teacher_outputs)`.
         model: The built `keras.Model` to train (or an `SFTModel`'s student).
         num_classes: Int, the number of classes; labels must lie in
             `[0, num_classes)`. Defaults to `None`: the size of the model's
@@ -48,7 +49,8 @@ def check_dataset(dataset, model, *, num_classes=None):
             "The dataset is empty: it yielded no batch",
             "check the data source, the class selection and any filter",
         )
-    if not isinstance(first, tuple) or len(first) not in (2, 3):
+    # A fourth element holds cached teacher outputs (cache_teacher_outputs).
+    if not isinstance(first, tuple) or len(first) not in (2, 3, 4):
         _fail(
             "Expected batches of (x, y) or (x, y, sample_weight), received "
             f"{type(first).__name__} of {len(tf.nest.flatten(first))} tensors",

@@ -272,3 +272,38 @@ def test_default_demo_shows_sft_retaining_more(tmp_path):
     # within 5 points on the fine-tuned ones.
     assert sft["retained"] - plain["retained"] >= 0.20
     assert plain["new"] - sft["new"] <= 0.05
+
+
+def test_finetune_with_cached_teacher_equals_live_teacher(tmp_path):
+    pretrained = _pretrain(tmp_path)
+    outputs = {}
+    for cache in (False, True):
+        outputs[cache] = str(tmp_path / f"cache_{cache}.keras")
+        with flagsaver.flagsaver(
+            **{**TINY, "train_split": "train[:48]", "epochs": 2},
+            pretrained=pretrained,
+            output=outputs[cache],
+            cache_teacher=cache,
+            shift="invert",
+            **{"lambda": 1.0},
+        ):
+            finetune.main(["finetune"])
+    live = keras.models.load_model(outputs[False]).get_weights()
+    cached = keras.models.load_model(outputs[True]).get_weights()
+    for a, b in zip(cached, live, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_tpu_flag_reaches_the_strategy(monkeypatch):
+    seen = {}
+
+    def build_strategy(name, *, devices=None, tpu=None):
+        seen.update(name=name, tpu=tpu)
+        return tf.distribute.get_strategy()
+
+    monkeypatch.setattr(
+        common_flags.strategy_lib, "build_strategy", build_strategy
+    )
+    with flagsaver.flagsaver(strategy="tpu", tpu="grpc://10.0.0.2:8470"):
+        common_flags.set_up()
+    assert seen == {"name": "tpu", "tpu": "grpc://10.0.0.2:8470"}
