@@ -91,10 +91,11 @@ class SFTModel(keras.Model):
     the old head when the student has grown a new one.
 
     Logs `loss` (the total), `task_loss`, `distill_loss` (the weighted sum
-    over distilled outputs, before multiplication by `lambda_`), then for a
-    student with several outputs `<output>_task_loss` and
-    `<output>_distill_loss` per output (unweighted), then the compiled
-    metrics of the student's outputs. `predict` and `call` return the
+    over distilled outputs and features, before multiplication by
+    `lambda_`), then for a student with several outputs `<output>_task_loss`
+    and `<output>_distill_loss` per output (unweighted), `<layer>_distill_loss`
+    per distilled feature, then the compiled metrics of the student's
+    outputs. `predict` and `call` return the
     student's outputs.
 
     Example:
@@ -115,8 +116,11 @@ class SFTModel(keras.Model):
             (`keras_sft.clone_teacher`) now, before any training. Each of
             its outputs must have the shape of the student output of the
             same name. Defaults to `None`.
-        lambda_: Float >= 0, weight of the consistency term. `0` is plain
-            fine-tuning. Defaults to `0.5`.
+        lambda_: Float >= 0, weight of the consistency term (`0` is plain
+            fine-tuning), or a schedule of the optimizer's step: a
+            `keras.optimizers.schedules.LearningRateSchedule` (saved with
+            the model) or a callable returning a value >= 0; its current
+            value is then logged as `lambda`. Defaults to `0.5`.
         distance: String, the consistency distance `D`: `"mse"` (mean over
             output units of the squared difference, as
             `keras.losses.MeanSquaredError`), `"squared_l2"` (sum over output
@@ -126,11 +130,18 @@ class SFTModel(keras.Model):
         temperature: Float > 0, the temperature `T` of `"kl"`. Defaults to
             `1.0`.
         distill_outputs: List of output names or `None`, the outputs kept
-            close to the teacher's. `None` means every teacher output.
+            close to the teacher's. `None` means every teacher output; `[]`
+            none (with `distill_features`: features instead of outputs).
             Defaults to `None`.
-        distill_weights: Dict from output name to float >= 0, or `None`; the
-            weight of each distilled output's distance in `distill_loss`
+        distill_weights: Dict from output or feature name to float >= 0,
+            or `None`; the weight of each distance in `distill_loss`
             (missing names weigh 1). Defaults to `None`.
+        distill_features: List of layer names or `None`. The outputs of
+            these layers (for example the penultimate features) are kept
+            close to the same layers' outputs in the teacher, with
+            `distance` (`"mse"` or `"squared_l2"`), each logged as
+            `<layer>_distill_loss`. Needs Functional or Sequential models.
+            Defaults to `None`.
         **kwargs: Passed to `keras.Model` (for example `name`). The dtype
             policy defaults to the student's.
 
