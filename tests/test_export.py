@@ -134,3 +134,20 @@ def test_model_without_symbolic_input_is_refused(tmp_path):
         r"with one symbolic input \(Functional or Sequential\).",
     ):
         keras_sft.export_saved_model(model, tmp_path / "serving")
+
+
+def test_every_output_of_a_two_output_student_is_served(tmp_path):
+    student = keras_sft.add_head(helpers.mlp(), 4)
+    model = keras_sft.SFTModel(
+        student, distill_outputs=[student.output_names[0]]
+    )
+    keras_sft.export_saved_model(model, tmp_path / "serving")
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    served = tf.saved_model.load(str(tmp_path / "serving"))
+    outputs = served.signatures["serving_default"](inputs=tf.constant(x))
+    expected = student.predict(x, verbose=0)
+    assert sorted(outputs) == ["output_0", "output_1"]
+    for index, value in enumerate(expected):
+        np.testing.assert_allclose(
+            outputs[f"output_{index}"].numpy(), value, atol=1e-5
+        )
