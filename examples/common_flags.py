@@ -179,6 +179,14 @@ def parse_classes(values):
     return sorted(set(classes))
 
 
+def nonnegative_floats(values):
+    """Flag validator: every string in `values` is a float >= 0."""
+    try:
+        return all(float(value) >= 0 for value in values)
+    except ValueError:
+        return False
+
+
 def valid_classes(values):
     """Flag validator: `values` parse with `parse_classes`."""
     try:

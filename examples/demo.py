@@ -70,7 +70,7 @@ PRETRAIN_EPOCHS = flags.DEFINE_integer(
 for _flag in (LAMBDAS, L2_SP_ALPHAS, NEW_HEAD_LAMBDAS):
     flags.register_validator(
         _flag,
-        lambda values: all(_is_nonnegative_float(v) for v in values),
+        common_flags.nonnegative_floats,
         message=f"--{_flag.name} must be floats >= 0",
     )
 flags.adopt_module_key_flags(common_flags)
@@ -277,14 +277,6 @@ def _plot(rows, path, shift):
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
-
-
-def _is_nonnegative_float(value):
-    """Whether the string `value` is a float >= 0."""
-    try:
-        return float(value) >= 0
-    except ValueError:
-        return False
 
 
 def main(argv):

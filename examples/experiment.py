@@ -124,18 +124,15 @@ def pretrain(
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
-    keras_sft.check_dataset(train, model)
-    model.fit(
+    _checked_fit(
+        model,
+        model,
         train,
-        validation_data=validation,
+        validation=validation,
         epochs=epochs,
         callbacks=_callbacks(
-            callbacks,
-            checkpoint_dir=checkpoint_dir,
-            log_dir=log_dir,
+            callbacks, checkpoint_dir=checkpoint_dir, log_dir=log_dir
         ),
-        # The dataset is shuffled by the pipeline (with --seed).
-        shuffle=False,
         verbose=verbose,
     )
     save_atomically(model, output)
@@ -218,10 +215,11 @@ def finetune(
             metrics=["accuracy"],
             jit_compile=jit_compile,
         )
-    keras_sft.check_dataset(train, student)
-    model.fit(
+    _checked_fit(
+        model,
+        student,
         train,
-        validation_data=validation,
+        validation=validation,
         epochs=epochs,
         callbacks=_callbacks(
             callbacks,
@@ -229,14 +227,25 @@ def finetune(
             checkpoint_dir=checkpoint_dir,
             log_dir=log_dir,
         ),
-        # The dataset is shuffled by the pipeline (with --seed).
-        shuffle=False,
         verbose=verbose,
     )
     save_atomically(model.student, output)
     if export_dir:
         keras_sft.export_saved_model(model, export_dir, overwrite=overwrite)
     return model
+
+
+def _checked_fit(model, classifier, train, *, validation, epochs, **kwargs):
+    """Checks `train` against `classifier`, then fits `model` on it."""
+    keras_sft.check_dataset(train, classifier)
+    model.fit(
+        train,
+        validation_data=validation,
+        epochs=epochs,
+        # The dataset is shuffled by the pipeline (with --seed).
+        shuffle=False,
+        **kwargs,
+    )
 
 
 def _callbacks(extra, *, backup_dir=None, checkpoint_dir=None, log_dir=None):

@@ -63,19 +63,11 @@ PLOT = flags.DEFINE_string(
 )
 flags.register_validator(
     LAMBDA_GRID,
-    lambda values: all(_is_nonnegative_float(v) for v in values),
+    common_flags.nonnegative_floats,
     message="--lambda_grid must be floats >= 0",
 )
 flags.register_validator(RETAINED_CLASSES, common_flags.valid_classes)
 flags.adopt_module_key_flags(common_flags)
-
-
-def _is_nonnegative_float(value):
-    """Whether the string `value` is a float >= 0."""
-    try:
-        return float(value) >= 0
-    except ValueError:
-        return False
 
 
 def _arrays(dataset):
