@@ -6,6 +6,8 @@ Times, on the same data and the same model:
 2. `distiller`: `keras.distillation.Distiller` with MSE on the outputs;
 3. `sft_live`: `keras_sft.SFTModel` with the live teacher;
 4. `sft_cached`: `keras_sft.SFTModel` on `keras_sft.cache_teacher_outputs`;
+5. `l2_sp`: plain `model.fit` with L2-SP (`keras_sft.apply_l2_sp`), the
+   weight-space alternative to SFT's consistency term;
 
 on the MLP 784-256-10 of the textbook example and on a small CNN (32x32x3),
 batch 128, and prints samples per second (median over the timed epochs),
@@ -38,7 +40,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-VARIANTS = ("plain", "distiller", "sft_live", "sft_cached")
+VARIANTS = ("plain", "distiller", "sft_live", "sft_cached", "l2_sp")
 MODELS = ("mlp", "cnn")
 BATCH_SIZE = 128
 # Steps per epoch: enough for a stable epoch time, few enough for a run of
@@ -131,8 +133,10 @@ def _prepare(model_name, variant):
     task_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     examples = _examples(model_name)
     cache_s = None
-    if variant == "plain":
+    if variant in ("plain", "l2_sp"):
         model = student
+        if variant == "l2_sp":
+            keras_sft.apply_l2_sp(model, alpha=0.01)
         model.compile(optimizer=optimizer, loss=task_loss, **_compile_kwargs())
     elif variant == "distiller":
         model = keras.distillation.Distiller(
