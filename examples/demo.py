@@ -265,17 +265,14 @@ def _plot(rows, path, shift):
         linestyle=":",
         label="pretrained, retained",
     )
-    # Symmetric log scale: lambda=0 (plain fine-tuning) sits at 0.
-    linthresh = min((x for x in lambdas if x > 0), default=1.0)
-    axes.set_xscale("symlog", linthresh=linthresh)
-    axes.set_xlim(left=-0.2 * linthresh)
-    axes.set_xlabel("lambda (0 = plain fine-tuning)")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_ylim(0, 100)
-    axes.legend(loc="lower left", fontsize="small")
-    axes.set_title("Forgetting against lambda")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    experiment.finish_lambda_plot(
+        figure,
+        axes,
+        lambdas,
+        ylabel="test accuracy (%)",
+        title="Forgetting against lambda",
+        path=path,
+    )
     pyplot.close(figure)
 
 

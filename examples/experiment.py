@@ -353,3 +353,18 @@ def ensure_parent(path):
     """Creates the parent directory of `path` if it does not exist."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+
+
+def finish_lambda_plot(figure, axes, lambdas, *, ylabel, title, path):
+    """Puts `lambdas` on a symlog axis (0 included), labels, saves to `path`."""
+    # Symmetric log scale: lambda=0 (plain fine-tuning) sits at 0.
+    linthresh = min((value for value in lambdas if value > 0), default=1.0)
+    axes.set_xscale("symlog", linthresh=linthresh)
+    axes.set_xlim(left=-0.2 * linthresh)
+    axes.set_xlabel("lambda (0 = plain fine-tuning)")
+    axes.set_ylabel(ylabel)
+    axes.set_ylim(0, 100)
+    axes.legend(loc="lower left", fontsize="small")
+    axes.set_title(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)

@@ -144,16 +144,14 @@ def _plot(selection, path):
             label="retained (held-out pretraining sample)",
         )
     axes.axvline(selection.lambda_, color="gray", linestyle=":", label="chosen")
-    linthresh = min((v for v in lambdas if v > 0), default=1.0)
-    axes.set_xscale("symlog", linthresh=linthresh)
-    axes.set_xlim(left=-0.2 * linthresh)
-    axes.set_xlabel("lambda (0 = plain fine-tuning)")
-    axes.set_ylabel("accuracy (%)")
-    axes.set_ylim(0, 100)
-    axes.legend(loc="lower left", fontsize="small")
-    axes.set_title(f"{len(lambdas)} lambdas, cross-validated")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    experiment.finish_lambda_plot(
+        figure,
+        axes,
+        lambdas,
+        ylabel="accuracy (%)",
+        title=f"{len(lambdas)} lambdas, cross-validated",
+        path=path,
+    )
     pyplot.close(figure)
 
 
