@@ -95,17 +95,16 @@ def _build(model_name, seed=0):
     return keras.Model(inputs, outputs, name=model_name)
 
 
-def _examples(model_name):
-    """A `tf.data.Dataset` of unbatched synthetic `(x, y)` examples."""
+def _arrays(model_name):
+    """Synthetic `(x, y)` NumPy arrays, one example per row."""
     import numpy as np
-    import tensorflow as tf
 
     shape = (784,) if model_name == "mlp" else (32, 32, 3)
     count = STEPS[model_name] * BATCH_SIZE
     rng = np.random.default_rng(0)
     x = rng.random(size=(count, *shape), dtype="float32")
     y = rng.integers(0, 10, size=count).astype("int32")
-    return tf.data.Dataset.from_tensor_slices((x, y))
+    return x, y
 
 
 def _compile_kwargs():
@@ -131,7 +130,8 @@ def _prepare(model_name, variant):
     student = _build(model_name)
     optimizer = keras.optimizers.Adam(1e-3)
     task_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    examples = _examples(model_name)
+    arrays = _arrays(model_name)
+    examples = None
     cache_s = None
     if variant in ("plain", "l2_sp"):
         model = student
@@ -152,8 +152,10 @@ def _prepare(model_name, variant):
         model.compile(optimizer=optimizer, **_compile_kwargs())
         if variant == "sft_cached":
             start = time.perf_counter()
-            examples = keras_sft.cache_teacher_outputs(model.teacher, examples)
+            examples = keras_sft.cache_teacher_outputs(model.teacher, arrays)
             cache_s = time.perf_counter() - start
+    if examples is None:
+        examples = tf.data.Dataset.from_tensor_slices(arrays)
     dataset = (
         examples.shuffle(STEPS[model_name] * BATCH_SIZE, seed=0)
         .batch(BATCH_SIZE)

@@ -1,7 +1,6 @@
 """Computing the teacher's outputs once and storing them with the data."""
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 # Dataset ops whose output can change from one iteration to the next: a
@@ -10,8 +9,8 @@ import tensorflow as tf
 _NONDETERMINISTIC_OPS = ("Shuffle", "Random", "Sampling")
 
 
-def cache_teacher_outputs(teacher, dataset, *, batch_size=256, directory=None):
-    """Returns `dataset` with the teacher's outputs stored beside each example.
+def cache_teacher_outputs(teacher, data, *, batch_size=256, directory=None):
+    """Returns `data` with the teacher's outputs stored beside each example.
 
     The teacher of `SFTModel` is frozen and runs with `training=False`, so
     on deterministic inputs its outputs are the same every epoch. This
@@ -24,48 +23,53 @@ def cache_teacher_outputs(teacher, dataset, *, batch_size=256, directory=None):
 
     Shuffle and batch the returned dataset as the original: the outputs
     travel with their examples. Random augmentation
-    must not be in `dataset` (the cache would pair augmented inputs with
+    must not be in `data` (the cache would pair augmented inputs with
     the outputs of other augmentations), and is refused, as are shuffles
     and other random ops (the second pass would not meet the examples in
     the order of the first), `deterministic=False` options and infinite
     datasets. Ops hidden in Python (`py_function`, `from_generator`) cannot
     be checked; they must be deterministic too.
 
+    Memory. Given arrays, the cache adds only the outputs (one float per
+    output unit and example) to the arrays' own tensors, as
+    `tf.data.Dataset.from_tensor_slices((x, y))` would hold them. Given a
+    `tf.data.Dataset` and no `directory`, it reads the examples into
+    memory once, as `Dataset.cache()` would (later epochs skip the
+    original pipeline's reading and decoding), so it also holds a copy
+    of the examples; pass arrays, or a `directory`, where that copy does
+    not fit.
+
     Example:
 
     ```python
     model = keras_sft.SFTModel(pretrained, lambda_=0.5)
-    examples = tf.data.Dataset.from_tensor_slices((x, y))
-    cached = keras_sft.cache_teacher_outputs(model.teacher, examples)
+    cached = keras_sft.cache_teacher_outputs(model.teacher, (x, y))
     model.compile(optimizer="adam")
     model.fit(cached.shuffle(10_000).batch(128), epochs=5)
     ```
 
     Args:
         teacher: `keras.Model`, the frozen teacher (`SFTModel.teacher`).
-        dataset: `tf.data.Dataset` of unbatched examples `(x, y)` or
-            `(x, y, sample_weight)`, deterministic and finite.
+        data: the fine-tuning examples: a tuple `(x, y)` or
+            `(x, y, sample_weight)` of arrays (NumPy arrays or tensors,
+            `x` possibly a list or dict of them for several inputs) with
+            one example per row, or a `tf.data.Dataset` of unbatched
+            examples of that structure, deterministic and finite.
         batch_size: Int > 0, the batch size of the teacher's pass. Defaults
             to `256`.
-        directory: String or `None`. `None` reads the examples into memory
-            and keeps their outputs beside them (one float per output unit
-            and example); a path saves the examples with their outputs there
+        directory: String or `None`. `None` keeps the cache in memory; a
+            path saves the examples with their outputs there
             (`tf.data.Dataset.save`) and reads them back from disk, for sets
             larger than memory. Defaults to `None`.
 
     Returns:
         A `tf.data.Dataset` of `(x, y, sample_weight, teacher_outputs)`
-        (`sample_weight` is `None` where `dataset` has none).
+        (`sample_weight` is `None` where `data` has none).
     """
     if not isinstance(teacher, keras.Model):
         raise ValueError(
             "Invalid value for argument `teacher`. Expected a `keras.Model` "
             f"instance. Received: teacher={teacher!r}"
-        )
-    if not isinstance(dataset, tf.data.Dataset):
-        raise ValueError(
-            "Invalid value for argument `dataset`. Expected a "
-            f"`tf.data.Dataset`. Received: dataset={dataset!r}"
         )
     if (
         isinstance(batch_size, bool)
@@ -76,10 +80,34 @@ def cache_teacher_outputs(teacher, dataset, *, batch_size=256, directory=None):
             "Invalid value for argument `batch_size`. Expected an int > 0. "
             f"Received: batch_size={batch_size!r}"
         )
-    _check_deterministic(dataset)
-
+    if isinstance(data, tf.data.Dataset):
+        _check_deterministic(data)
+        if directory is not None:
+            return _cache_on_disk(teacher, data, batch_size, directory)
+        data = _read_into_memory(data, batch_size)
+    else:
+        _check_arrays(data)
+        # Converted once: the teacher's pass and the dataset below share
+        # these tensors, where each would otherwise copy NumPy arrays.
+        data = keras.tree.map_structure(
+            lambda array: (
+                None if array is None else tf.convert_to_tensor(array)
+            ),
+            data,
+        )
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    outputs = teacher.predict(x, batch_size=batch_size, verbose=0)
+    cached = tf.data.Dataset.from_tensor_slices((x, y, sample_weight, outputs))
     if directory is None:
-        return _cache_in_memory(teacher, dataset, batch_size)
+        return cached
+    cached.save(directory)
+    return tf.data.Dataset.load(directory)
+
+
+def _cache_on_disk(teacher, dataset, batch_size, directory):
+    """Saves `dataset`, with the teacher's outputs, under `directory`."""
+    # Two streamed passes: neither the examples nor a copy of them is ever
+    # held in memory whole, only the outputs.
     inputs = dataset.map(lambda x, *_: x).batch(batch_size)
     outputs = teacher.predict(inputs, verbose=0)
     cached = tf.data.Dataset.zip(
@@ -89,17 +117,35 @@ def cache_teacher_outputs(teacher, dataset, *, batch_size=256, directory=None):
     return tf.data.Dataset.load(directory)
 
 
-def _cache_in_memory(teacher, dataset, batch_size):
-    """Reads `dataset` once into memory and adds the teacher's outputs."""
-    batches = list(dataset.batch(batch_size).as_numpy_iterator())
-    examples = keras.tree.map_structure(
-        lambda *parts: np.concatenate(parts), *batches
+def _read_into_memory(dataset, batch_size):
+    """The examples of `dataset` as one tensor per component."""
+    batches = list(dataset.batch(batch_size))
+    # Tensors, not NumPy arrays: `from_tensor_slices` then takes them
+    # without a further copy.
+    return keras.tree.map_structure(
+        lambda *parts: tf.concat(parts, axis=0), *batches
     )
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(examples)
-    outputs = teacher.predict(x, batch_size=batch_size, verbose=0)
-    # Slicing in-memory tensors is as fast as the original pipeline; a zip
-    # and a map per example would make the input pipeline the bottleneck.
-    return tf.data.Dataset.from_tensor_slices((x, y, sample_weight, outputs))
+
+
+def _check_arrays(data):
+    """Raises `ValueError` unless `data` is `(x, y[, sample_weight])`."""
+    if not isinstance(data, tuple) or len(data) not in (2, 3):
+        raise ValueError(
+            "Invalid value for argument `data`. Expected a `tf.data.Dataset` "
+            "or a tuple `(x, y)` or `(x, y, sample_weight)` of arrays. "
+            f"Received: data={data!r}"
+        )
+    counts = [
+        int(keras.ops.shape(array)[0]) if len(keras.ops.shape(array)) else 0
+        for array in keras.tree.flatten(data)
+        if array is not None
+    ]
+    if len(set(counts)) != 1 or counts[0] == 0:
+        raise ValueError(
+            "Invalid value for argument `data`. Expected arrays with the "
+            "same number (> 0) of examples along their first axis. "
+            f"Received: first dimensions {counts}"
+        )
 
 
 def _with_teacher_outputs(example, teacher_outputs):
@@ -112,14 +158,14 @@ def _check_deterministic(dataset):
     """Raises `ValueError` where two passes over `dataset` could differ."""
     if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
         raise ValueError(
-            "Invalid value for argument `dataset`. Expected a finite "
+            "Invalid value for argument `data`. Expected a finite "
             "dataset: the teacher's outputs are computed in one pass. "
             "Received: an infinite dataset (`repeat()` without a count?). "
             "Cache first, then repeat."
         )
     if dataset.options().deterministic is False:
         raise ValueError(
-            "Invalid value for argument `dataset`. Expected a deterministic "
+            "Invalid value for argument `data`. Expected a deterministic "
             "dataset: cached teacher outputs are matched to examples by "
             "position. Received: a dataset with "
             "`options().deterministic=False`."
@@ -134,7 +180,7 @@ def _check_deterministic(dataset):
     )
     if random_ops:
         raise ValueError(
-            "Invalid value for argument `dataset`. Expected a deterministic "
+            "Invalid value for argument `data`. Expected a deterministic "
             "dataset without shuffling or random augmentation: cached "
             "teacher outputs are computed once and matched to examples by "
             "position. Cache first, then shuffle; with random augmentation, "

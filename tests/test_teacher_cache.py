@@ -7,13 +7,16 @@ import keras_sft
 from tests import helpers
 
 
-def _examples(use_weights=True, n=40):
+def _arrays(use_weights=True, n=40):
     x, y, weights = helpers.classification_data(n=n)
-    parts = (x, y, weights) if use_weights else (x, y)
-    return tf.data.Dataset.from_tensor_slices(parts)
+    return (x, y, weights) if use_weights else (x, y)
 
 
-def _fit(strategy, cache, use_weights=True, directory=None):
+def _examples(use_weights=True, n=40):
+    return tf.data.Dataset.from_tensor_slices(_arrays(use_weights, n))
+
+
+def _fit(strategy, cache, use_weights=True, directory=None, arrays=False):
     """Student weights after two shuffled epochs, live or cached teacher."""
     keras.utils.set_random_seed(0)
     with strategy.scope():
@@ -25,17 +28,23 @@ def _fit(strategy, cache, use_weights=True, directory=None):
     dataset = _examples(use_weights)
     if cache:
         dataset = keras_sft.cache_teacher_outputs(
-            model.teacher, dataset, batch_size=7, directory=directory
+            model.teacher,
+            _arrays(use_weights) if arrays else dataset,
+            batch_size=7,
+            directory=directory,
         )
     dataset = dataset.shuffle(40, seed=1).batch(8)
     history = model.fit(dataset, epochs=2, shuffle=False, verbose=0)
     return model.student.get_weights(), history.history
 
 
+@pytest.mark.parametrize("arrays", [False, True])
 @pytest.mark.parametrize("use_weights", [False, True])
-def test_cached_equals_live(use_weights):
+def test_cached_equals_live(use_weights, arrays):
     live, live_logs = _fit(tf.distribute.get_strategy(), False, use_weights)
-    cached, cached_logs = _fit(tf.distribute.get_strategy(), True, use_weights)
+    cached, cached_logs = _fit(
+        tf.distribute.get_strategy(), True, use_weights, arrays=arrays
+    )
     update = max(
         np.abs(a - b).max()
         for a, b in zip(live, helpers.mlp().get_weights(), strict=True)
@@ -58,21 +67,27 @@ def test_cached_equals_live_mirrored():
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_cache_on_disk_equals_live(tmp_path):
+@pytest.mark.parametrize("arrays", [False, True])
+def test_cache_on_disk_equals_live(tmp_path, arrays):
     live, _ = _fit(tf.distribute.get_strategy(), False)
     cached, _ = _fit(
-        tf.distribute.get_strategy(), True, directory=str(tmp_path / "c")
+        tf.distribute.get_strategy(),
+        True,
+        directory=str(tmp_path / "c"),
+        arrays=arrays,
     )
+    assert (tmp_path / "c").is_dir()
     for a, b in zip(cached, live, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def test_cached_outputs_are_the_teachers_in_numpy():
+@pytest.mark.parametrize("arrays", [False, True])
+def test_cached_outputs_are_the_teachers_in_numpy(arrays):
     teacher = helpers.mlp()
     x, y, _ = helpers.classification_data(n=10)
-    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    data = (x, y) if arrays else tf.data.Dataset.from_tensor_slices((x, y))
     elements = list(
-        keras_sft.cache_teacher_outputs(teacher, dataset, batch_size=4)
+        keras_sft.cache_teacher_outputs(teacher, data, batch_size=4)
     )
     expected = helpers.numpy_mlp_logits(teacher.get_weights(), x)
     assert len(elements) == 10
@@ -106,7 +121,7 @@ def _nondeterministic(dataset):
     [
         (
             lambda d: d.shuffle(8),
-            r"Invalid value for argument `dataset`. Expected a deterministic "
+            r"Invalid value for argument `data`. Expected a deterministic "
             r"dataset without shuffling or random augmentation.*"
             r"Received: a dataset with \['ShuffleDatasetV3'\]",
         ),
@@ -118,7 +133,7 @@ def _nondeterministic(dataset):
         ),
         (
             lambda d: d.repeat(),
-            r"Invalid value for argument `dataset`. Expected a finite dataset",
+            r"Invalid value for argument `data`. Expected a finite dataset",
         ),
         (
             _nondeterministic,
@@ -140,9 +155,20 @@ def test_nondeterministic_datasets_are_refused(transform, message):
             r"instance. Received: teacher='t.keras'",
         ),
         (
-            {"dataset": [1, 2]},
-            r"Invalid value for argument `dataset`. Expected a "
-            r"`tf.data.Dataset`. Received: dataset=\[1, 2\]",
+            {"data": [1, 2]},
+            r"Invalid value for argument `data`. Expected a "
+            r"`tf.data.Dataset` or a tuple `\(x, y\)` or "
+            r"`\(x, y, sample_weight\)` of arrays. Received: data=\[1, 2\]",
+        ),
+        (
+            {"data": (np.zeros((4, 2)), np.zeros(3))},
+            r"Invalid value for argument `data`. Expected arrays with the "
+            r"same number \(> 0\) of examples along their first axis. "
+            r"Received: first dimensions \[4, 3\]",
+        ),
+        (
+            {"data": (np.zeros((0, 2)), np.zeros(0))},
+            r"Received: first dimensions \[0, 0\]",
         ),
         (
             {"batch_size": 0},
@@ -152,6 +178,6 @@ def test_nondeterministic_datasets_are_refused(transform, message):
     ],
 )
 def test_bad_arguments_are_refused(kwargs, message):
-    arguments = {"teacher": helpers.mlp(), "dataset": _examples()} | kwargs
+    arguments = {"teacher": helpers.mlp(), "data": _examples()} | kwargs
     with pytest.raises(ValueError, match=message):
         keras_sft.cache_teacher_outputs(**arguments)
