@@ -8,6 +8,9 @@ Times, on the same data and the same model:
 4. `sft_cached`: `keras_sft.SFTModel` on `keras_sft.cache_teacher_outputs`;
 5. `l2_sp`: plain `model.fit` with L2-SP (`keras_sft.apply_l2_sp`), the
    weight-space alternative to SFT's consistency term;
+6. `torch_sft` and `torch_plain`, where PyTorch is installed: the textbook
+   PyTorch loop of SFT with a frozen teacher copy, and the same loop
+   without the teacher (`benchmarks/torch_loop.py`);
 
 on the MLP 784-256-10 of the textbook example and on a small CNN (32x32x3),
 batch 128, and prints samples per second (median over the timed epochs),
@@ -16,8 +19,10 @@ each ratio to `plain`, and each variant's peak memory.
 Throughput: one process per model builds every variant, trains each one
 untimed epoch (tracing, compilation), then times `--rounds` epochs of each,
 taken in turns in a rotating order, so that load from other processes on
-the machine falls on all variants alike. The cached variant's one teacher
-pass is timed apart (`cache_s`), not in its epochs.
+the machine falls on all variants alike. The PyTorch variants run in a
+child process each (two runtimes in one process would share thread
+pools), which trains one epoch per request, in the same turns. The cached
+variant's one teacher pass is timed apart (`cache_s`), not in its epochs.
 
 Peak memory: one process per variant trains it for two epochs; its peak
 resident set size (`ru_maxrss` from `wait4`) measures that variant alone,
@@ -27,6 +32,7 @@ TensorFlow's runtime and the in-memory data included.
     python -m benchmarks.throughput --jit_compile=false --rounds=9
 """
 
+import importlib.util
 import json
 import os
 import statistics
@@ -41,6 +47,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 VARIANTS = ("plain", "distiller", "sft_live", "sft_cached", "l2_sp")
+TORCH_VARIANTS = ("torch_sft", "torch_plain")
 MODELS = ("mlp", "cnn")
 BATCH_SIZE = 128
 # Steps per epoch: enough for a stable epoch time, few enough for a run of
@@ -48,7 +55,12 @@ BATCH_SIZE = 128
 STEPS = {"mlp": 200, "cnn": 24}
 
 _MODELS = flags.DEFINE_list("models", list(MODELS), "Models to time.")
-_VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "Variants to time.")
+_VARIANTS = flags.DEFINE_list(
+    "variants",
+    list(VARIANTS)
+    + (list(TORCH_VARIANTS) if importlib.util.find_spec("torch") else []),
+    "Variants to time; the PyTorch ones by default where torch is installed.",
+)
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 6, "Timed epochs per variant, taken in turns.", lower_bound=1
 )
@@ -164,11 +176,51 @@ def _prepare(model_name, variant):
     return model, dataset, cache_s
 
 
+def _torch_command(model_name, variant):
+    """The command line of `torch_loop.py` for a PyTorch variant."""
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.torch_loop",
+        f"--model={model_name}",
+        f"--variant={variant.removeprefix('torch_')}",
+    ]
+
+
+class _TorchEpochs:
+    """A `torch_loop.py --serve` child: one timed epoch per request."""
+
+    def __init__(self, model_name, variant):
+        self.child = subprocess.Popen(
+            [*_torch_command(model_name, variant), "--serve"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        # Built and one untimed epoch trained.
+        if self.child.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{model_name} {variant} failed to start")
+
+    def epoch(self):
+        self.child.stdin.write("epoch\n")
+        self.child.stdin.flush()
+        return float(self.child.stdout.readline())
+
+    def close(self):
+        self.child.stdin.close()
+        self.child.wait()
+
+
 def _run(model_name, variants, rounds):
     """Trains `variants` in turns, an epoch each; returns their timings."""
     import keras
 
-    prepared = {v: _prepare(model_name, v) for v in variants}
+    torch_epochs = {
+        v: _TorchEpochs(model_name, v) for v in variants if v in TORCH_VARIANTS
+    }
+    prepared = {
+        v: _prepare(model_name, v) for v in variants if v not in torch_epochs
+    }
     times = {v: [] for v in variants}
 
     class _EpochTimer(keras.callbacks.Callback):
@@ -188,26 +240,47 @@ def _run(model_name, variants, rounds):
     order = list(variants)
     for _ in range(rounds):
         for variant in order:
+            if variant in torch_epochs:
+                times[variant].append(torch_epochs[variant].epoch())
+                continue
             model, dataset, _ = prepared[variant]
             model.fit(
                 dataset, epochs=1, callbacks=[_EpochTimer(variant)], verbose=0
             )
         # Rotate so that no variant always follows the same one.
         order = order[1:] + order[:1]
-    return {
-        variant: {
-            "epoch_s": times[variant],
-            "cache_s": cache_s,
-            "jit_compile": model.jit_compile,
-            "steps_per_execution": model.steps_per_execution,
-        }
-        for variant, (model, _, cache_s) in prepared.items()
+    for child in torch_epochs.values():
+        child.close()
+    results = {
+        variant: {"epoch_s": times[variant], "cache_s": None}
+        | (
+            {"jit_compile": "-", "steps_per_execution": "-"}
+            if variant in torch_epochs
+            else {
+                "jit_compile": prepared[variant][0].jit_compile,
+                "steps_per_execution": prepared[variant][0].steps_per_execution,
+                "cache_s": prepared[variant][2],
+            }
+        )
+        for variant in variants
     }
+    return results
+
+
+def _peak_rss(command):
+    """Runs `command`; returns its stdout and its peak RSS in MiB."""
+    child = subprocess.Popen(command, stdout=subprocess.PIPE)
+    stdout = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{command} failed")
+    # Linux reports ru_maxrss in KiB.
+    return stdout.decode(), usage.ru_maxrss / 1024
 
 
 def _spawn(model_name, variants, rounds):
     """Runs `_run` in a child; returns its results and peak RSS (MiB)."""
-    child = subprocess.Popen(
+    stdout, peak_rss = _peak_rss(
         [
             sys.executable,
             "-m",
@@ -215,16 +288,17 @@ def _spawn(model_name, variants, rounds):
             f"--run={model_name}:{','.join(variants)}:{rounds}",
             f"--jit_compile={_JIT_COMPILE.value}",
             f"--steps_per_execution={_STEPS_PER_EXECUTION.value}",
-        ],
-        stdout=subprocess.PIPE,
+        ]
     )
-    stdout = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"{model_name} {variants} failed")
-    results = json.loads(stdout.decode().strip().splitlines()[-1])
-    # Linux reports ru_maxrss in KiB.
-    return results, usage.ru_maxrss / 1024
+    return json.loads(stdout.strip().splitlines()[-1]), peak_rss
+
+
+def _variant_peak_rss(model_name, variant):
+    """Peak RSS (MiB) of a process that trains `variant` alone."""
+    if variant in TORCH_VARIANTS:
+        # Its own process, without TensorFlow's runtime.
+        return _peak_rss(_torch_command(model_name, variant))[1]
+    return _spawn(model_name, [variant], 1)[1]
 
 
 def _rows(model_name, timings, peak_rss):
@@ -263,7 +337,9 @@ def main(argv):
     for model_name in _MODELS.value:
         timings, _ = _spawn(model_name, _VARIANTS.value, _ROUNDS.value)
         # Peak memory: one process per variant, one timed epoch.
-        peak_rss = {v: _spawn(model_name, [v], 1)[1] for v in _VARIANTS.value}
+        peak_rss = {
+            v: _variant_peak_rss(model_name, v) for v in _VARIANTS.value
+        }
         print("\n".join(_rows(model_name, timings, peak_rss)), flush=True)
 
 
