@@ -25,7 +25,9 @@ from absl import flags  # noqa: E402
 
 from benchmarks import throughput  # noqa: E402
 
-# `--models`, `--variants` and `--rounds` are throughput's flags.
+# `--models`, `--variants` and `--rounds` are throughput's flags; its
+# PyTorch variants have no Keras step and are left out, and `--input` must
+# stay `dataset`: the step runs on one batch of the dataset.
 _STEPS = flags.DEFINE_integer(
     "steps", 50, "Steps per timed round.", lower_bound=1
 )
@@ -35,7 +37,8 @@ def _traced_step(model_name, variant):
     """`(tf.function of the variant's train_step, its batch)`, warmed up."""
     import tensorflow as tf
 
-    model, dataset, _ = throughput._prepare(model_name, variant)
+    model, data, _ = throughput._prepare(model_name, variant)
+    dataset = data["x"]
     data = next(iter(dataset))
     # `fit` builds the model, its optimizer and metrics.
     model.fit(dataset.take(1), verbose=0)
@@ -76,8 +79,13 @@ def main(argv):
         "| vs plain (fastest) |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
+    if throughput._INPUT.value != "dataset":
+        raise app.UsageError("step_ops times steps on a dataset's batch")
+    variants = [
+        v for v in throughput._VARIANTS.value if v in throughput.VARIANTS
+    ]
     for model_name in throughput._MODELS.value:
-        results = _measure(model_name, throughput._VARIANTS.value)
+        results = _measure(model_name, variants)
         plain = results.get("plain")
         for variant, (ops, fastest, median) in results.items():
             ratio = f"{plain[1] / fastest:.2f}" if plain else ""

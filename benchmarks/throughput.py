@@ -76,6 +76,15 @@ _STEPS_PER_EXECUTION = flags.DEFINE_integer(
     "`steps_per_execution` of every variant; 0 leaves each its own.",
     lower_bound=0,
 )
+_INPUT = flags.DEFINE_enum(
+    "input",
+    "dataset",
+    ["dataset", "arrays"],
+    "What the Keras variants' `fit` reads: a shuffled, batched, prefetched "
+    "`tf.data.Dataset`, or the NumPy arrays (`fit(x, y, batch_size=128)`). "
+    "With arrays, `sft_cached` is `SFTModel` at its defaults (its `fit` "
+    "caches the teacher's outputs) and `sft_live` has `cache_teacher=False`.",
+)
 _RUN = flags.DEFINE_string(
     "run", None, "Internal: `MODEL:VARIANT,...:ROUNDS` to run in this process."
 )
@@ -132,7 +141,10 @@ def _compile_kwargs():
 
 
 def _prepare(model_name, variant):
-    """The model of `variant`, its dataset and the cache's time (or None)."""
+    """The model of `variant`, its `fit` data and the cache's time (or None).
+
+    The data is a dict of `fit`'s keyword arguments.
+    """
     import keras
     import tensorflow as tf
 
@@ -159,6 +171,16 @@ def _prepare(model_name, variant):
             ),
         )
         model.compile(optimizer=optimizer, loss=task_loss, **_compile_kwargs())
+    elif _INPUT.value == "arrays":
+        model = keras_sft.SFTModel(
+            student, lambda_=0.5, cache_teacher=variant == "sft_cached"
+        )
+        model.compile(optimizer=optimizer, **_compile_kwargs())
+        if variant == "sft_cached":
+            # What each `fit` call does once before its first epoch.
+            start = time.perf_counter()
+            model.teacher.predict(arrays[0], batch_size=BATCH_SIZE, verbose=0)
+            cache_s = time.perf_counter() - start
     else:
         model = keras_sft.SFTModel(student, lambda_=0.5)
         model.compile(optimizer=optimizer, **_compile_kwargs())
@@ -166,6 +188,9 @@ def _prepare(model_name, variant):
             start = time.perf_counter()
             examples = keras_sft.cache_teacher_outputs(model.teacher, arrays)
             cache_s = time.perf_counter() - start
+    if _INPUT.value == "arrays":
+        x, y = arrays
+        return model, {"x": x, "y": y, "batch_size": BATCH_SIZE}, cache_s
     if examples is None:
         examples = tf.data.Dataset.from_tensor_slices(arrays)
     dataset = (
@@ -173,7 +198,7 @@ def _prepare(model_name, variant):
         .batch(BATCH_SIZE)
         .prefetch(tf.data.AUTOTUNE)
     )
-    return model, dataset, cache_s
+    return model, {"x": dataset}, cache_s
 
 
 def _torch_command(model_name, variant):
@@ -235,17 +260,17 @@ def _run(model_name, variants, rounds):
             times[self.variant].append(time.perf_counter() - self.start)
 
     # The first epoch traces and compiles: not timed.
-    for model, dataset, _ in prepared.values():
-        model.fit(dataset, epochs=1, verbose=0)
+    for model, data, _ in prepared.values():
+        model.fit(**data, epochs=1, verbose=0)
     order = list(variants)
     for _ in range(rounds):
         for variant in order:
             if variant in torch_epochs:
                 times[variant].append(torch_epochs[variant].epoch())
                 continue
-            model, dataset, _ = prepared[variant]
+            model, data, _ = prepared[variant]
             model.fit(
-                dataset, epochs=1, callbacks=[_EpochTimer(variant)], verbose=0
+                **data, epochs=1, callbacks=[_EpochTimer(variant)], verbose=0
             )
         # Rotate so that no variant always follows the same one.
         order = order[1:] + order[:1]
@@ -288,6 +313,7 @@ def _spawn(model_name, variants, rounds):
             f"--run={model_name}:{','.join(variants)}:{rounds}",
             f"--jit_compile={_JIT_COMPILE.value}",
             f"--steps_per_execution={_STEPS_PER_EXECUTION.value}",
+            f"--input={_INPUT.value}",
         ]
     )
     return json.loads(stdout.strip().splitlines()[-1]), peak_rss

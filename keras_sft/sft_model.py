@@ -1,9 +1,11 @@
 """SFTModel: fine-tuning with a frozen-teacher consistency term."""
 
+import inspect
 import math
 import numbers
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -37,13 +39,33 @@ def _first_replica_batch(strategy, batch):
     )
 
 
+# Keys under which `SFTModel.fit` packs inputs and cached teacher outputs
+# into `x` for array inputs, so that Keras's array handling (shuffling,
+# `validation_split`, batching, distribution) carries the outputs along.
+# Into `x`, not `y`: Keras matches `sample_weight` to the structure of `y`.
+_INPUTS = "_keras_sft_inputs"
+_TEACHER_OUTPUTS = "_keras_sft_teacher_outputs"
+
+
 def _unpack(data):
     """`(x, y, sample_weight, teacher_outputs)` of a batch, `None` if absent."""
     # `cache_teacher_outputs` yields 4-tuples; Keras's own batches have at
     # most three parts, so the two cannot be confused.
     if isinstance(data, tuple) and len(data) == 4:
         return data
-    return (*keras.utils.unpack_x_y_sample_weight(data), None)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    if isinstance(x, dict) and _TEACHER_OUTPUTS in x:
+        return x[_INPUTS], y, sample_weight, x[_TEACHER_OUTPUTS]
+    return x, y, sample_weight, None
+
+
+def _is_arrays(value):
+    """Whether `value` is a NumPy array or eager tensor, or a structure of
+    them: data that `fit` reads as arrays, the same every epoch."""
+    leaves = keras.tree.flatten(value)
+    return bool(leaves) and all(
+        isinstance(leaf, (np.ndarray, tf.Tensor)) for leaf in leaves
+    )
 
 
 def _batch_size(x):
@@ -151,6 +173,17 @@ class SFTModel(keras.Model):
             `distance` (`"mse"` or `"squared_l2"`), each logged as
             `<layer>_distill_loss`. Needs Functional or Sequential models.
             Defaults to `None`.
+        cache_teacher: Bool. When `fit` is given arrays (`x` and `y` as
+            NumPy arrays or tensors, not a dataset), compute the teacher's
+            outputs on them once, in one `teacher.predict` pass before the
+            first epoch (and on array `validation_data`), instead of at
+            every step: the teacher is frozen and runs with
+            `training=False`, so the result is the live teacher's (within
+            float rounding) and each epoch runs the student alone. It keeps
+            one output per example in memory. Not done with
+            `class_weight`, `distill_features`, `lambda_=0` or several
+            workers, nor for datasets (see `keras_sft.cache_teacher_outputs`).
+            Defaults to `True`.
         **kwargs: Passed to `keras.Model` (for example `name`). The dtype
             policy defaults to the student's.
 
@@ -172,6 +205,7 @@ class SFTModel(keras.Model):
         distill_outputs=None,
         distill_weights=None,
         distill_features=None,
+        cache_teacher=True,
         **kwargs,
     ):
         if keras.backend.backend() != "tensorflow":
@@ -206,6 +240,11 @@ class SFTModel(keras.Model):
             raise ValueError(
                 "Invalid value for argument `temperature`. Expected a float "
                 f"> 0. Received: temperature={temperature!r}"
+            )
+        if not isinstance(cache_teacher, bool):
+            raise ValueError(
+                "Invalid value for argument `cache_teacher`. Expected a bool. "
+                f"Received: cache_teacher={cache_teacher!r}"
             )
         outputs.check_distill_outputs(distill_outputs)
         outputs.check_distill_weights(distill_weights)
@@ -250,6 +289,7 @@ class SFTModel(keras.Model):
         self.distill_features = (
             None if distill_features is None else list(distill_features)
         )
+        self.cache_teacher = cache_teacher
         if student_names is not None:
             # `compile` maps dict losses and metrics of list outputs by name.
             self.output_names = student_names
@@ -564,6 +604,55 @@ class SFTModel(keras.Model):
             x, y, y_pred, self._structured_sample_weight(y_pred, sample_weight)
         )
 
+    def fit(self, *args, **kwargs):
+        """Trains the student, as `keras.Model.fit`.
+
+        With `cache_teacher` (the default) and array inputs, the teacher's
+        outputs are computed once before training (see `cache_teacher`).
+        """
+        arguments = (
+            inspect.signature(keras.Model.fit)
+            .bind(self, *args, **kwargs)
+            .arguments
+        )
+        del arguments["self"]
+        if self._caches_teacher(arguments):
+            batch_size = arguments.get("batch_size")
+            arguments["x"] = self._with_teacher_outputs(
+                arguments["x"], batch_size
+            )
+            validation = arguments.get("validation_data")
+            if (
+                isinstance(validation, tuple)
+                and len(validation) in (2, 3)
+                and _is_arrays(validation[:2])
+            ):
+                inputs = self._with_teacher_outputs(
+                    validation[0],
+                    arguments.get("validation_batch_size") or batch_size,
+                )
+                arguments["validation_data"] = (inputs, *validation[1:])
+        return super().fit(**arguments)
+
+    def _caches_teacher(self, arguments):
+        """Whether `fit(**arguments)` trains on cached teacher outputs."""
+        return (
+            self.cache_teacher
+            and _is_arrays(arguments.get("x"))
+            and _is_arrays(arguments.get("y"))
+            and arguments.get("class_weight") is None
+            and self._teacher_extractor is None
+            and self.lambda_ != 0.0
+            and not _in_multi_worker_mode(self.distribute_strategy)
+        )
+
+    def _with_teacher_outputs(self, x, batch_size):
+        """Inputs `x` packed with the teacher's outputs on them."""
+        teacher_outputs = self.teacher.predict(
+            x, batch_size=batch_size or 32, verbose=0
+        )
+        return {_INPUTS: x, _TEACHER_OUTPUTS: teacher_outputs}
+
     def train_step(self, data):
         x, y, sample_weight, cached = _unpack(data)
         teacher_pred, teacher_features = self._teacher_forward(x, cached)
@@ -652,6 +741,7 @@ class SFTModel(keras.Model):
                 "distill_outputs": self.distill_outputs,
                 "distill_weights": self.distill_weights,
                 "distill_features": self.distill_features,
+                "cache_teacher": self.cache_teacher,
             }
         )
         return config

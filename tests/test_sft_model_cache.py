@@ -1,0 +1,153 @@
+"""`SFTModel.fit` on arrays computes the teacher's outputs once."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sft
+from tests import helpers
+
+
+def _model(cache_teacher, strategy=None, **kwargs):
+    strategy = strategy or tf.distribute.get_strategy()
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        student = helpers.mlp(dropout=0.2)
+        model = keras_sft.SFTModel(
+            student,
+            teacher=helpers.perturbed_copy(student),
+            lambda_=kwargs.pop("lambda_", 1.0),
+            cache_teacher=cache_teacher,
+            **kwargs,
+        )
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.2, momentum=0.9),
+            metrics=["accuracy"],
+        )
+    return model
+
+
+def _count_predicts(model, monkeypatch):
+    """Counts calls of `model.teacher.predict`."""
+    calls = []
+    predict = model.teacher.predict
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(model.teacher, "predict", counted)
+    return calls
+
+
+def _fit(model, **kwargs):
+    x, y, weights = helpers.classification_data(n=40)
+    kwargs.setdefault("sample_weight", weights)
+    history = model.fit(x, y, batch_size=8, epochs=3, verbose=0, **kwargs)
+    return model.student.get_weights(), history.history
+
+
+def _assert_same(cached, live):
+    (cached_weights, cached_logs), (live_weights, live_logs) = cached, live
+    update = max(
+        np.abs(a - b).max()
+        for a, b in zip(live_weights, helpers.mlp().get_weights(), strict=True)
+    )
+    assert update > 1e-2  # the comparison below is not vacuous
+    for a, b in zip(cached_weights, live_weights, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert cached_logs.keys() == live_logs.keys()
+    for key, values in live_logs.items():
+        np.testing.assert_allclose(cached_logs[key], values, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"sample_weight": None},
+        {"validation_split": 0.25},
+        {"validation_data": helpers.classification_data(n=12, seed=3)},
+    ],
+    ids=["weights", "no_weights", "validation_split", "validation_data"],
+)
+def test_cached_fit_equals_live(kwargs, monkeypatch):
+    cached_model = _model(cache_teacher=True)
+    calls = _count_predicts(cached_model, monkeypatch)
+    cached = _fit(cached_model, **kwargs)
+    live = _fit(_model(cache_teacher=False), **kwargs)
+    _assert_same(cached, live)
+    # One pass for training, one for array validation data; none per step.
+    assert len(calls) == 1 + ("validation_data" in kwargs)
+    if kwargs.get("validation_split") or kwargs.get("validation_data"):
+        assert "val_distill_loss" in cached[1]
+
+
+def test_cached_fit_equals_live_mirrored(monkeypatch):
+    mirrored = lambda: tf.distribute.MirroredStrategy(  # noqa: E731
+        ["/cpu:0", "/cpu:1"]
+    )
+    cached_model = _model(cache_teacher=True, strategy=mirrored())
+    calls = _count_predicts(cached_model, monkeypatch)
+    cached = _fit(cached_model)
+    _assert_same(cached, _fit(_model(cache_teacher=False, strategy=mirrored())))
+    assert len(calls) == 1
+
+
+def test_cache_off_outside_its_cases(monkeypatch):
+    x, y, _ = helpers.classification_data(n=16)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    cases = [
+        (_model(cache_teacher=False), {"x": x, "y": y}),
+        (_model(cache_teacher=True), {"x": dataset, "shuffle": False}),
+        (_model(cache_teacher=True), {"x": x, "y": y, "class_weight": {0: 2}}),
+        (_model(cache_teacher=True, lambda_=0.0), {"x": x, "y": y}),
+    ]
+    student = helpers.mlp()
+    with_features = keras_sft.SFTModel(
+        student, distill_features=[student.layers[1].name]
+    )
+    with_features.compile(optimizer="sgd")
+    cases.append((with_features, {"x": x, "y": y}))
+    for model, data in cases:
+        calls = _count_predicts(model, monkeypatch)
+        model.fit(**data, epochs=1, verbose=0)
+        assert calls == []
+
+
+def test_cache_teacher_round_trips(tmp_path):
+    for cache_teacher in (False, True):
+        model = keras_sft.SFTModel(helpers.mlp(), cache_teacher=cache_teacher)
+        model.save(tmp_path / "m.keras")
+        loaded = keras.models.load_model(tmp_path / "m.keras")
+        assert loaded.cache_teacher is cache_teacher
+
+
+def test_cache_teacher_must_be_a_bool():
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid value for argument `cache_teacher`. Expected a bool. "
+        r"Received: cache_teacher=1",
+    ):
+        keras_sft.SFTModel(helpers.mlp(), cache_teacher=1)
+
+
+def test_steps_use_the_cached_outputs(monkeypatch):
+    model = keras_sft.SFTModel(helpers.mlp(), lambda_=1.0)
+    # A zero learning rate keeps the student, so the epoch's distance has a
+    # closed form.
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    # Cached outputs of zero, where the live teacher would give the
+    # student's own outputs (a distance of zero).
+    monkeypatch.setattr(
+        model.teacher,
+        "predict",
+        lambda x, **kwargs: np.zeros((len(x), 3), "float32"),
+    )
+    x, y, _ = helpers.classification_data(n=24)
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    logits = helpers.numpy_mlp_logits(model.student.get_weights(), x)
+    assert history.history["distill_loss"][0] == pytest.approx(
+        (logits**2).mean(), rel=1e-5
+    )
