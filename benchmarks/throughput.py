@@ -140,13 +140,13 @@ def _compile_kwargs():
     return kwargs
 
 
-def _prepare(model_name, variant):
-    """The model of `variant`, its `fit` data and the cache's time (or None).
+def _compiled(model_name, variant):
+    """The compiled Keras model of `variant`, built from seed 0.
 
-    The data is a dict of `fit`'s keyword arguments.
+    With `--input=arrays`, `sft_live` is `SFTModel(cache_teacher=False)`
+    and `sft_cached` `SFTModel` at its defaults.
     """
     import keras
-    import tensorflow as tf
 
     import keras_sft
 
@@ -154,14 +154,10 @@ def _prepare(model_name, variant):
     student = _build(model_name)
     optimizer = keras.optimizers.Adam(1e-3)
     task_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    arrays = _arrays(model_name)
-    examples = None
-    cache_s = None
     if variant in ("plain", "l2_sp"):
         model = student
         if variant == "l2_sp":
             keras_sft.apply_l2_sp(model, alpha=0.01)
-        model.compile(optimizer=optimizer, loss=task_loss, **_compile_kwargs())
     elif variant == "distiller":
         model = keras.distillation.Distiller(
             teacher=keras_sft.clone_teacher(student),
@@ -170,28 +166,42 @@ def _prepare(model_name, variant):
                 loss="mse"
             ),
         )
-        model.compile(optimizer=optimizer, loss=task_loss, **_compile_kwargs())
-    elif _INPUT.value == "arrays":
+    else:
         model = keras_sft.SFTModel(
-            student, lambda_=0.5, cache_teacher=variant == "sft_cached"
+            student,
+            lambda_=0.5,
+            cache_teacher=_INPUT.value != "arrays" or variant == "sft_cached",
         )
-        model.compile(optimizer=optimizer, **_compile_kwargs())
+        task_loss = None
+    model.compile(optimizer=optimizer, loss=task_loss, **_compile_kwargs())
+    return model
+
+
+def _prepare(model_name, variant):
+    """The model of `variant`, its `fit` data and the cache's time (or None).
+
+    The data is a dict of `fit`'s keyword arguments.
+    """
+    import tensorflow as tf
+
+    import keras_sft
+
+    model = _compiled(model_name, variant)
+    arrays = _arrays(model_name)
+    cache_s = None
+    if _INPUT.value == "arrays":
         if variant == "sft_cached":
-            # What each `fit` call does once before its first epoch.
+            # What the first `fit` call does once before its first epoch.
             start = time.perf_counter()
             model.teacher.predict(arrays[0], batch_size=BATCH_SIZE, verbose=0)
             cache_s = time.perf_counter() - start
-    else:
-        model = keras_sft.SFTModel(student, lambda_=0.5)
-        model.compile(optimizer=optimizer, **_compile_kwargs())
-        if variant == "sft_cached":
-            start = time.perf_counter()
-            examples = keras_sft.cache_teacher_outputs(model.teacher, arrays)
-            cache_s = time.perf_counter() - start
-    if _INPUT.value == "arrays":
         x, y = arrays
         return model, {"x": x, "y": y, "batch_size": BATCH_SIZE}, cache_s
-    if examples is None:
+    if variant == "sft_cached":
+        start = time.perf_counter()
+        examples = keras_sft.cache_teacher_outputs(model.teacher, arrays)
+        cache_s = time.perf_counter() - start
+    else:
         examples = tf.data.Dataset.from_tensor_slices(arrays)
     dataset = (
         examples.shuffle(STEPS[model_name] * BATCH_SIZE, seed=0)
