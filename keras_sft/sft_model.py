@@ -180,10 +180,11 @@ class SFTModel(keras.Model):
             every step: the teacher is frozen and runs with
             `training=False`, so the result is the live teacher's (within
             float rounding) and each epoch runs the student alone. It keeps
-            one output per example in memory. Not done with
-            `class_weight`, `distill_features`, `lambda_=0` or several
-            workers, nor for datasets (see `keras_sft.cache_teacher_outputs`).
-            Defaults to `True`.
+            one output per example in memory, so it is not done where
+            the outputs would take more memory than `x` (per-pixel logits
+            of many classes), nor with `class_weight`, `distill_features`,
+            `lambda_=0` or several workers, nor for datasets (see
+            `keras_sft.cache_teacher_outputs`). Defaults to `True`.
         **kwargs: Passed to `keras.Model` (for example `name`). The dtype
             policy defaults to the student's.
 
@@ -644,6 +645,36 @@ class SFTModel(keras.Model):
             and self._teacher_extractor is None
             and self.lambda_ != 0.0
             and not _in_multi_worker_mode(self.distribute_strategy)
+            and self._outputs_fit_beside(arguments["x"])
+        )
+
+    def _outputs_fit_beside(self, x):
+        """Whether the teacher's outputs on `x` take no more memory than `x`.
+
+        Classifier outputs are a small fraction of their inputs; dense
+        outputs with many classes (per-pixel logits) can be several times
+        larger, and there the live teacher, which needs no memory per
+        example, is the safer default.
+        """
+        leaves = keras.tree.flatten(x)
+        try:
+            spec = self.teacher.compute_output_spec(
+                keras.tree.map_structure(
+                    lambda a: keras.KerasTensor(
+                        (None, *a.shape[1:]), dtype=tf.as_dtype(a.dtype).name
+                    ),
+                    x,
+                )
+            )
+        except Exception:  # noqa: BLE001 - any failure: keep the live teacher
+            return False
+        per_example = sum(
+            math.prod(s.shape[1:]) * tf.as_dtype(s.dtype).size
+            for s in keras.tree.flatten(spec)
+        )
+        return per_example * int(leaves[0].shape[0]) <= sum(
+            math.prod(leaf.shape) * tf.as_dtype(leaf.dtype).size
+            for leaf in leaves
         )
 
     def _with_teacher_outputs(self, x, batch_size):

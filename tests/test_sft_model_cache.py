@@ -104,6 +104,10 @@ def test_cache_off_outside_its_cases(monkeypatch):
         (_model(cache_teacher=True), {"x": x, "y": y, "class_weight": {0: 2}}),
         (_model(cache_teacher=True, lambda_=0.0), {"x": x, "y": y}),
     ]
+    # Outputs larger than the inputs (12 logits from 2 features).
+    wide = keras_sft.SFTModel(helpers.mlp(input_dim=2, classes=12))
+    wide.compile(optimizer="sgd")
+    cases.append((wide, {"x": x[:, :2], "y": y}))
     student = helpers.mlp()
     with_features = keras_sft.SFTModel(
         student, distill_features=[student.layers[1].name]
