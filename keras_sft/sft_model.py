@@ -182,8 +182,9 @@ class SFTModel(keras.Model):
             float rounding) and each epoch runs the student alone. It keeps
             one output per example in memory, so it is not done where
             the outputs would take more memory than `x` (per-pixel logits
-            of many classes), nor with `class_weight`, `distill_features`,
-            `lambda_=0` or several workers, nor for datasets (see
+            of many classes), nor for a single epoch (the pass would cost
+            what it saves), with `distill_features`, `lambda_=0` or
+            several workers, or for datasets (see
             `keras_sft.cache_teacher_outputs`). Defaults to `True`.
         **kwargs: Passed to `keras.Model` (for example `name`). The dtype
             policy defaults to the student's.
@@ -606,10 +607,19 @@ class SFTModel(keras.Model):
         )
 
     def fit(self, *args, **kwargs):
-        """Trains the student, as `keras.Model.fit`.
+        """Trains the student; takes the arguments of `keras.Model.fit`.
 
-        With `cache_teacher` (the default) and array inputs, the teacher's
-        outputs are computed once before training (see `cache_teacher`).
+        With `cache_teacher` (the default), arrays and two or more epochs,
+        the teacher's outputs are computed once, before the first epoch,
+        instead of at every step (see `cache_teacher`).
+
+        Example:
+
+        ```python
+        model = keras_sft.SFTModel(pretrained, lambda_=0.5)
+        model.compile(optimizer="adam")
+        model.fit(x, y, batch_size=128, epochs=10, validation_split=0.1)
+        ```
         """
         arguments = (
             inspect.signature(keras.Model.fit)
@@ -624,9 +634,9 @@ class SFTModel(keras.Model):
             )
             validation = arguments.get("validation_data")
             if (
-                isinstance(validation, tuple)
+                isinstance(validation, (tuple, list))
                 and len(validation) in (2, 3)
-                and _is_arrays(validation[:2])
+                and _is_arrays(tuple(validation[:2]))
             ):
                 inputs = self._with_teacher_outputs(
                     validation[0],
@@ -635,17 +645,24 @@ class SFTModel(keras.Model):
                 arguments["validation_data"] = (inputs, *validation[1:])
         return super().fit(**arguments)
 
+    fit.__signature__ = inspect.signature(keras.Model.fit)
+
     def _caches_teacher(self, arguments):
         """Whether `fit(**arguments)` trains on cached teacher outputs."""
+        x, y = arguments.get("x"), arguments.get("y")
+        epochs = arguments.get("epochs", 1) - arguments.get("initial_epoch", 0)
         return (
             self.cache_teacher
-            and _is_arrays(arguments.get("x"))
-            and _is_arrays(arguments.get("y"))
-            and arguments.get("class_weight") is None
+            # One epoch reads each example once: the pass would only add
+            # `predict`'s overhead to the live teacher's work.
+            and epochs >= 2
+            and _is_arrays((x, y))
+            # Unequal lengths: let Keras's own error name `x` and `y`.
+            and len({int(a.shape[0]) for a in keras.tree.flatten((x, y))}) == 1
             and self._teacher_extractor is None
             and self.lambda_ != 0.0
             and not _in_multi_worker_mode(self.distribute_strategy)
-            and self._outputs_fit_beside(arguments["x"])
+            and self._outputs_fit_beside(x)
         )
 
     def _outputs_fit_beside(self, x):

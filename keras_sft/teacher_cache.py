@@ -1,6 +1,7 @@
 """Computing the teacher's outputs once and storing them with the data."""
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 # Dataset ops whose output can change from one iteration to the next: a
@@ -97,7 +98,11 @@ def cache_teacher_outputs(teacher, data, *, batch_size=256, directory=None):
         )
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     outputs = teacher.predict(x, batch_size=batch_size, verbose=0)
-    cached = tf.data.Dataset.from_tensor_slices((x, y, sample_weight, outputs))
+    # `from_tensor_slices` would stack a list (of inputs, or of a
+    # multi-output teacher's outputs) into one tensor; tuples stay apart.
+    cached = tf.data.Dataset.from_tensor_slices(
+        keras.tree.lists_to_tuples((x, y, sample_weight, outputs))
+    )
     if directory is None:
         return cached
     cached.save(directory)
@@ -111,7 +116,8 @@ def _cache_on_disk(teacher, dataset, batch_size, directory):
     inputs = dataset.map(lambda x, *_: x).batch(batch_size)
     outputs = teacher.predict(inputs, verbose=0)
     cached = tf.data.Dataset.zip(
-        dataset, tf.data.Dataset.from_tensor_slices(outputs)
+        dataset,
+        tf.data.Dataset.from_tensor_slices(keras.tree.lists_to_tuples(outputs)),
     ).map(_with_teacher_outputs)
     cached.save(directory)
     return tf.data.Dataset.load(directory)
@@ -135,16 +141,20 @@ def _check_arrays(data):
             "or a tuple `(x, y)` or `(x, y, sample_weight)` of arrays. "
             f"Received: data={data!r}"
         )
-    counts = [
-        int(keras.ops.shape(array)[0]) if len(keras.ops.shape(array)) else 0
-        for array in keras.tree.flatten(data)
-        if array is not None
-    ]
+    arrays = [a for a in keras.tree.flatten(data) if a is not None]
+    if not all(isinstance(a, (np.ndarray, tf.Tensor)) for a in arrays):
+        kinds = sorted({type(a).__name__ for a in arrays})
+        raise ValueError(
+            "Invalid value for argument `data`. Expected NumPy arrays or "
+            f"tensors in `(x, y[, sample_weight])`. Received: data with "
+            f"leaves of types {kinds}"
+        )
+    counts = [int(a.shape[0]) if len(a.shape) else 0 for a in arrays]
     if len(set(counts)) != 1 or counts[0] == 0:
         raise ValueError(
             "Invalid value for argument `data`. Expected arrays with the "
             "same number (> 0) of examples along their first axis. "
-            f"Received: first dimensions {counts}"
+            f"Received: data with first dimensions {counts}"
         )
 
 

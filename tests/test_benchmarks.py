@@ -6,6 +6,11 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+# Six TensorFlow processes on the full benchmark data: about 30 s.
+pytestmark = pytest.mark.slow
+
 _ROOT = pathlib.Path(__file__).parent.parent
 
 

@@ -69,8 +69,17 @@ def _assert_same(cached, live):
         {"sample_weight": None},
         {"validation_split": 0.25},
         {"validation_data": helpers.classification_data(n=12, seed=3)},
+        {"validation_data": list(helpers.classification_data(n=12, seed=3))},
+        {"sample_weight": None, "class_weight": {0: 2.0, 1: 1.0, 2: 0.5}},
     ],
-    ids=["weights", "no_weights", "validation_split", "validation_data"],
+    ids=[
+        "weights",
+        "no_weights",
+        "validation_split",
+        "validation_data",
+        "validation_list",
+        "class_weight",
+    ],
 )
 def test_cached_fit_equals_live(kwargs, monkeypatch):
     cached_model = _model(cache_teacher=True)
@@ -101,7 +110,7 @@ def test_cache_off_outside_its_cases(monkeypatch):
     cases = [
         (_model(cache_teacher=False), {"x": x, "y": y}),
         (_model(cache_teacher=True), {"x": dataset, "shuffle": False}),
-        (_model(cache_teacher=True), {"x": x, "y": y, "class_weight": {0: 2}}),
+        (_model(cache_teacher=True), {"x": x, "y": y, "epochs": 1}),
         (_model(cache_teacher=True, lambda_=0.0), {"x": x, "y": y}),
     ]
     # Outputs larger than the inputs (12 logits from 2 features).
@@ -116,8 +125,15 @@ def test_cache_off_outside_its_cases(monkeypatch):
     cases.append((with_features, {"x": x, "y": y}))
     for model, data in cases:
         calls = _count_predicts(model, monkeypatch)
-        model.fit(**data, epochs=1, verbose=0)
+        model.fit(**({"epochs": 2} | data), verbose=0)
         assert calls == []
+
+
+def test_unequal_lengths_get_keras_own_error():
+    x, y, _ = helpers.classification_data(n=16)
+    with pytest.raises(ValueError, match="sizes") as error:
+        _model(cache_teacher=True).fit(x, y[:15], epochs=2, verbose=0)
+    assert "_keras_sft" not in str(error.value)
 
 
 def test_cache_teacher_round_trips(tmp_path):
@@ -150,7 +166,7 @@ def test_steps_use_the_cached_outputs(monkeypatch):
         lambda x, **kwargs: np.zeros((len(x), 3), "float32"),
     )
     x, y, _ = helpers.classification_data(n=24)
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     logits = helpers.numpy_mlp_logits(model.student.get_weights(), x)
     assert history.history["distill_loss"][0] == pytest.approx(
         (logits**2).mean(), rel=1e-5

@@ -57,12 +57,13 @@ def test_cached_equals_live(use_weights, arrays):
     )
 
 
-def test_cached_equals_live_mirrored():
+@pytest.mark.parametrize("arrays", [False, True])
+def test_cached_equals_live_mirrored(arrays):
     mirrored = lambda: tf.distribute.MirroredStrategy(  # noqa: E731
         ["/cpu:0", "/cpu:1"]
     )
     live, _ = _fit(mirrored(), False)
-    cached, _ = _fit(mirrored(), True)
+    cached, _ = _fit(mirrored(), True, arrays=arrays)
     for a, b in zip(cached, live, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -164,11 +165,17 @@ def test_nondeterministic_datasets_are_refused(transform, message):
             {"data": (np.zeros((4, 2)), np.zeros(3))},
             r"Invalid value for argument `data`. Expected arrays with the "
             r"same number \(> 0\) of examples along their first axis. "
-            r"Received: first dimensions \[4, 3\]",
+            r"Received: data with first dimensions \[4, 3\]",
         ),
         (
             {"data": (np.zeros((0, 2)), np.zeros(0))},
-            r"Received: first dimensions \[0, 0\]",
+            r"Received: data with first dimensions \[0, 0\]",
+        ),
+        (
+            {"data": (np.zeros((2, 2)), [0, 1])},
+            r"Invalid value for argument `data`. Expected NumPy arrays or "
+            r"tensors in `\(x, y\[, sample_weight\]\)`. Received: data "
+            r"with leaves of types \['int', 'ndarray'\]",
         ),
         (
             {"batch_size": 0},
@@ -181,3 +188,45 @@ def test_bad_arguments_are_refused(kwargs, message):
     arguments = {"teacher": helpers.mlp(), "data": _examples()} | kwargs
     with pytest.raises(ValueError, match=message):
         keras_sft.cache_teacher_outputs(**arguments)
+
+
+def _two_inputs_two_outputs():
+    init = keras.initializers.GlorotUniform
+    inputs = [keras.Input((5,)), keras.Input((3,))]
+    hidden = keras.layers.Dense(8, "relu", kernel_initializer=init(0))(
+        keras.layers.Concatenate()(inputs)
+    )
+    outputs = [
+        keras.layers.Dense(3, name="first", kernel_initializer=init(1))(hidden),
+        keras.layers.Dense(2, name="second", kernel_initializer=init(2))(
+            hidden
+        ),
+    ]
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("arrays", [False, True])
+def test_list_inputs_and_outputs_are_cached_apart(arrays):
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(24, 5)), rng.normal(size=(24, 3))]
+    x = [a.astype("float32") for a in x]
+    y = [rng.integers(0, 3, 24), rng.integers(0, 2, 24)]
+    examples = tf.data.Dataset.from_tensor_slices((tuple(x), tuple(y)))
+
+    def fit(cache):
+        keras.utils.set_random_seed(0)
+        student = _two_inputs_two_outputs()
+        model = keras_sft.SFTModel(
+            student, teacher=helpers.perturbed_copy(student), lambda_=1.0
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.2))
+        data = examples
+        if cache:
+            data = keras_sft.cache_teacher_outputs(
+                model.teacher, (x, y) if arrays else examples, batch_size=5
+            )
+        model.fit(data.batch(8), epochs=2, shuffle=False, verbose=0)
+        return model.student.get_weights()
+
+    for a, b in zip(fit(cache=True), fit(cache=False), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
