@@ -51,3 +51,17 @@ def numpy_mlp_logits(weights, x):
     """Forward pass of `mlp()` (without dropout) in numpy."""
     w1, b1, w2, b2 = weights
     return np.maximum(x @ w1 + b1, 0.0) @ w2 + b2
+
+
+def assert_same_trained_weights(weights, expected, initial, atol=1e-5):
+    """`weights` equal `expected`, which moved away from `initial`.
+
+    The update check keeps the comparison from passing vacuously when
+    training changed nothing.
+    """
+    update = max(
+        np.abs(a - b).max() for a, b in zip(expected, initial, strict=True)
+    )
+    assert update > 1e-2
+    for a, b in zip(weights, expected, strict=True):
+        np.testing.assert_allclose(a, b, atol=atol)
