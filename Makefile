@@ -32,5 +32,8 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# About ten minutes on two cores; the PyTorch rows where torch is installed.
 bench: install
 	$(PY) -m benchmarks.throughput
+	$(PY) -m benchmarks.throughput --input=arrays
+	$(PY) -m benchmarks.whole_fit --epochs=10
