@@ -17,6 +17,7 @@ import numpy as np
 import keras_sft
 from examples import experiment
 from keras_sft import data
+from keras_sft.teacher import copy_model
 
 OLD_CLASSES = (0, 1, 2, 3, 4)
 NEW_CLASSES = (5, 6, 7, 8, 9)
@@ -92,9 +93,9 @@ def run_new_head(
     for lambda_ in [0.0, *lambdas]:
         keras.utils.set_random_seed(seed)
         with strategy.scope():
-            copy = keras.models.clone_model(pretrained)
-            copy.set_weights(pretrained.get_weights())
-            student = keras_sft.add_head(copy, len(NEW_CLASSES))
+            student = keras_sft.add_head(
+                copy_model(pretrained), len(NEW_CLASSES)
+            )
             old_head, new_head = student.output_names
             model = keras_sft.SFTModel(
                 student, lambda_=lambda_, distill_outputs=[old_head]

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import keras_sft
 from keras_sft import segmentation_data
+from keras_sft.teacher import copy_model
 
 OLD_DIGITS = (0, 1, 2, 3, 4)
 NEW_DIGITS = (5, 6, 7, 8, 9)
@@ -217,8 +218,7 @@ def run_experiment(
     for method, weight in runs:
         keras.utils.set_random_seed(seed)
         with strategy.scope():
-            student = keras.models.clone_model(pretrained)
-            student.set_weights(pretrained.get_weights())
+            student = copy_model(pretrained)
             model = keras_sft.SFTModel(
                 student, lambda_=weight, distance=distance
             )
