@@ -144,6 +144,12 @@ flags.register_multi_flags_validator(
     message="--output exists already; pass --overwrite to replace it",
 )
 
+
+def unset_or_file(path):
+    """Flag validator: `path` is unset or an existing file."""
+    return path is None or os.path.isfile(path)
+
+
 PRETRAINED = flags.DEFINE_string(
     "pretrained",
     None,
@@ -152,7 +158,7 @@ PRETRAINED = flags.DEFINE_string(
 )
 flags.register_validator(
     PRETRAINED,
-    lambda path: path is None or os.path.isfile(path),
+    unset_or_file,
     message="--pretrained must be an existing .keras file",
 )
 

@@ -8,8 +8,6 @@ moved by `--shift`, when given). A `.keras` file of a `keras_sft.SFTModel`
 is evaluated through its student.
 """
 
-import os
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -29,7 +27,7 @@ GROUPS = flags.DEFINE_list(
 )
 flags.register_validator(
     MODEL_PATH,
-    lambda path: path is None or os.path.isfile(path),
+    common_flags.unset_or_file,
     message="--model_path must be an existing .keras file",
 )
 flags.register_validator(GROUPS, common_flags.valid_classes)
