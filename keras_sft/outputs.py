@@ -62,16 +62,20 @@ def expand_sample_weight(sample_weight, output):
     return ops.reshape(flat, positions)
 
 
+def is_name_list(value):
+    """Whether `value` is a list or tuple of distinct strings."""
+    return (
+        isinstance(value, (list, tuple))
+        and all(isinstance(name, str) for name in value)
+        and len(set(value)) == len(value)
+    )
+
+
 def check_distill_outputs(distill_outputs):
     """Raises `ValueError` unless `distill_outputs` is None or unique names."""
     if distill_outputs is None:
         return
-    if (
-        isinstance(distill_outputs, str)
-        or not isinstance(distill_outputs, (list, tuple))
-        or not all(isinstance(name, str) for name in distill_outputs)
-        or len(set(distill_outputs)) != len(distill_outputs)
-    ):
+    if not is_name_list(distill_outputs):
         raise ValueError(
             "Invalid value for argument `distill_outputs`. Expected None or "
             "a list of distinct output names. Received: "

@@ -842,13 +842,7 @@ def _check_distill_features(distill_features, distance, distill_outputs):
                 "`distill_features`. Received: distill_outputs=[]"
             )
         return
-    if (
-        isinstance(distill_features, str)
-        or not isinstance(distill_features, (list, tuple))
-        or not distill_features
-        or not all(isinstance(name, str) for name in distill_features)
-        or len(set(distill_features)) != len(distill_features)
-    ):
+    if not outputs.is_name_list(distill_features) or not distill_features:
         raise ValueError(
             "Invalid value for argument `distill_features`. Expected None or "
             "a non-empty list of distinct layer names. Received: "
