@@ -83,9 +83,11 @@ def cache_teacher_outputs(teacher, data, *, batch_size=256, directory=None):
         )
     if isinstance(data, tf.data.Dataset):
         _check_deterministic(data)
-        if directory is not None:
-            return _cache_on_disk(teacher, data, batch_size, directory)
-        data = _read_into_memory(data, batch_size)
+        if directory is None:
+            examples = _read_into_memory(data, batch_size)
+            cached = _in_memory(teacher, examples, batch_size)
+        else:
+            cached = _zipped(teacher, data, batch_size)
     else:
         _check_arrays(data)
         # Converted once: the teacher's pass and the dataset below share
@@ -96,31 +98,34 @@ def cache_teacher_outputs(teacher, data, *, batch_size=256, directory=None):
             ),
             data,
         )
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    outputs = teacher.predict(x, batch_size=batch_size, verbose=0)
-    # `from_tensor_slices` would stack a list (of inputs, or of a
-    # multi-output teacher's outputs) into one tensor; tuples stay apart.
-    cached = tf.data.Dataset.from_tensor_slices(
-        keras.tree.lists_to_tuples((x, y, sample_weight, outputs))
-    )
+        cached = _in_memory(teacher, data, batch_size)
     if directory is None:
         return cached
     cached.save(directory)
     return tf.data.Dataset.load(directory)
 
 
-def _cache_on_disk(teacher, dataset, batch_size, directory):
-    """Saves `dataset`, with the teacher's outputs, under `directory`."""
+def _in_memory(teacher, data, batch_size):
+    """In-memory `data` with the teacher's outputs beside each example."""
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    outputs = teacher.predict(x, batch_size=batch_size, verbose=0)
+    # `from_tensor_slices` would stack a list (of inputs, or of a
+    # multi-output teacher's outputs) into one tensor; tuples stay apart.
+    return tf.data.Dataset.from_tensor_slices(
+        keras.tree.lists_to_tuples((x, y, sample_weight, outputs))
+    )
+
+
+def _zipped(teacher, dataset, batch_size):
+    """`dataset` zipped with the teacher's outputs, for saving to disk."""
     # Two streamed passes: neither the examples nor a copy of them is ever
     # held in memory whole, only the outputs.
     inputs = dataset.map(lambda x, *_: x).batch(batch_size)
     outputs = teacher.predict(inputs, verbose=0)
-    cached = tf.data.Dataset.zip(
+    return tf.data.Dataset.zip(
         dataset,
         tf.data.Dataset.from_tensor_slices(keras.tree.lists_to_tuples(outputs)),
     ).map(_with_teacher_outputs)
-    cached.save(directory)
-    return tf.data.Dataset.load(directory)
 
 
 def _read_into_memory(dataset, batch_size):
