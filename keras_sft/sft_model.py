@@ -5,12 +5,12 @@ import math
 import numbers
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from keras_sft import distances
 from keras_sft import outputs
+from keras_sft import teacher_cache
 from keras_sft.teacher import clone_teacher
 
 
@@ -59,12 +59,15 @@ def _unpack(data):
     return x, y, sample_weight, None
 
 
-def _is_arrays(value):
-    """Whether `value` is a NumPy array or eager tensor, or a structure of
-    them: data that `fit` reads as arrays, the same every epoch."""
-    leaves = keras.tree.flatten(value)
-    return bool(leaves) and all(
-        isinstance(leaf, (np.ndarray, tf.Tensor)) for leaf in leaves
+def _same_length_arrays(*parts):
+    """Whether `parts` are NumPy arrays or tensors (or structures of them)
+    with one number of examples: data that `fit` reads as arrays, the same
+    every epoch."""
+    lengths = teacher_cache.array_lengths(parts)
+    return (
+        all(part is not None for part in parts)
+        and bool(lengths)
+        and len(set(lengths)) == 1
     )
 
 
@@ -636,7 +639,7 @@ class SFTModel(keras.Model):
             if (
                 isinstance(validation, (tuple, list))
                 and len(validation) in (2, 3)
-                and _is_arrays(tuple(validation[:2]))
+                and _same_length_arrays(*validation[:2])
             ):
                 inputs = self._with_teacher_outputs(
                     validation[0],
@@ -656,9 +659,9 @@ class SFTModel(keras.Model):
             # One epoch reads each example once: the pass would only add
             # `predict`'s overhead to the live teacher's work.
             and epochs >= 2
-            and _is_arrays((x, y))
-            # Unequal lengths: let Keras's own error name `x` and `y`.
-            and len({int(a.shape[0]) for a in keras.tree.flatten((x, y))}) == 1
+            # Unequal lengths too are left to Keras, whose error names `x`
+            # and `y`.
+            and _same_length_arrays(x, y)
             and self._teacher_extractor is None
             and self.lambda_ != 0.0
             and not _in_multi_worker_mode(self.distribute_strategy)

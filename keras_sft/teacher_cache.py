@@ -138,6 +138,15 @@ def _read_into_memory(dataset, batch_size):
     )
 
 
+def array_lengths(data):
+    """First dimensions of the arrays in `data` (0 for a scalar), its `None`
+    parts skipped; `None` if a part is not a NumPy array or tensor."""
+    arrays = [a for a in keras.tree.flatten(data) if a is not None]
+    if not all(isinstance(a, (np.ndarray, tf.Tensor)) for a in arrays):
+        return None
+    return [int(a.shape[0]) if len(a.shape) else 0 for a in arrays]
+
+
 def _check_arrays(data):
     """Raises `ValueError` unless `data` is `(x, y[, sample_weight])`."""
     if not isinstance(data, tuple) or len(data) not in (2, 3):
@@ -146,15 +155,20 @@ def _check_arrays(data):
             "or a tuple `(x, y)` or `(x, y, sample_weight)` of arrays. "
             f"Received: data={data!r}"
         )
-    arrays = [a for a in keras.tree.flatten(data) if a is not None]
-    if not all(isinstance(a, (np.ndarray, tf.Tensor)) for a in arrays):
-        kinds = sorted({type(a).__name__ for a in arrays})
+    counts = array_lengths(data)
+    if counts is None:
+        kinds = sorted(
+            {
+                type(a).__name__
+                for a in keras.tree.flatten(data)
+                if a is not None
+            }
+        )
         raise ValueError(
             "Invalid value for argument `data`. Expected NumPy arrays or "
             f"tensors in `(x, y[, sample_weight])`. Received: data with "
             f"leaves of types {kinds}"
         )
-    counts = [int(a.shape[0]) if len(a.shape) else 0 for a in arrays]
     if len(set(counts)) != 1 or counts[0] == 0:
         raise ValueError(
             "Invalid value for argument `data`. Expected arrays with the "
