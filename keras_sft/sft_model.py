@@ -45,6 +45,8 @@ def _first_replica_batch(strategy, batch):
 # Into `x`, not `y`: Keras matches `sample_weight` to the structure of `y`.
 _INPUTS = "_keras_sft_inputs"
 _TEACHER_OUTPUTS = "_keras_sft_teacher_outputs"
+# `SFTModel.fit` takes `keras.Model.fit`'s arguments by position or name.
+_FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
 
 def _unpack(data):
@@ -624,11 +626,7 @@ class SFTModel(keras.Model):
         model.fit(x, y, batch_size=128, epochs=10, validation_split=0.1)
         ```
         """
-        arguments = (
-            inspect.signature(keras.Model.fit)
-            .bind(self, *args, **kwargs)
-            .arguments
-        )
+        arguments = _FIT_SIGNATURE.bind(self, *args, **kwargs).arguments
         del arguments["self"]
         if self._caches_teacher(arguments):
             batch_size = arguments.get("batch_size")
@@ -648,7 +646,7 @@ class SFTModel(keras.Model):
                 arguments["validation_data"] = (inputs, *validation[1:])
         return super().fit(**arguments)
 
-    fit.__signature__ = inspect.signature(keras.Model.fit)
+    fit.__signature__ = _FIT_SIGNATURE
 
     def _caches_teacher(self, arguments):
         """Whether `fit(**arguments)` trains on cached teacher outputs."""
