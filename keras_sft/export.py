@@ -1,5 +1,6 @@
 """Exporting the fine-tuned student as a TensorFlow SavedModel."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ def export_saved_model(
     input_signature=None,
     outputs="logits",
     version=None,
+    compute_dtype=None,
     overwrite=False,
 ):
     """Writes the student alone as a TensorFlow SavedModel.
@@ -86,6 +88,13 @@ def export_saved_model(
         outputs: `"logits"`, `"probabilities"` or `"both"`, what the
             signature serves for each output of the student (see above).
             Defaults to `"logits"`.
+        compute_dtype: `None` or `"float32"`. With `"float32"`, the
+            export computes in float32 even if the student was built
+            under a mixed precision policy (its variables are float32
+            already): what the TFLite converter's built-in ops need, and
+            what CPUs run fastest. Defaults to `None`: the student's own
+            policy (a `mixed_float16` student computes in float16 and
+            still outputs float32).
         version: `None`, an int >= 0 or `"next"`. Defaults to `None`: the
             SavedModel is written at `export_dir` itself.
         overwrite: Bool, whether to replace an existing export at the
@@ -111,6 +120,11 @@ def export_saved_model(
             "Invalid value for argument `version`. Expected None, 'next' or "
             f"an int >= 0. Received: version={version!r}"
         )
+    if compute_dtype not in (None, "float32"):
+        raise ValueError(
+            "Invalid value for argument `compute_dtype`. Expected None or "
+            f"'float32'. Received: compute_dtype={compute_dtype!r}"
+        )
     if input_signature is None:
         names, specs, structure = _symbolic_inputs(student)
     else:
@@ -122,7 +136,11 @@ def export_saved_model(
     )
     # Traced before anything is written, so a student that does not take
     # these inputs is refused without side effects.
-    concrete = serve.get_concrete_function()
+    if compute_dtype is None:
+        concrete = serve.get_concrete_function()
+    else:
+        with _dtype_policy(student, compute_dtype):
+            concrete = serve.get_concrete_function()
 
     export_dir = os.path.abspath(os.fspath(export_dir))
     if version is not None:
@@ -175,6 +193,22 @@ def export_saved_model(
         os.rename(staging_dir, export_dir)
 
 
+@contextlib.contextmanager
+def _dtype_policy(student, policy):
+    """Gives every layer of `student` the dtype `policy` while inside."""
+    # Layers read their compute dtype from their policy at call time, so
+    # the trace computes in `policy` with the same (float32) variables.
+    layers = list(student._flatten_layers(include_self=True, recursive=True))
+    previous = [layer.dtype_policy for layer in layers]
+    try:
+        for layer in layers:
+            layer.dtype_policy = policy
+        yield
+    finally:
+        for layer, layer_policy in zip(layers, previous, strict=True):
+            layer.dtype_policy = layer_policy
+
+
 def _symbolic_inputs(student):
     """Names, `tf.TensorSpec`s and call form of the student's own inputs."""
     try:
@@ -221,25 +255,24 @@ def _input_name(tensor, index, count):
 
 def _given_inputs(input_signature):
     """Names, `tf.TensorSpec`s and call form of an `input_signature`."""
-    specs = (
-        list(input_signature)
-        if isinstance(input_signature, (list, tuple))
-        else []
-    )
+    specs = []
+    if isinstance(input_signature, (list, tuple)):
+        specs = list(input_signature)
+    form = None
     if len(specs) == 1 and isinstance(specs[0], dict):
-        names, specs, form = list(specs[0]), list(specs[0].values()), dict
-    else:
-        form = list if len(specs) > 1 else None
-        names = [
-            spec.name or ("inputs" if len(specs) == 1 else f"inputs_{index}")
-            for index, spec in enumerate(specs)
-        ]
+        form, names, specs = dict, list(specs[0]), list(specs[0].values())
     if not specs or not all(isinstance(s, tf.TensorSpec) for s in specs):
         raise ValueError(
             "Invalid value for argument `input_signature`. Expected a "
             "non-empty list of `tf.TensorSpec`, or a list holding one dict "
             f"of them. Received: input_signature={input_signature!r}"
         )
+    if form is None:
+        form = list if len(specs) > 1 else None
+        names = [
+            spec.name or ("inputs" if len(specs) == 1 else f"inputs_{index}")
+            for index, spec in enumerate(specs)
+        ]
     specs = [
         tf.TensorSpec(spec.shape, spec.dtype, name=name)
         for name, spec in zip(names, specs, strict=True)
