@@ -11,6 +11,7 @@ from keras_sft.sft_model import SFTModel
 from keras_sft.teacher import clone_teacher
 from keras_sft.teacher_cache import cache_teacher_outputs
 from keras_sft.terminate_on_nan import TerminateOnNaN
+from keras_sft.wise_ft import wise_ft
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,5 @@ __all__ = [
     "export_saved_model",
     "remove_l2_sp",
     "select_lambda",
+    "wise_ft",
 ]
