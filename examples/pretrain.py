@@ -12,12 +12,13 @@ from absl import flags
 from absl import logging
 
 from examples import common_flags
-from examples import experiment
+from examples.lib import classifiers
+from examples.lib import training
 
 MODEL = flags.DEFINE_enum(
     "model",
     "mlp",
-    experiment.MODELS,
+    classifiers.MODELS,
     "Classifier: 'mlp' (one hidden layer of 128 units) or 'cnn' (two 3x3 "
     "convolutions and global average pooling).",
 )
@@ -32,7 +33,7 @@ def main(argv):
     test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
     input_shape = tuple(train.element_spec[0].shape)
     train, epoch_shuffle = common_flags.training_batches(train)
-    model = experiment.pretrain(
+    model = training.pretrain(
         model_name=MODEL.value,
         train=train,
         validation=common_flags.evaluation_batches(test),
@@ -40,12 +41,7 @@ def main(argv):
         num_classes=num_classes,
         output=common_flags.OUTPUT.value,
         strategy=strategy,
-        epochs=common_flags.EPOCHS.value,
-        learning_rate=common_flags.LEARNING_RATE.value,
-        seed=common_flags.SEED.value,
-        log_dir=flags.FLAGS.log_dir or None,
-        checkpoint_dir=common_flags.CHECKPOINT_DIR.value,
-        jit_compile=common_flags.JIT_COMPILE.value,
+        config=common_flags.training_config(),
         callbacks=[epoch_shuffle],
     )
     logging.info(
