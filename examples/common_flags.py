@@ -281,6 +281,12 @@ def run(main, *, preset=None):
     app.run(main_with_one_line_errors)
 
 
+def refuse_arguments(argv):
+    """Raises `app.UsageError` if `argv` holds more than the program name."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+
+
 def set_up():
     """Seeds Keras, sets determinism and dtype policy, returns the strategy."""
     if DETERMINISTIC.value:
@@ -304,6 +310,16 @@ def training_config(**overrides):
         checkpoint_dir=CHECKPOINT_DIR.value,
     )
     return dataclasses.replace(config, **overrides)
+
+
+def load_train_and_test():
+    """`load_split` of `--train_split` and `--test_split`.
+
+    Returns `(train, test, num_classes)`.
+    """
+    train, num_classes = load_split(TRAIN_SPLIT.value)
+    test, _ = load_split(TEST_SPLIT.value)
+    return train, test, num_classes
 
 
 def load_split(split):

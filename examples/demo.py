@@ -16,7 +16,6 @@ new-head experiment (Learning without Forgetting: pretrain on 0-4, learn
 
 import dataclasses
 
-from absl import app
 from absl import flags
 
 from examples import common_flags
@@ -53,8 +52,7 @@ flags.adopt_module_key_flags(experiment_flags)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common_flags.refuse_arguments(argv)
     strategy = common_flags.set_up()
     forgetting_experiment.run_demo(
         output_dir=OUTPUT_DIR.value,

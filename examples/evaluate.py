@@ -8,7 +8,6 @@ moved by `--shift`, when given). A `.keras` file of a `keras_sft.SFTModel`
 is evaluated through its student.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -52,8 +51,7 @@ def evaluate():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common_flags.refuse_arguments(argv)
     evaluate()
 
 

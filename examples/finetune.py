@@ -15,7 +15,6 @@ with the same command resumes from its last finished epoch
 
 import math
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -65,11 +64,9 @@ flags.adopt_module_key_flags(common_flags)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common_flags.refuse_arguments(argv)
     strategy = common_flags.set_up()
-    train, _ = common_flags.load_split(common_flags.TRAIN_SPLIT.value)
-    test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
+    train, test, _ = common_flags.load_train_and_test()
     if CACHE_TEACHER.value:
         train = training.cache_teacher(
             common_flags.PRETRAINED.value,

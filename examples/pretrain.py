@@ -7,7 +7,6 @@ training, whole or not at all; `--checkpoint_dir` gets a copy after each
 epoch (`ModelCheckpoint`) and `--log_dir` TensorBoard logs.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -26,11 +25,9 @@ flags.adopt_module_key_flags(common_flags)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common_flags.refuse_arguments(argv)
     strategy = common_flags.set_up()
-    train, num_classes = common_flags.load_split(common_flags.TRAIN_SPLIT.value)
-    test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
+    train, test, num_classes = common_flags.load_train_and_test()
     input_shape = tuple(train.element_spec[0].shape)
     train, epoch_shuffle = common_flags.training_batches(train)
     model = training.pretrain(

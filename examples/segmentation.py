@@ -11,7 +11,6 @@ the defaults are `examples.lib.presets.SEGMENTATION`.
         --data_dir=/data/tfds --image_size=64 --lambdas=0.1,0.3
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -42,8 +41,7 @@ flags.adopt_module_key_flags(experiment_flags)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common_flags.refuse_arguments(argv)
     dataset = common_flags.DATASET.value
     if dataset not in DATASETS:
         raise ValueError(

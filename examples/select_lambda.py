@@ -14,7 +14,6 @@ and writes the trade-off curve to `--plot`. The defaults
 (`examples.lib.presets.SELECT_LAMBDA`) match `make demo`'s data.
 """
 
-from absl import app
 from absl import flags
 
 from examples import common_flags
@@ -26,6 +25,11 @@ LAMBDA_GRID = flags.DEFINE_list(
     "lambda_grid",
     ["0", "0.01", "0.03", "0.1", "0.3", "1"],
     "The lambda values to cross-validate (floats >= 0).",
+)
+flags.register_validator(
+    LAMBDA_GRID,
+    common_flags.nonnegative_floats,
+    message="--lambda_grid must be floats >= 0",
 )
 FOLDS = flags.DEFINE_integer(
     "folds", 3, "Number of cross-validation folds.", lower_bound=2
@@ -49,15 +53,10 @@ RETAINED_CLASSES = flags.DEFINE_list(
     "Classes of the retained sample, in their original domain; no retained "
     "accuracy when empty.",
 )
+flags.register_validator(RETAINED_CLASSES, common_flags.valid_classes)
 PLOT = flags.DEFINE_string(
     "plot", "runs/select_lambda.png", "PNG file for the trade-off curve."
 )
-flags.register_validator(
-    LAMBDA_GRID,
-    common_flags.nonnegative_floats,
-    message="--lambda_grid must be floats >= 0",
-)
-flags.register_validator(RETAINED_CLASSES, common_flags.valid_classes)
 flags.adopt_module_key_flags(common_flags)
 
 
@@ -88,8 +87,7 @@ def select():
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common_flags.refuse_arguments(argv)
     select()
 
 

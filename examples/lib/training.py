@@ -52,11 +52,10 @@ def pretrain(
             num_classes=num_classes,
             seed=config.seed,
         )
-        model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
+        _compile(
+            model,
+            config,
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=["accuracy"],
-            jit_compile=config.jit_compile,
         )
     _checked_fit(model, model, train, validation, config, callbacks)
     saving.save_atomically(model, output)
@@ -102,8 +101,7 @@ def finetune(
         l2_sp_alpha: Float >= 0, the strength of an L2-SP penalty towards
             the pretrained weights (`keras_sft.apply_l2_sp`), or `None` for
             none. Defaults to `None`.
-        callbacks: Sequence of extra `keras.callbacks.Callback`s, run first
-            (for example the `EpochShuffle` of `train`). Defaults to `()`.
+        callbacks: As in `pretrain`. Defaults to `()`.
 
     Returns:
         The trained `keras_sft.SFTModel`.
@@ -114,11 +112,7 @@ def finetune(
         if l2_sp_alpha is not None:
             keras_sft.apply_l2_sp(student, l2_sp_alpha)
         model = keras_sft.SFTModel(student, lambda_=lambda_)
-        model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            metrics=["accuracy"],
-            jit_compile=config.jit_compile,
-        )
+        _compile(model, config)
     _checked_fit(model, student, train, validation, config, callbacks)
     saving.save_atomically(model.student, output)
     if export_dir:
@@ -144,6 +138,16 @@ def cache_teacher(pretrained, dataset, *, strategy, directory=None):
         teacher = classifiers.load_classifier(pretrained)
     return keras_sft.cache_teacher_outputs(
         teacher, dataset, directory=directory
+    )
+
+
+def _compile(model, config, **kwargs):
+    """Compiles `model` with Adam and accuracy, as `config` says."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        metrics=["accuracy"],
+        jit_compile=config.jit_compile,
+        **kwargs,
     )
 
 
