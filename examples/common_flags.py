@@ -1,9 +1,11 @@
 """Flags shared by the binaries, and the set-up and data they describe.
 
 Importing this module defines the flags; each binary adopts them as key
-flags, so its `--helpshort` lists them.
+flags, so its `--helpshort` lists them. Every flag that two binaries use
+is defined here (or, for the experiments, in `experiment_flags`), once.
 """
 
+import dataclasses
 import math
 import os
 import re
@@ -14,6 +16,7 @@ import tensorflow_datasets as tfds
 from absl import app
 from absl import flags
 
+from examples.lib.training_config import TrainingConfig
 from keras_sft import data
 from keras_sft import strategy as strategy_lib
 from keras_sft.epoch_shuffle import EpochShuffle
@@ -103,6 +106,20 @@ DETERMINISTIC = flags.DEFINE_bool(
     "(tf.config.experimental.enable_op_determinism): with the same --seed, "
     "two runs give bit-identical weights, at some cost in speed on GPU.",
 )
+# What every binary reads, the segmentation experiment included (its
+# --helpshort lists these; the others adopt the whole module).
+CORE_FLAGS = (
+    DATASET,
+    BATCH_SIZE,
+    EPOCHS,
+    LEARNING_RATE,
+    SEED,
+    STRATEGY,
+    TPU,
+    MIXED_PRECISION,
+    JIT_COMPILE,
+    DETERMINISTIC,
+)
 OVERWRITE = flags.DEFINE_bool(
     "overwrite",
     False,
@@ -134,15 +151,24 @@ flags.register_validator(
     lambda path: path is None or path.endswith(".keras"),
     message="--output must end in .keras",
 )
-flags.register_multi_flags_validator(
-    [OUTPUT, OVERWRITE],
-    lambda values: (
-        values["output"] is None
-        or values["overwrite"]
-        or not tf.io.gfile.exists(values["output"])
-    ),
-    message="--output exists already; pass --overwrite to replace it",
-)
+
+
+def refuse_existing(flag_holder):
+    """Registers a validator: the path flag's target must not exist yet,
+    unless `--overwrite` is given."""
+    name = flag_holder.name
+    flags.register_multi_flags_validator(
+        [flag_holder, OVERWRITE],
+        lambda values: (
+            values[name] is None
+            or values["overwrite"]
+            or not tf.io.gfile.exists(values[name])
+        ),
+        message=f"--{name} exists already; pass --overwrite to replace it",
+    )
+
+
+refuse_existing(OUTPUT)
 
 
 def unset_or_file(path):
@@ -193,6 +219,12 @@ def nonnegative_floats(values):
         return False
 
 
+def positive_floats(values):
+    """The floats > 0 among the strings `values` (0 is plain fine-tuning,
+    which the experiments run anyway)."""
+    return [float(value) for value in values if float(value) > 0]
+
+
 def valid_classes(values):
     """Flag validator: `values` parse with `parse_classes`."""
     try:
@@ -223,14 +255,22 @@ flags.register_validator(
 )
 
 
-def run(main):
+def run(main, *, preset=None):
     """`app.run(main)`, reporting expected failures on one line.
 
     Bad data, unreadable files and a diverging loss raise `ValueError`,
     `OSError` or `RuntimeError` with a message that names the problem and
     the fix; the user gets that line and exit status 1, not a traceback.
     Other exceptions are bugs and keep their traceback.
+
+    Args:
+        main: The binary's `main(argv)`.
+        preset: Dict from flag names to the defaults this binary gives them
+            (one of `examples.lib.presets`), set before parsing so that
+            `--help` shows them; `None` keeps the flags' own defaults.
     """
+    for name, value in (preset or {}).items():
+        flags.FLAGS.set_default(name, value)
 
     def main_with_one_line_errors(argv):
         try:
@@ -239,6 +279,12 @@ def run(main):
             raise SystemExit(f"Error: {error}") from None
 
     app.run(main_with_one_line_errors)
+
+
+def refuse_arguments(argv):
+    """Raises `app.UsageError` if `argv` holds more than the program name."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
 
 
 def set_up():
@@ -250,6 +296,30 @@ def set_up():
         "float32" if MIXED_PRECISION.value == "none" else MIXED_PRECISION.value
     )
     return strategy_lib.build_strategy(STRATEGY.value, tpu=TPU.value)
+
+
+def training_config(**overrides):
+    """The `TrainingConfig` the shared flags describe, with `overrides`."""
+    config = TrainingConfig(
+        epochs=EPOCHS.value,
+        batch_size=BATCH_SIZE.value,
+        learning_rate=LEARNING_RATE.value,
+        seed=SEED.value,
+        jit_compile=JIT_COMPILE.value,
+        log_dir=flags.FLAGS.log_dir or None,
+        checkpoint_dir=CHECKPOINT_DIR.value,
+    )
+    return dataclasses.replace(config, **overrides)
+
+
+def load_train_and_test():
+    """`load_split` of `--train_split` and `--test_split`.
+
+    Returns `(train, test, num_classes)`.
+    """
+    train, num_classes = load_split(TRAIN_SPLIT.value)
+    test, _ = load_split(TEST_SPLIT.value)
+    return train, test, num_classes
 
 
 def load_split(split):

@@ -8,13 +8,13 @@ moved by `--shift`, when given). A `.keras` file of a `keras_sft.SFTModel`
 is evaluated through its student.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 
 import keras_sft  # noqa: F401  (registers SFTModel for loading)
 from examples import common_flags
-from examples import experiment
+from examples.lib import accuracy
+from examples.lib import classifiers
 
 MODEL_PATH = flags.DEFINE_string(
     "model_path", None, "The .keras classifier to evaluate (logits output)."
@@ -39,20 +39,19 @@ def evaluate():
     strategy = common_flags.set_up()
     test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
     with strategy.scope():
-        model = experiment.load_classifier(MODEL_PATH.value)
-    accuracies = experiment.accuracy_by_group(
+        model = classifiers.load_classifier(MODEL_PATH.value)
+    accuracies = accuracy.accuracy_by_group(
         model,
         common_flags.evaluation_batches(test),
         groups=[common_flags.parse_classes([g]) for g in GROUPS.value],
     )
-    for name, accuracy in accuracies.items():
-        logging.info("accuracy %s: %.4f", name, accuracy)
+    for name, value in accuracies.items():
+        logging.info("accuracy %s: %.4f", name, value)
     return accuracies
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common_flags.refuse_arguments(argv)
     evaluate()
 
 

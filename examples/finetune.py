@@ -14,15 +14,12 @@ with the same command resumes from its last finished epoch
 """
 
 import math
-import os
 
-from absl import app
 from absl import flags
 from absl import logging
 
-import keras_sft
 from examples import common_flags
-from examples import experiment
+from examples.lib import training
 
 LAMBDA = flags.DEFINE_float(
     "lambda",
@@ -62,49 +59,32 @@ flags.register_validator(
     math.isfinite,
     message="--lambda must be a finite number >= 0",
 )
-flags.register_multi_flags_validator(
-    [EXPORT_DIR, common_flags.OVERWRITE],
-    lambda values: (
-        values["export_dir"] is None
-        or values["overwrite"]
-        or not os.path.exists(values["export_dir"])
-    ),
-    message="--export_dir exists already; pass --overwrite to replace it",
-)
+common_flags.refuse_existing(EXPORT_DIR)
 flags.adopt_module_key_flags(common_flags)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common_flags.refuse_arguments(argv)
     strategy = common_flags.set_up()
-    train, _ = common_flags.load_split(common_flags.TRAIN_SPLIT.value)
-    test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
+    train, test, _ = common_flags.load_train_and_test()
     if CACHE_TEACHER.value:
-        # The pretrained file loaded again is the frozen teacher that
-        # SFTModel clones: same weights, so the same outputs.
-        with strategy.scope():
-            teacher = experiment.load_classifier(common_flags.PRETRAINED.value)
-        train = keras_sft.cache_teacher_outputs(
-            teacher, train, directory=CACHE_DIR.value
+        train = training.cache_teacher(
+            common_flags.PRETRAINED.value,
+            train,
+            strategy=strategy,
+            directory=CACHE_DIR.value,
         )
     train, epoch_shuffle = common_flags.training_batches(train)
-    model = experiment.finetune(
+    model = training.finetune(
         pretrained=common_flags.PRETRAINED.value,
         train=train,
         validation=common_flags.evaluation_batches(test),
         lambda_=LAMBDA.value,
         output=common_flags.OUTPUT.value,
         strategy=strategy,
-        epochs=common_flags.EPOCHS.value,
-        learning_rate=common_flags.LEARNING_RATE.value,
-        seed=common_flags.SEED.value,
-        backup_dir=BACKUP_DIR.value,
-        checkpoint_dir=common_flags.CHECKPOINT_DIR.value,
+        config=common_flags.training_config(backup_dir=BACKUP_DIR.value),
         export_dir=EXPORT_DIR.value,
         overwrite=common_flags.OVERWRITE.value,
-        log_dir=flags.FLAGS.log_dir or None,
-        jit_compile=common_flags.JIT_COMPILE.value,
         callbacks=[epoch_shuffle],
     )
     logging.info(

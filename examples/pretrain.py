@@ -7,17 +7,17 @@ training, whole or not at all; `--checkpoint_dir` gets a copy after each
 epoch (`ModelCheckpoint`) and `--log_dir` TensorBoard logs.
 """
 
-from absl import app
 from absl import flags
 from absl import logging
 
 from examples import common_flags
-from examples import experiment
+from examples.lib import classifiers
+from examples.lib import training
 
 MODEL = flags.DEFINE_enum(
     "model",
     "mlp",
-    experiment.MODELS,
+    classifiers.MODELS,
     "Classifier: 'mlp' (one hidden layer of 128 units) or 'cnn' (two 3x3 "
     "convolutions and global average pooling).",
 )
@@ -25,14 +25,12 @@ flags.adopt_module_key_flags(common_flags)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common_flags.refuse_arguments(argv)
     strategy = common_flags.set_up()
-    train, num_classes = common_flags.load_split(common_flags.TRAIN_SPLIT.value)
-    test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
+    train, test, num_classes = common_flags.load_train_and_test()
     input_shape = tuple(train.element_spec[0].shape)
     train, epoch_shuffle = common_flags.training_batches(train)
-    model = experiment.pretrain(
+    model = training.pretrain(
         model_name=MODEL.value,
         train=train,
         validation=common_flags.evaluation_batches(test),
@@ -40,12 +38,7 @@ def main(argv):
         num_classes=num_classes,
         output=common_flags.OUTPUT.value,
         strategy=strategy,
-        epochs=common_flags.EPOCHS.value,
-        learning_rate=common_flags.LEARNING_RATE.value,
-        seed=common_flags.SEED.value,
-        log_dir=flags.FLAGS.log_dir or None,
-        checkpoint_dir=common_flags.CHECKPOINT_DIR.value,
-        jit_compile=common_flags.JIT_COMPILE.value,
+        config=common_flags.training_config(),
         callbacks=[epoch_shuffle],
     )
     logging.info(

@@ -1,10 +1,8 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import keras_sft
-from examples import new_head as new_head_experiment
 from tests import helpers
 
 
@@ -92,21 +90,3 @@ def test_bad_arguments_are_refused(kwargs, message):
 def test_unbuilt_model_is_refused():
     with pytest.raises(ValueError, match=r"Expected a built `keras.Model`"):
         keras_sft.add_head(keras.Sequential([keras.layers.Dense(2)]), 2)
-
-
-def test_new_head_experiment_rows():
-    rows = new_head_experiment.run_new_head(
-        lambdas=[1.0],
-        strategy=tf.distribute.get_strategy(),
-        pretrain_epochs=2,
-        epochs=2,
-    )
-    assert [row["model"] for row in rows] == [
-        "pretrained (old head only)",
-        "plain fine-tuning",
-        "SFT (LwF)",
-    ]
-    assert rows[0]["new"] is None
-    assert all(0 <= row["old"] <= 1 for row in rows)
-    table = new_head_experiment.markdown_table(rows).splitlines()
-    assert table[2].startswith("| pretrained (old head only) | - |")

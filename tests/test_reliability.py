@@ -15,9 +15,12 @@ from absl import flags
 from absl.testing import flagsaver
 
 from examples import common_flags
-from examples import experiment
 from examples import finetune
 from examples import pretrain
+from examples.lib import classifiers
+from examples.lib import saving
+from examples.lib import training
+from examples.lib.training_config import TrainingConfig
 from keras_sft import data
 
 FLAGS = flags.FLAGS
@@ -38,7 +41,7 @@ def _parsed_flags():
 
 
 def _save_classifier(path, *, input_shape=(8, 8, 1), num_classes=10):
-    model = experiment.build_classifier(
+    model = classifiers.build_classifier(
         "mlp", input_shape=input_shape, num_classes=num_classes
     )
     model.save(path)
@@ -78,24 +81,23 @@ class _PreemptAfter(keras.callbacks.Callback):
 
 
 def _finetune_directly(tmp_path, name, pretrained, backup_dir, extra=()):
-    """Four epochs of experiment.finetune on shuffled, shifted digits."""
+    """Four epochs of training.finetune on shuffled, shifted digits."""
     train, _ = data.load("digits", split="train[:48]")
     with flagsaver.flagsaver(seed=3, batch_size=8):
         batches, epoch_shuffle = common_flags.training_batches(
             data.shift_domain(train, "invert")
         )
-    model = experiment.finetune(
+    model = training.finetune(
         pretrained=pretrained,
         train=batches,
         validation=None,
         lambda_=0.1,
         output=str(tmp_path / f"{name}.keras"),
         strategy=tf.distribute.get_strategy(),
-        epochs=4,
-        seed=3,
-        backup_dir=backup_dir,
+        config=TrainingConfig(
+            epochs=4, seed=3, backup_dir=backup_dir, verbose=0
+        ),
         callbacks=[epoch_shuffle, *extra],
-        verbose=0,
     )
     return model.student.get_weights()
 
@@ -210,10 +212,10 @@ def test_sigkilled_finetune_resumes_and_matches_uninterrupted_run(tmp_path):
 
 def test_failed_save_keeps_the_previous_output(tmp_path, monkeypatch):
     path = str(tmp_path / "model.keras")
-    old = experiment.build_classifier(
+    old = classifiers.build_classifier(
         "mlp", input_shape=(8, 8, 1), num_classes=10, seed=0
     )
-    experiment.save_atomically(old, path)
+    saving.save_atomically(old, path)
 
     def fail(self, filepath, *args, **kwargs):
         with open(filepath, "wb") as file:
@@ -221,11 +223,11 @@ def test_failed_save_keeps_the_previous_output(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(keras.Model, "save", fail)
-    new = experiment.build_classifier(
+    new = classifiers.build_classifier(
         "mlp", input_shape=(8, 8, 1), num_classes=10, seed=1
     )
     with pytest.raises(OSError, match="disk full"):
-        experiment.save_atomically(new, path)
+        saving.save_atomically(new, path)
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["model.keras"]
     for a, b in zip(

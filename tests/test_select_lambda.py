@@ -1,11 +1,7 @@
 import keras
 import numpy as np
 import pytest
-from absl import flags
-from absl.testing import flagsaver
 
-from examples import experiment
-from examples import select_lambda as binary
 from keras_sft.select_lambda import LambdaScore
 from keras_sft.select_lambda import choose_lambda
 from keras_sft.select_lambda import select_lambda
@@ -97,31 +93,3 @@ def test_mismatched_lengths_are_refused():
     x, y, _ = helpers.classification_data(n=30)
     with pytest.raises(ValueError, match=r"len\(x\)=30, len\(y\)=29"):
         select_lambda(helpers.mlp(), x, y[:-1])
-
-
-def test_binary_cross_validates_and_plots(tmp_path):
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-    pretrained = str(tmp_path / "pretrained.keras")
-    experiment.build_classifier(
-        "mlp", input_shape=(8, 8, 1), num_classes=10
-    ).save(pretrained)
-    plot = tmp_path / "curve.png"
-    with flagsaver.flagsaver(
-        pretrained=pretrained,
-        train_split="train[:30]",
-        retained_split="test[:20]",
-        retained_classes=["5-9"],
-        classes=["0-4"],
-        shift="invert",
-        lambda_grid=["0", "1"],
-        folds=2,
-        epochs=1,
-        plot=str(plot),
-    ):
-        selection = binary.select()
-    assert [score.lambda_ for score in selection.scores] == [0.0, 1.0]
-    assert selection.lambda_ in (0.0, 1.0)
-    assert plot.read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(Exception, match="Unexpected arguments"):
-        binary.main(["select_lambda", "extra"])

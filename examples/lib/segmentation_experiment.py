@@ -4,10 +4,10 @@ A small fully convolutional network is pretrained on an old task, then
 fine-tuned on a new task twice from the same weights: plainly
 (`lambda_=0`) and with SFT's consistency term. Both are scored on the old
 and the new task with mean IoU and pixel accuracy. `examples.segmentation`
-is the command line around it.
+is the command line around it (`presets.SEGMENTATION` its defaults).
 
 - `digits` (offline): old task, scenes of digits 0-4; new task, digits 5-9
-  (`keras_sft.segmentation_data.digit_scenes`, 11 classes with the
+  (`segmentation_data.digit_scenes`, 11 classes with the
   background).
 - `oxford_iiit_pet` (TFDS): old task, cats; new task, dogs; 3 classes (pet,
   background, border).
@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 import keras_sft
-from keras_sft import segmentation_data
+from examples.lib import segmentation_data
 from keras_sft.teacher import copy_model
 
 OLD_DIGITS = (0, 1, 2, 3, 4)
@@ -138,6 +138,25 @@ def _batches(dataset, batch_size, *, seed=None):
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def _fit(build, dataset, *, epochs, config, strategy, **compile_kwargs):
+    """Builds a model with `build` under `strategy`, fits it on `dataset`."""
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = build()
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            jit_compile=config.jit_compile,
+            **compile_kwargs,
+        )
+    model.fit(
+        _batches(dataset, config.batch_size, seed=config.seed),
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+    )
+    return model
+
+
 def segmentation_quality(model, dataset, classes):
     """Mean IoU over classes and pixel accuracy of `model` on `dataset`.
 
@@ -162,33 +181,26 @@ def segmentation_quality(model, dataset, classes):
 def run_experiment(
     tasks,
     *,
-    lambdas=(0.1,),
+    lambdas,
+    pretrain_epochs,
+    config,
     distance="mse",
-    batch_size=32,
-    pretrain_epochs=20,
-    epochs=10,
-    learning_rate=3e-3,
-    seed=0,
     strategy=None,
-    jit_compile="auto",
 ):
     """Pretrains on the old task, fine-tunes on the new one, scores all.
 
     Args:
         tasks: Dict from `digit_tasks` or `pet_tasks`.
         lambdas: Floats > 0, SFT's weights of the consistency term, one
-            fine-tuning each, after the plain one (`lambda_=0`). Defaults to
-            `(0.1,)`.
+            fine-tuning each, after the plain one (`lambda_=0`).
+        pretrain_epochs: Int, epochs on the old task.
+        config: `TrainingConfig`: the epochs of each fine-tuning on the new
+            task, and the batch size, learning rate, seed and XLA choice of
+            all training.
         distance: String, SFT's distance (`"mse"`, `"squared_l2"`, `"kl"`).
             Defaults to `"mse"`.
-        batch_size: Int, the global batch size. Defaults to `32`.
-        pretrain_epochs: Int, epochs on the old task. Defaults to `20`.
-        epochs: Int, fine-tuning epochs on the new task. Defaults to `10`.
-        learning_rate: Float, Adam's learning rate. Defaults to `3e-3`.
-        seed: Int, seed of the weights and of Keras. Defaults to `0`.
         strategy: A `tf.distribute.Strategy` or `None` for the default.
             Defaults to `None`.
-        jit_compile: As in `keras.Model.compile`. Defaults to `"auto"`.
 
     Returns:
         A list of dicts, one per model (`"pretrained"`, plain fine-tuning,
@@ -197,49 +209,39 @@ def run_experiment(
     """
     strategy = strategy or tf.distribute.get_strategy()
     classes = tasks["classes"]
-    keras.utils.set_random_seed(seed)
-    with strategy.scope():
-        pretrained = build_segmenter(tasks["input_shape"], classes, seed=seed)
-        pretrained.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            jit_compile=jit_compile,
-        )
-    pretrained.fit(
-        _batches(tasks["old_train"], batch_size, seed=seed),
+    pretrained = _fit(
+        lambda: build_segmenter(
+            tasks["input_shape"], classes, seed=config.seed
+        ),
+        tasks["old_train"],
         epochs=pretrain_epochs,
-        shuffle=False,
-        verbose=0,
+        config=config,
+        strategy=strategy,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-
     models = [("pretrained", pretrained)]
     runs = [("plain fine-tuning (lambda=0)", 0.0)]
     runs += [(f"SFT (lambda={weight:g})", weight) for weight in lambdas]
     for method, weight in runs:
-        keras.utils.set_random_seed(seed)
-        with strategy.scope():
-            student = copy_model(pretrained)
-            model = keras_sft.SFTModel(
-                student, lambda_=weight, distance=distance
-            )
-            model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate),
-                jit_compile=jit_compile,
-            )
-        model.fit(
-            _batches(tasks["new_train"], batch_size, seed=seed),
-            epochs=epochs,
-            shuffle=False,
-            verbose=0,
+        model = _fit(
+            lambda weight=weight: keras_sft.SFTModel(
+                copy_model(pretrained), lambda_=weight, distance=distance
+            ),
+            tasks["new_train"],
+            epochs=config.epochs,
+            config=config,
+            strategy=strategy,
         )
-        models.append((method, student))
+        models.append((method, model.student))
 
     rows = []
     for method, model in models:
         row = {"method": method}
         for task in ("old", "new"):
             quality = segmentation_quality(
-                model, _batches(tasks[f"{task}_test"], batch_size), classes
+                model,
+                _batches(tasks[f"{task}_test"], config.batch_size),
+                classes,
             )
             for key, value in quality.items():
                 row[f"{task}_{key}"] = value

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from examples import segmentation_experiment
+from examples.lib import segmentation_experiment
+from examples.lib.training_config import TrainingConfig
 
 
 def _numpy_quality(logits, masks, classes):
@@ -58,7 +59,10 @@ def _check_rows(rows, lambdas):
 def test_digit_experiment_runs():
     tasks = segmentation_experiment.digit_tasks(image_size=10)
     rows = segmentation_experiment.run_experiment(
-        tasks, lambdas=(0.5,), batch_size=64, pretrain_epochs=1, epochs=1
+        tasks,
+        lambdas=(0.5,),
+        pretrain_epochs=1,
+        config=TrainingConfig(epochs=1, batch_size=64, learning_rate=3e-3),
     )
     _check_rows(rows, [0.5])
 
@@ -70,10 +74,9 @@ def test_pet_experiment_runs_on_mock_data():
         rows = segmentation_experiment.run_experiment(
             tasks,
             lambdas=(1.0,),
-            distance="kl",
-            batch_size=4,
             pretrain_epochs=1,
-            epochs=1,
+            config=TrainingConfig(epochs=1, batch_size=4, learning_rate=3e-3),
+            distance="kl",
         )
     _check_rows(rows, [1.0])
 

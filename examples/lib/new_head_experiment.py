@@ -8,54 +8,49 @@ head's outputs drift; SFT keeps the old head's outputs near the frozen
 teacher's on the new data. Each head is scored on its own task's test
 images, as in the paper.
 
-`run_new_head` is called by `examples.demo`; it has no flags of its own.
+`examples.demo` runs it after the forgetting experiment (`TRAINING` and
+`PRETRAIN_EPOCHS` are its settings).
 """
 
+import os
+
 import keras
-import numpy as np
+from absl import logging
 
 import keras_sft
-from examples import experiment
+from examples.lib import accuracy
+from examples.lib import arrays
+from examples.lib import classifiers
+from examples.lib.training_config import TrainingConfig
 from keras_sft import data
 from keras_sft.teacher import copy_model
 
 OLD_CLASSES = (0, 1, 2, 3, 4)
 NEW_CLASSES = (5, 6, 7, 8, 9)
+# Pretraining uses Adam's usual 1e-3; the new head learns faster.
+PRETRAIN_EPOCHS = 30
+TRAINING = TrainingConfig(epochs=60, learning_rate=1e-2)
 
 
 def _arrays(split, classes):
     """Digits of `classes` in `split` as arrays, labels counted from 0."""
     dataset = data.select_classes(data.load("digits", split=split)[0], classes)
-    images, labels = zip(*dataset.as_numpy_iterator(), strict=True)
-    return np.stack(images), np.array(labels) - min(classes)
-
-
-def _accuracy(logits, labels):
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+    images, labels = arrays.to_arrays(dataset)
+    return images, labels - min(classes)
 
 
 def run_new_head(
-    *,
-    lambdas,
-    strategy,
-    pretrain_epochs=30,
-    epochs=60,
-    batch_size=32,
-    learning_rate=1e-2,
-    seed=0,
+    *, lambdas, strategy, config=TRAINING, pretrain_epochs=PRETRAIN_EPOCHS
 ):
     """Runs the experiment and returns one row per model.
 
     Args:
         lambdas: Sequence of floats > 0, the SFT runs beside lambda=0.
         strategy: `tf.distribute.Strategy` to train under.
+        config: `TrainingConfig` of each new-head fine-tuning; pretraining
+            takes its batch size and seed. Defaults to `TRAINING`.
         pretrain_epochs: Int, epochs of pretraining on the old classes.
-            Defaults to `30`.
-        epochs: Int, epochs of each new-head fine-tuning. Defaults to `60`.
-        batch_size: Int, the global batch size. Defaults to `32`.
-        learning_rate: Float, Adam's learning rate of the fine-tuning (the
-            pretraining uses `1e-3`). Defaults to `1e-2`.
-        seed: Int, the seed of weights, Keras and shuffling. Defaults to `0`.
+            Defaults to `PRETRAIN_EPOCHS`.
 
     Returns:
         A list of dicts with keys `"model"`, `"lambda"`, `"old"` (the old
@@ -66,32 +61,36 @@ def run_new_head(
     new_x, new_y = _arrays("train[50%:]", NEW_CLASSES)
     old_test_x, old_test_y = _arrays("test", OLD_CLASSES)
     new_test_x, new_test_y = _arrays("test", NEW_CLASSES)
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        pretrained = experiment.build_classifier(
+        pretrained = classifiers.build_classifier(
             "mlp",
             input_shape=old_x.shape[1:],
             num_classes=len(OLD_CLASSES),
-            seed=seed,
+            seed=config.seed,
         )
         pretrained.compile(
             optimizer=keras.optimizers.Adam(1e-3),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
     pretrained.fit(
-        old_x, old_y, batch_size=batch_size, epochs=pretrain_epochs, verbose=0
+        old_x,
+        old_y,
+        batch_size=config.batch_size,
+        epochs=pretrain_epochs,
+        verbose=0,
     )
     old_logits = pretrained.predict(old_test_x, verbose=0)
     rows = [
         {
             "model": "pretrained (old head only)",
             "lambda": None,
-            "old": _accuracy(old_logits, old_test_y),
+            "old": accuracy.accuracy(old_logits, old_test_y),
             "new": None,
         }
     ]
     for lambda_ in [0.0, *lambdas]:
-        keras.utils.set_random_seed(seed)
+        keras.utils.set_random_seed(config.seed)
         with strategy.scope():
             student = keras_sft.add_head(
                 copy_model(pretrained), len(NEW_CLASSES)
@@ -101,7 +100,7 @@ def run_new_head(
                 student, lambda_=lambda_, distill_outputs=[old_head]
             )
             model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate),
+                optimizer=keras.optimizers.Adam(config.learning_rate),
                 loss={
                     new_head: keras.losses.SparseCategoricalCrossentropy(
                         from_logits=True
@@ -111,23 +110,31 @@ def run_new_head(
         model.fit(
             new_x,
             {new_head: new_y},
-            batch_size=batch_size,
-            epochs=epochs,
+            batch_size=config.batch_size,
+            epochs=config.epochs,
             verbose=0,
         )
         rows.append(
             {
                 "model": "plain fine-tuning" if lambda_ == 0 else "SFT (LwF)",
                 "lambda": lambda_,
-                "old": _accuracy(
+                "old": accuracy.accuracy(
                     student.predict(old_test_x, verbose=0)[0], old_test_y
                 ),
-                "new": _accuracy(
+                "new": accuracy.accuracy(
                     student.predict(new_test_x, verbose=0)[1], new_test_y
                 ),
             }
         )
     return rows
+
+
+def write_table(rows, output_dir):
+    """Writes the rows to `new_head.md` in `output_dir`, and logs them."""
+    table = markdown_table(rows)
+    with open(os.path.join(output_dir, "new_head.md"), "w") as file:
+        file.write(table)
+    logging.info("New head, Learning without Forgetting:\n%s", table)
 
 
 def markdown_table(rows):

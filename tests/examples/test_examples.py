@@ -18,10 +18,16 @@ from examples import demo
 from examples import evaluate
 from examples import finetune
 from examples import pretrain
+from examples import segmentation
+from examples.lib import forgetting_experiment
+from examples.lib import presets
+from examples.lib.training_config import TrainingConfig
 from keras_sft import data
 
 FLAGS = flags.FLAGS
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 TINY = {
     "train_split": "train[:16]",
     "test_split": "test[:16]",
@@ -163,7 +169,9 @@ def test_demo_writes_its_table_and_plot(tmp_path):
         )
 
 
-@pytest.mark.parametrize("binary", [pretrain, finetune, evaluate, demo])
+@pytest.mark.parametrize(
+    "binary", [pretrain, finetune, evaluate, demo, segmentation]
+)
 def test_stray_arguments_are_refused(binary):
     with pytest.raises(app.UsageError, match="Unexpected arguments"):
         binary.main(["binary", "extra"])
@@ -197,6 +205,10 @@ def test_bad_flag_values_give_a_one_line_error(argument, message):
         (finetune, {"pretrained", "lambda", "output", "backup_dir"}),
         (evaluate, {"model_path", "groups"}),
         (demo, {"output_dir", "lambdas", "pretrain_epochs"}),
+        (
+            segmentation,
+            {"image_size", "distance", "lambdas", "deterministic"},
+        ),
     ],
 )
 def test_help_explains_every_flag(binary, own):
@@ -259,12 +271,14 @@ def test_command_line_pretrain_finetune_export_evaluate(tmp_path):
 
 @pytest.mark.slow
 def test_default_demo_shows_sft_retaining_more(tmp_path):
-    rows = demo.run_demo(
+    rows = forgetting_experiment.run_demo(
         output_dir=str(tmp_path),
         lambdas=[0.03],
         classes=[0, 1, 2, 3, 4],
         shift="invert",
         strategy=tf.distribute.get_strategy(),
+        config=TrainingConfig(epochs=presets.DEMO["epochs"]),
+        pretrain_epochs=presets.DEMO["pretrain_epochs"],
     )
     _, plain, sft = rows
     assert plain["lambda"] == 0 and sft["lambda"] == 0.03

@@ -1,0 +1,165 @@
+"""The forgetting experiment of `examples.demo`: plain fine-tuning vs SFT.
+
+A classifier is pretrained on all classes, then fine-tuned on new data that
+covers only some classes, all moved to a new domain; once plainly, once
+per SFT weight and once per L2-SP strength. Each model is scored on the
+classes the new data does not cover, in their original domain (retained),
+and on the covered classes in the new domain (new).
+"""
+
+import dataclasses
+import os
+
+from absl import logging
+
+from examples.lib import accuracy
+from examples.lib import plots
+from examples.lib import training
+from keras_sft import data
+
+MODEL = "mlp"
+PRETRAIN_SPLIT = "train[:50%]"
+FINETUNE_SPLIT = "train[50%:]"
+TEST_SPLIT = "test"
+
+
+def run_demo(
+    *,
+    output_dir,
+    lambdas,
+    classes,
+    shift,
+    strategy,
+    config,
+    pretrain_epochs,
+    l2_sp_alphas=(),
+    dataset="digits",
+    data_dir=None,
+):
+    """Runs the experiment; writes and returns its table.
+
+    Args:
+        output_dir: String, where models, `results.md` and `forgetting.png`
+            go.
+        lambdas: Sequence of floats > 0, the SFT runs beside plain
+            fine-tuning.
+        classes: Sequence of ints, the classes the fine-tuning data covers.
+        shift: String, the domain shift of the fine-tuning data (a name of
+            `keras_sft.data.SHIFTS` other than `"none"`).
+        strategy: `tf.distribute.Strategy` to train under.
+        config: `TrainingConfig` of each fine-tuning (and of pretraining,
+            but for its epochs); training is quiet, each row is logged.
+        pretrain_epochs: Int, epochs of pretraining.
+        l2_sp_alphas: Sequence of floats >= 0: one plain fine-tuning run
+            with an L2-SP penalty towards the pretrained weights
+            (`keras_sft.apply_l2_sp`) per value, to compare weight-space
+            with output-space regularisation. Defaults to `()`.
+        dataset: String, `"digits"` or a TFDS name. Defaults to `"digits"`.
+        data_dir: String, the TFDS data directory. Defaults to `None`.
+
+    Returns:
+        A list of dicts, one per model, with keys `"model"`, `"lambda"`,
+        `"retained"`, `"new"` and `"overall"` (accuracies in `[0, 1]`).
+    """
+    config = dataclasses.replace(config, verbose=0)
+    os.makedirs(output_dir, exist_ok=True)
+    pretrain_set, num_classes = data.load(
+        dataset, split=PRETRAIN_SPLIT, data_dir=data_dir
+    )
+    covered = sorted(classes)
+    uncovered = [c for c in range(num_classes) if c not in covered]
+    finetune_set, _ = data.load(
+        dataset, split=FINETUNE_SPLIT, data_dir=data_dir
+    )
+    finetune_set = data.shift_domain(
+        data.select_classes(finetune_set, covered), shift
+    )
+    test_set, _ = data.load(dataset, split=TEST_SPLIT, data_dir=data_dir)
+    # Uncovered classes as they were, covered classes in the new domain:
+    # what the fine-tuned model is expected to recognise afterwards.
+    evaluation = data.batch(
+        data.select_classes(test_set, uncovered).concatenate(
+            data.shift_domain(data.select_classes(test_set, covered), shift)
+        ),
+        batch_size=256,
+    )
+
+    def batches(dataset):
+        return data.batch(
+            dataset, batch_size=config.batch_size, shuffle_seed=config.seed
+        )
+
+    def score(name, lambda_, model):
+        accuracies = accuracy.accuracy_by_group(
+            model, evaluation, groups=[uncovered, covered]
+        )
+        return {
+            "model": name,
+            "lambda": lambda_,
+            "retained": accuracies[accuracy.group_name(uncovered)],
+            "new": accuracies[accuracy.group_name(covered)],
+            "overall": accuracies["overall"],
+        }
+
+    pretrained_path = os.path.join(output_dir, "pretrained.keras")
+    pretrained = training.pretrain(
+        model_name=MODEL,
+        train=batches(pretrain_set),
+        validation=None,
+        input_shape=tuple(pretrain_set.element_spec[0].shape),
+        num_classes=num_classes,
+        output=pretrained_path,
+        strategy=strategy,
+        config=dataclasses.replace(config, epochs=pretrain_epochs),
+    )
+    rows = [score("pretrained", None, pretrained)]
+    runs = [(0.0, None), *((value, None) for value in lambdas)]
+    runs += [(0.0, alpha) for alpha in l2_sp_alphas]
+    for lambda_, l2_sp_alpha in runs:
+        model = training.finetune(
+            pretrained=pretrained_path,
+            train=batches(finetune_set),
+            validation=None,
+            lambda_=lambda_,
+            output=os.path.join(output_dir, f"finetuned_{len(rows)}.keras"),
+            strategy=strategy,
+            config=config,
+            l2_sp_alpha=l2_sp_alpha,
+        )
+        if l2_sp_alpha is not None:
+            # L2-SP rows have no lambda: they stay off the lambda axis.
+            row = score(f"L2-SP, alpha={l2_sp_alpha:g}", None, model.student)
+        else:
+            name = "plain fine-tuning" if lambda_ == 0 else "SFT"
+            row = score(name, lambda_, model.student)
+        rows.append(row)
+        logging.info("%s", _format_row(row))
+
+    table = _markdown_table(rows, covered, uncovered, shift)
+    with open(os.path.join(output_dir, "results.md"), "w") as file:
+        file.write(table)
+    plots.plot_forgetting(
+        rows, os.path.join(output_dir, "forgetting.png"), shift
+    )
+    logging.info("Results (also in %s):\n%s", output_dir, table)
+    return rows
+
+
+def _format_row(row):
+    """`| model | lambda | retained | new | overall |` in percent."""
+    lambda_ = "-" if row["lambda"] is None else f"{row['lambda']:g}"
+    return (
+        f"| {row['model']} | {lambda_} | {100 * row['retained']:.1f} | "
+        f"{100 * row['new']:.1f} | {100 * row['overall']:.1f} |"
+    )
+
+
+def _markdown_table(rows, covered, uncovered, shift):
+    """The results as a markdown table with a header naming the groups."""
+    retained = f"classes {accuracy.group_name(uncovered)}, original domain"
+    new = f"classes {accuracy.group_name(covered)}, {shift}"
+    header = (
+        f"| model | lambda | retained: {retained} | new: {new} | overall |\n"
+        "| --- | ---: | ---: | ---: | ---: |\n"
+    )
+    return header + "\n".join(_format_row(row) for row in rows) + "\n"

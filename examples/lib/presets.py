@@ -1,0 +1,36 @@
+"""The defaults each experiment binary starts from, in one visible place.
+
+Each preset maps flag names to the defaults that binary gives them; the
+binary applies it before parsing (`common_flags.run(main, preset=...)`),
+so `--help` shows the defaults a run really uses, and tests can read them.
+"""
+
+# The forgetting demo: fine-tune on the negatives of classes 0-4, long
+# enough for plain fine-tuning to fit them, bit-identical from run to run
+# (the tables in the README).
+DEMO = {
+    "classes": ["0-4"],
+    "shift": "invert",
+    "epochs": 80,
+    "pretrain_epochs": 30,
+    "lambdas": ["0.01", "0.03", "0.1", "0.3", "1"],
+    "deterministic": True,
+}
+
+# Segmentation: a small FCN on digit scenes; it needs a larger step.
+SEGMENTATION = {
+    "epochs": 10,
+    "pretrain_epochs": 20,
+    "learning_rate": 3e-3,
+    "lambdas": ["0.03", "0.1", "0.3"],
+}
+
+# Lambda selection on the demo's data: its pretrained model saw the first
+# half of the digits' train split; the second half gives the fine-tuning
+# data (classes 0-4, inverted).
+SELECT_LAMBDA = {
+    "train_split": "train[50%:]",
+    "classes": ["0-4"],
+    "shift": "invert",
+    "epochs": 80,
+}

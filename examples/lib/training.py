@@ -1,0 +1,193 @@
+"""Pretraining and fine-tuning a classifier, as the binaries do it.
+
+Both check the data first (`keras_sft.check_dataset`), stop at once on a
+non-finite loss (`keras_sft.TerminateOnNaN`) and save the trained
+classifier whole or not at all.
+"""
+
+import os
+
+import keras
+
+import keras_sft
+from examples.lib import classifiers
+from examples.lib import saving
+
+
+def pretrain(
+    *,
+    model_name,
+    train,
+    validation,
+    input_shape,
+    num_classes,
+    output,
+    strategy,
+    config,
+    callbacks=(),
+):
+    """Trains a new classifier and saves it to `output`.
+
+    Args:
+        model_name: String, a name of `classifiers.MODELS`.
+        train: Batched `tf.data.Dataset` of `(image, label)`.
+        validation: Batched `tf.data.Dataset` of `(image, label)`, or `None`.
+        input_shape: Tuple, the image shape.
+        num_classes: Int, the number of classes.
+        output: String, the `.keras` file the classifier goes to.
+        strategy: `tf.distribute.Strategy`; the model and its optimizer are
+            built in its scope.
+        config: `TrainingConfig`; its `backup_dir` is not used.
+        callbacks: Sequence of extra `keras.callbacks.Callback`s, run first
+            (for example the `EpochShuffle` of `train`). Defaults to `()`.
+
+    Returns:
+        The trained `keras.Model`.
+    """
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = classifiers.build_classifier(
+            model_name,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            seed=config.seed,
+        )
+        _compile(
+            model,
+            config,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    _checked_fit(model, model, train, validation, config, callbacks)
+    saving.save_atomically(model, output)
+    return model
+
+
+def finetune(
+    *,
+    pretrained,
+    train,
+    validation,
+    lambda_,
+    output,
+    strategy,
+    config,
+    export_dir=None,
+    overwrite=False,
+    l2_sp_alpha=None,
+    callbacks=(),
+):
+    """Fine-tunes a saved classifier with `keras_sft.SFTModel`.
+
+    The teacher is a frozen clone of the pretrained model. With
+    `config.backup_dir`, `keras.callbacks.BackupAndRestore` keeps a backup
+    there at the end of each epoch and a rerun resumes from it. After
+    training the student alone (a plain classifier) is saved to `output`
+    and, with `export_dir`, exported as a SavedModel.
+
+    Args:
+        pretrained: String, the pretrained `.keras` file.
+        train: Batched `tf.data.Dataset` of `(image, label)`.
+        validation: Batched `tf.data.Dataset` of `(image, label)`, or `None`.
+        lambda_: Float >= 0, the weight of the consistency term; `0` is
+            plain fine-tuning.
+        output: String, the `.keras` file the fine-tuned student goes to.
+        strategy: `tf.distribute.Strategy`; the student, the teacher and the
+            optimizer are built in its scope.
+        config: `TrainingConfig`.
+        export_dir: String, where to export the SavedModel, or `None`.
+            Defaults to `None`.
+        overwrite: Bool, whether to replace an existing `export_dir`.
+            Defaults to `False`.
+        l2_sp_alpha: Float >= 0, the strength of an L2-SP penalty towards
+            the pretrained weights (`keras_sft.apply_l2_sp`), or `None` for
+            none. Defaults to `None`.
+        callbacks: As in `pretrain`. Defaults to `()`.
+
+    Returns:
+        The trained `keras_sft.SFTModel`.
+    """
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        student = classifiers.load_classifier(pretrained)
+        if l2_sp_alpha is not None:
+            keras_sft.apply_l2_sp(student, l2_sp_alpha)
+        model = keras_sft.SFTModel(student, lambda_=lambda_)
+        _compile(model, config)
+    _checked_fit(model, student, train, validation, config, callbacks)
+    saving.save_atomically(model.student, output)
+    if export_dir:
+        keras_sft.export_saved_model(model, export_dir, overwrite=overwrite)
+    return model
+
+
+def cache_teacher(pretrained, dataset, *, strategy, directory=None):
+    """`dataset` with the outputs of the teacher `finetune` will clone.
+
+    The pretrained file loaded again is the frozen teacher that `SFTModel`
+    clones: same weights, so the same outputs
+    (`keras_sft.cache_teacher_outputs`).
+
+    Args:
+        pretrained: String, the pretrained `.keras` file.
+        dataset: Unbatched, deterministic `tf.data.Dataset` of examples.
+        strategy: `tf.distribute.Strategy` to load the teacher under.
+        directory: String, where to keep the cache on disk, or `None` for
+            memory. Defaults to `None`.
+    """
+    with strategy.scope():
+        teacher = classifiers.load_classifier(pretrained)
+    return keras_sft.cache_teacher_outputs(
+        teacher, dataset, directory=directory
+    )
+
+
+def _compile(model, config, **kwargs):
+    """Compiles `model` with Adam and accuracy, as `config` says."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        metrics=["accuracy"],
+        jit_compile=config.jit_compile,
+        **kwargs,
+    )
+
+
+def _checked_fit(model, classifier, train, validation, config, callbacks):
+    """Checks `train` against `classifier`, then fits `model` on it."""
+    keras_sft.check_dataset(train, classifier)
+    model.fit(
+        train,
+        validation_data=validation,
+        epochs=config.epochs,
+        # The dataset is shuffled by the pipeline (with the seed).
+        shuffle=False,
+        callbacks=_callbacks(callbacks, config),
+        verbose=config.verbose,
+    )
+
+
+def _callbacks(extra, config):
+    """The training callbacks of the binaries, in the order they must run."""
+    callbacks = [*extra, keras_sft.TerminateOnNaN()]
+    if config.backup_dir:
+        # Two copies, so a crash while one is written leaves the other.
+        callbacks.append(
+            keras.callbacks.BackupAndRestore(
+                config.backup_dir, double_checkpoint=True
+            )
+        )
+    if config.checkpoint_dir:
+        callbacks.append(
+            _ModelCheckpoint(
+                os.path.join(config.checkpoint_dir, "epoch_{epoch:03d}.keras")
+            )
+        )
+    if config.log_dir:
+        callbacks.append(keras.callbacks.TensorBoard(config.log_dir))
+    return callbacks
+
+
+class _ModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`ModelCheckpoint` that saves the student of an `SFTModel`."""
+
+    def set_model(self, model):
+        super().set_model(getattr(model, "student", model))

@@ -1,0 +1,24 @@
+"""The new-head experiment of the demo (Learning without Forgetting)."""
+
+import tensorflow as tf
+
+from examples.lib import new_head_experiment
+from examples.lib.training_config import TrainingConfig
+
+
+def test_new_head_experiment_rows():
+    rows = new_head_experiment.run_new_head(
+        lambdas=[1.0],
+        strategy=tf.distribute.get_strategy(),
+        config=TrainingConfig(epochs=2, learning_rate=1e-2),
+        pretrain_epochs=2,
+    )
+    assert [row["model"] for row in rows] == [
+        "pretrained (old head only)",
+        "plain fine-tuning",
+        "SFT (LwF)",
+    ]
+    assert rows[0]["new"] is None
+    assert all(0 <= row["old"] <= 1 for row in rows)
+    table = new_head_experiment.markdown_table(rows).splitlines()
+    assert table[2].startswith("| pretrained (old head only) | - |")

@@ -1,0 +1,36 @@
+"""The select_lambda binary, in-process on tiny data."""
+
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from examples import select_lambda as binary
+from examples.lib import classifiers
+
+
+def test_binary_cross_validates_and_plots(tmp_path):
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    pretrained = str(tmp_path / "pretrained.keras")
+    classifiers.build_classifier(
+        "mlp", input_shape=(8, 8, 1), num_classes=10
+    ).save(pretrained)
+    plot = tmp_path / "curve.png"
+    with flagsaver.flagsaver(
+        pretrained=pretrained,
+        train_split="train[:30]",
+        retained_split="test[:20]",
+        retained_classes=["5-9"],
+        classes=["0-4"],
+        shift="invert",
+        lambda_grid=["0", "1"],
+        folds=2,
+        epochs=1,
+        plot=str(plot),
+    ):
+        selection = binary.select()
+    assert [score.lambda_ for score in selection.scores] == [0.0, 1.0]
+    assert selection.lambda_ in (0.0, 1.0)
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(Exception, match="Unexpected arguments"):
+        binary.main(["select_lambda", "extra"])
