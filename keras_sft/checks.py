@@ -10,6 +10,8 @@ import numbers
 
 import keras
 
+from keras_sft import distances
+
 
 def argument_error(name, expected, value=None, *, received=None):
     """The `ValueError` for argument `name`: "Invalid value ... Received: ...".
@@ -149,3 +151,34 @@ def check_distill_features(distill_features, distance, distill_outputs):
             received=f"distill_features={distill_features!r} with "
             "distance='kl'",
         )
+
+
+def check_sft_arguments(
+    student,
+    teacher,
+    lambda_,
+    distance,
+    temperature,
+    *,
+    distill_outputs,
+    distill_weights,
+    distill_features,
+    cache_teacher,
+):
+    """Raises `ValueError` unless `SFTModel`'s arguments are valid alone
+    (checks against the models' outputs come after)."""
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "SFTModel needs the TensorFlow backend (it trains under "
+            "`tf.distribute`). Set KERAS_BACKEND=tensorflow. Received: "
+            f"backend={keras.backend.backend()!r}"
+        )
+    check_model("student", student)
+    check_model("teacher", teacher, allow_none=True)
+    check_lambda(lambda_)
+    check_one_of("distance", distance, distances.DISTANCES)
+    check_float("temperature", temperature, positive=True)
+    check_bool("cache_teacher", cache_teacher)
+    check_distill_outputs(distill_outputs)
+    check_distill_weights(distill_weights)
+    check_distill_features(distill_features, distance, distill_outputs)

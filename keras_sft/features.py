@@ -11,6 +11,17 @@ from keras import ops
 from keras_sft import checks
 
 
+def extractors(teacher, student, names):
+    """`(teacher_extractor, student_extractor)`, `(None, None)` without
+    `names`; raises `ValueError` if paired features differ in shape."""
+    if names is None:
+        return None, None
+    student_extractor = feature_extractor(student, names, "student")
+    teacher_extractor = feature_extractor(teacher, names, "teacher")
+    check_feature_shapes(teacher_extractor, student_extractor)
+    return teacher_extractor, student_extractor
+
+
 def feature_extractor(model, names, role):
     """A model sharing `model`'s layers that returns `(outputs, features)`.
 

@@ -5,12 +5,39 @@ import tensorflow as tf
 from keras import ops
 
 from keras_sft import distances
+from keras_sft import keras_compat
 from keras_sft import outputs
 
 
 def num_replicas():
     """Number of replicas of the strategy in scope (1 outside any)."""
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def means(names, term):
+    """`keras.metrics.Mean` trackers named `<name>_<term>`, by name."""
+    return {name: keras.metrics.Mean(name=f"{name}_{term}") for name in names}
+
+
+def track(loss_tracker, trackers, x, total, terms):
+    """Adds a step's `total` and `terms` (by log name) to their trackers.
+
+    The values are per-replica means divided by the number of replicas;
+    the trackers get the undivided means, weighted by the local batch
+    size, so that summing over replicas on read gives the global mean.
+    Terms without a tracker (per-output terms of single-output logs) are
+    left out.
+    """
+    by_name = {tracker.name: tracker for tracker in trackers}
+    first = next(t for t in keras.tree.flatten(x) if t is not None)
+    batch_size = ops.cast(ops.shape(first)[0], "float32")
+    replicas = num_replicas()
+    values = [(loss_tracker, total)]
+    values += [(by_name[n], v) for n, v in terms.items() if n in by_name]
+    for tracker, value in values:
+        if replicas > 1:
+            value = value * replicas
+        keras_compat.accumulate(tracker, value, batch_size)
 
 
 def output_sample_weights(y_pred, sample_weight, names):

@@ -7,15 +7,12 @@ import tensorflow as tf
 from keras import ops
 
 from keras_sft import checks
-from keras_sft import distances
 from keras_sft import features
 from keras_sft import fit_cache
 from keras_sft import keras_compat
 from keras_sft import outputs
+from keras_sft import sft_loss
 from keras_sft import teacher_cache
-from keras_sft.sft_loss import SFTLoss
-from keras_sft.sft_loss import num_replicas
-from keras_sft.sft_loss import structured_sample_weight
 from keras_sft.teacher import clone_teacher
 
 
@@ -34,15 +31,12 @@ class SFTModel(keras.Model):
     the textbook snippet that calls one model twice (a penalty that is
     always zero), the teacher here is a separate, frozen set of weights.
 
-    `train_step` runs the teacher with `training=False` outside the gradient
-    tape and the student with `training=True` inside it. Both terms are
-    reduced like Keras losses ("sum_over_batch_size", honouring
-    `sample_weight`) and divided by the number of replicas, so under any
+    `train_step` runs the frozen teacher (`training=False`) outside the
+    gradient tape. Both terms are reduced like Keras losses and divided by
+    the number of replicas (see `keras_sft.sft_loss.SFTLoss`), so under any
     `tf.distribute` strategy the summed gradient is the one-device gradient
-    of the global batch. The student's regularization losses are added. The
-    total goes through `optimizer.scale_loss`, so a `LossScaleOptimizer`
-    (which `compile` sets up under `mixed_float16`) gets correctly scaled
-    gradients. Distances are computed in float32.
+    of the global batch; the total goes through `optimizer.scale_loss`, for
+    `mixed_float16`. Distances are computed in float32.
 
     Outputs of any rank work. For per-pixel logits `(batch, H, W, classes)`
     with labels `(batch, H, W)`, both terms are per-pixel values averaged
@@ -146,22 +140,16 @@ class SFTModel(keras.Model):
         cache_teacher=True,
         **kwargs,
     ):
-        if keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "SFTModel needs the TensorFlow backend (it trains under "
-                "`tf.distribute`). Set KERAS_BACKEND=tensorflow. Received: "
-                f"backend={keras.backend.backend()!r}"
-            )
-        checks.check_model("student", student)
-        checks.check_model("teacher", teacher, allow_none=True)
-        checks.check_lambda(lambda_)
-        checks.check_one_of("distance", distance, distances.DISTANCES)
-        checks.check_float("temperature", temperature, positive=True)
-        checks.check_bool("cache_teacher", cache_teacher)
-        checks.check_distill_outputs(distill_outputs)
-        checks.check_distill_weights(distill_weights)
-        checks.check_distill_features(
-            distill_features, distance, distill_outputs
+        checks.check_sft_arguments(
+            student,
+            teacher,
+            lambda_,
+            distance,
+            temperature,
+            distill_outputs=distill_outputs,
+            distill_weights=distill_weights,
+            distill_features=distill_features,
+            cache_teacher=cache_teacher,
         )
         student_names = outputs.output_names(student)
         teacher_names = (
@@ -201,16 +189,9 @@ class SFTModel(keras.Model):
         if student_names is not None:
             # `compile` maps dict losses and metrics of list outputs by name.
             self.output_names = student_names
-        self._student_extractor = features.feature_extractor(
-            student, self.distill_features, "student"
+        self._teacher_extractor, self._student_extractor = features.extractors(
+            self.teacher, student, self.distill_features
         )
-        self._teacher_extractor = features.feature_extractor(
-            self.teacher, self.distill_features, "teacher"
-        )
-        if self._student_extractor is not None:
-            features.check_feature_shapes(
-                self._teacher_extractor, self._student_extractor
-            )
 
         self._student_names = student_names
         self._teacher_names = teacher_names
@@ -219,18 +200,15 @@ class SFTModel(keras.Model):
         # Per-output logs need the output names before training, so that the
         # trackers are created with the model (inside a strategy's scope).
         multi_output = student_names is not None and len(student_names) > 1
-        self.output_task_loss_trackers = {
-            name: keras.metrics.Mean(name=f"{name}_task_loss")
-            for name in (student_names if multi_output else [])
-        }
-        self.output_distill_loss_trackers = {
-            name: keras.metrics.Mean(name=f"{name}_distill_loss")
-            for name in (distilled if multi_output else [])
-        }
-        self.feature_distill_loss_trackers = {
-            name: keras.metrics.Mean(name=f"{name}_distill_loss")
-            for name in self.distill_features or []
-        }
+        self.output_task_loss_trackers = sft_loss.means(
+            student_names if multi_output else [], "task_loss"
+        )
+        self.output_distill_loss_trackers = sft_loss.means(
+            distilled if multi_output else [], "distill_loss"
+        )
+        self.feature_distill_loss_trackers = sft_loss.means(
+            self.distill_features or [], "distill_loss"
+        )
         self._task_loss = None
         self._task_loss_weights = None
         self._sft_loss = None
@@ -247,16 +225,12 @@ class SFTModel(keras.Model):
     ):
         """Configures the model for training.
 
-        `jit_compile` and `steps_per_execution` keep Keras's defaults,
-        chosen by measurement (see docs/performance.md). XLA
-        (`jit_compile=True`) can slow the steps of small models on CPU,
-        where `"auto"` leaves it off. More than one step per execution
-        speeds up small models on one device, but per-batch callbacks
-        then see the logs of the last step of each execution only, so
-        `keras_sft.TerminateOnNaN` would stop late and report every term
-        as NaN, and Keras 3.15's multi-step loop fails under
-        `MirroredStrategy`. Pass `steps_per_execution=16` for a small
-        model on one device.
+        `jit_compile` and `steps_per_execution` keep Keras's defaults
+        (docs/performance.md gives the measurements behind them). With
+        several steps per execution, per-batch callbacks see the logs of
+        one step per execution, so `keras_sft.TerminateOnNaN` stops late,
+        and Keras 3.15's multi-step loop fails under `MirroredStrategy`:
+        pass `steps_per_execution=16` only for a small model on one device.
 
         Args:
             optimizer: As in `keras.Model.compile`. Defaults to `"rmsprop"`.
@@ -288,7 +262,7 @@ class SFTModel(keras.Model):
         )
         self._task_loss = loss
         self._task_loss_weights = loss_weights
-        self._sft_loss = SFTLoss(
+        self._sft_loss = sft_loss.SFTLoss(
             self.distance,
             temperature=self.temperature,
             task_loss=self._compile_loss,
@@ -337,25 +311,15 @@ class SFTModel(keras.Model):
         return ops.cast(self.lambda_(self.optimizer.iterations), "float32")
 
     def _track(self, x, total, terms):
-        """Updates the loss trackers with the unscaled per-replica means."""
-        trackers = {
-            "task_loss": self.task_loss_tracker,
-            "distill_loss": self.distill_loss_tracker,
-            **{t.name: t for t in self.output_task_loss_trackers.values()},
-            **{t.name: t for t in self.output_distill_loss_trackers.values()},
-            **{t.name: t for t in self.feature_distill_loss_trackers.values()},
-        }
-        # Undo the per-replica scaling and weight by the local batch size:
-        # the trackers sum over replicas on read, giving the global mean.
-        first = next(t for t in keras.tree.flatten(x) if t is not None)
-        batch_size = ops.cast(ops.shape(first)[0], "float32")
-        replicas = num_replicas()
-        values = [(self._loss_tracker, total)]
-        values += [(trackers[n], v) for n, v in terms.items() if n in trackers]
-        for tracker, value in values:
-            if replicas > 1:
-                value = value * replicas
-            keras_compat.accumulate(tracker, value, batch_size)
+        """Updates the loss trackers from the step's per-replica values."""
+        trackers = [
+            self.task_loss_tracker,
+            self.distill_loss_tracker,
+            *self.output_task_loss_trackers.values(),
+            *self.output_distill_loss_trackers.values(),
+            *self.feature_distill_loss_trackers.values(),
+        ]
+        sft_loss.track(self._loss_tracker, trackers, x, total, terms)
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
@@ -366,7 +330,7 @@ class SFTModel(keras.Model):
             x,
             y,
             y_pred,
-            structured_sample_weight(
+            sft_loss.structured_sample_weight(
                 y_pred, sample_weight, self._student_names
             ),
             training=training,
@@ -377,7 +341,7 @@ class SFTModel(keras.Model):
             x,
             y,
             y_pred,
-            structured_sample_weight(
+            sft_loss.structured_sample_weight(
                 y_pred, sample_weight, self._student_names
             ),
         )
