@@ -23,7 +23,8 @@ dataset = data.batch(new_task, batch_size=32, shuffle_seed=0)
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from sklearn import datasets as sklearn_datasets
+
+from keras_sft import checks
 
 # The digits come in one block of 1797 images; a fixed permutation followed
 # by a 70/30 cut gives reproducible, class-balanced "train" and "test" splits.
@@ -146,11 +147,7 @@ def shift_domain(dataset, shift):
     Returns:
         The shifted `tf.data.Dataset`.
     """
-    if shift not in SHIFTS:
-        raise ValueError(
-            "Invalid value for argument `shift`. Expected one of "
-            f"{SHIFTS}. Received: shift={shift!r}"
-        )
+    checks.check_one_of("shift", shift, SHIFTS)
     if shift == "none":
         return dataset
     if shift == "invert":
@@ -184,13 +181,7 @@ def batch(
     Returns:
         The batched, prefetched `tf.data.Dataset`.
     """
-    if isinstance(batch_size, bool) or not (
-        isinstance(batch_size, int) and batch_size > 0
-    ):
-        raise ValueError(
-            "Invalid value for argument `batch_size`. Expected an int > 0. "
-            f"Received: batch_size={batch_size!r}"
-        )
+    checks.check_int("batch_size", batch_size, minimum=1)
     if shuffle_seed is not None:
         dataset = dataset.shuffle(
             shuffle_buffer_size,
@@ -202,6 +193,14 @@ def batch(
 
 def _load_digits(split):
     """The digits split `split` as a dataset of 8x8x1 images in [0, 1]."""
+    # scikit-learn ships the digits; the core install does not need it.
+    try:
+        from sklearn import datasets as sklearn_datasets
+    except ImportError as error:
+        raise ImportError(
+            "The digits dataset needs scikit-learn: "
+            'pip install "keras-sft[examples]"'
+        ) from error
     digits = sklearn_datasets.load_digits()
     order = np.random.default_rng(_DIGITS_PERMUTATION_SEED).permutation(
         len(digits.target)

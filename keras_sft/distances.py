@@ -50,17 +50,10 @@ def _as_float32(teacher_outputs, student_outputs):
 def mse(teacher_outputs, student_outputs):
     """Mean over output units of the squared difference.
 
-    Args:
-        teacher_outputs: Tensor of shape `(..., units)`.
-        student_outputs: Tensor of the same shape.
-
-    Returns:
-        Float32 tensor of shape `(...)`.
+    Takes and returns what `squared_l2` does, divided by the number of
+    output units.
     """
-    teacher_outputs, student_outputs = _as_float32(
-        teacher_outputs, student_outputs
-    )
-    return ops.mean(ops.square(student_outputs - teacher_outputs), axis=-1)
+    return ops.mean(_squared_difference(teacher_outputs, student_outputs), -1)
 
 
 def squared_l2(teacher_outputs, student_outputs):
@@ -73,10 +66,15 @@ def squared_l2(teacher_outputs, student_outputs):
     Returns:
         Float32 tensor of shape `(...)`.
     """
+    return ops.sum(_squared_difference(teacher_outputs, student_outputs), -1)
+
+
+def _squared_difference(teacher_outputs, student_outputs):
+    """Elementwise `(s - t)^2` in float32, after the shape check."""
     teacher_outputs, student_outputs = _as_float32(
         teacher_outputs, student_outputs
     )
-    return ops.sum(ops.square(student_outputs - teacher_outputs), axis=-1)
+    return ops.square(student_outputs - teacher_outputs)
 
 
 def kl(teacher_outputs, student_outputs, temperature=1.0):

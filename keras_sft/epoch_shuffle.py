@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from keras_sft import checks
+
 
 class EpochShuffle(keras.callbacks.Callback):
     """Shuffles a dataset anew each epoch, in an order fixed by seed and epoch.
@@ -35,20 +37,8 @@ class EpochShuffle(keras.callbacks.Callback):
 
     def __init__(self, seed, buffer_size=10_000):
         super().__init__()
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(
-                "Invalid value for argument `seed`. Expected an int >= 0. "
-                f"Received: seed={seed!r}"
-            )
-        if (
-            isinstance(buffer_size, bool)
-            or not isinstance(buffer_size, int)
-            or buffer_size <= 0
-        ):
-            raise ValueError(
-                "Invalid value for argument `buffer_size`. Expected an int "
-                f"> 0. Received: buffer_size={buffer_size!r}"
-            )
+        checks.check_int("seed", seed, minimum=0)
+        checks.check_int("buffer_size", buffer_size, minimum=1)
         self.seed = seed
         self.buffer_size = buffer_size
         # On the host, where the input pipeline reads it.

@@ -17,11 +17,10 @@ Reference:
     with Convolutional Networks", ICML 2018 (https://arxiv.org/abs/1802.01483).
 """
 
-import math
-import numbers
-
 import keras
 from keras import ops
+
+from keras_sft import checks
 
 
 class L2SP(keras.regularizers.Regularizer):
@@ -66,16 +65,7 @@ def apply_l2_sp(model, alpha):
     Returns:
         `model`, regularised in place.
     """
-    if (
-        isinstance(alpha, bool)
-        or not isinstance(alpha, numbers.Real)
-        or not math.isfinite(alpha)
-        or alpha < 0
-    ):
-        raise ValueError(
-            "Invalid value for argument `alpha`. Expected a float >= 0. "
-            f"Received: alpha={alpha!r}"
-        )
+    checks.check_float("alpha", alpha)
     for variable in model.trainable_weights:
         # A host copy: initialising from `variable.value` would alias it.
         reference = keras.Variable(

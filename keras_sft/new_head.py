@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_sft import checks
+
 
 def add_head(model, num_classes, *, name="new_head", feature_layer=None):
     """Returns `model` with a second output: a new head for new classes.
@@ -50,15 +52,7 @@ def add_head(model, num_classes, *, name="new_head", feature_layer=None):
             "Invalid value for argument `model`. Expected a built "
             f"`keras.Model`. Received: model={model!r}"
         )
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, int)
-        or num_classes <= 0
-    ):
-        raise ValueError(
-            "Invalid value for argument `num_classes`. Expected an int > 0. "
-            f"Received: num_classes={num_classes!r}"
-        )
+    checks.check_int("num_classes", num_classes, minimum=1)
     try:
         (inputs,) = model.inputs
         (old_output,) = model.outputs

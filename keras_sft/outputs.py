@@ -5,14 +5,15 @@ These helpers name each output as `keras.Model.compile` does (dict keys, or
 the layers that make list outputs), pair teacher outputs with the student
 outputs of the same name, spread `compile`'s `loss` and `loss_weights` over
 the outputs, broadcast per-sample weights over dense outputs, and validate
-the options that name outputs (`distill_outputs`, `distill_weights`).
+the options that name outputs.
 """
 
 import math
-import numbers
 
 import keras
 from keras import ops
+
+from keras_sft import checks
 
 
 def output_names(model):
@@ -62,43 +63,17 @@ def expand_sample_weight(sample_weight, output):
     return ops.reshape(flat, positions)
 
 
-def is_name_list(value):
-    """Whether `value` is a list or tuple of distinct strings."""
-    return (
-        isinstance(value, (list, tuple))
-        and all(isinstance(name, str) for name in value)
-        and len(set(value)) == len(value)
-    )
-
-
-def check_distill_outputs(distill_outputs):
-    """Raises `ValueError` unless `distill_outputs` is None or unique names."""
-    if distill_outputs is None:
+def check_distill_weight_names(distill_weights, distilled, features):
+    """Raises `ValueError` if `distill_weights` names an output or feature
+    that is not distilled (`distilled` is `None` while still unknown)."""
+    if distill_weights is None or distilled is None:
         return
-    if not is_name_list(distill_outputs):
-        raise ValueError(
-            "Invalid value for argument `distill_outputs`. Expected None or "
-            "a list of distinct output names. Received: "
-            f"distill_outputs={distill_outputs!r}"
-        )
-
-
-def check_distill_weights(distill_weights):
-    """Raises `ValueError` unless `distill_weights` maps names to weights."""
-    if distill_weights is None:
-        return
-    if not isinstance(distill_weights, dict) or not all(
-        isinstance(name, str)
-        and not isinstance(weight, bool)
-        and isinstance(weight, numbers.Real)
-        and math.isfinite(weight)
-        and weight >= 0
-        for name, weight in distill_weights.items()
-    ):
-        raise ValueError(
-            "Invalid value for argument `distill_weights`. Expected None or "
-            "a dict mapping output names to floats >= 0. Received: "
-            f"distill_weights={distill_weights!r}"
+    known = [*distilled, *(features or [])]
+    if set(distill_weights) - set(known):
+        raise checks.argument_error(
+            "distill_weights",
+            f"keys among the distilled outputs and features {known}",
+            distill_weights,
         )
 
 

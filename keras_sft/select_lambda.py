@@ -21,12 +21,11 @@ Reference:
 """
 
 import dataclasses
-import math
-import numbers
 
 import keras
 import numpy as np
 
+from keras_sft import checks
 from keras_sft.sft_model import SFTModel
 from keras_sft.teacher import clone_teacher
 from keras_sft.teacher import copy_model
@@ -91,16 +90,6 @@ def _accuracy(model, x, y, batch_size):
     return float(np.mean(np.argmax(logits, axis=-1) == y))
 
 
-def _is_float_at_least(value, minimum):
-    """Whether `value` is a finite real number >= `minimum`."""
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, numbers.Real)
-        and math.isfinite(value)
-        and value >= minimum
-    )
-
-
 def select_lambda(
     pretrained,
     x,
@@ -159,26 +148,18 @@ def select_lambda(
             "Invalid value for arguments `x` and `y`. Expected the same "
             f"number of samples. Received: len(x)={len(x)}, len(y)={len(y)}"
         )
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ValueError(
-            "Invalid value for argument `folds`. Expected an int >= 2. "
-            f"Received: folds={folds!r}"
-        )
+    checks.check_int("folds", folds, minimum=2)
     if len(x) < folds:
         raise ValueError(
             "Invalid value for argument `folds`. Expected at most one fold "
             f"per sample. Received: folds={folds} for {len(x)} samples"
         )
-    if not lambdas or not all(_is_float_at_least(v, 0) for v in lambdas):
+    if not lambdas or not all(checks.is_float_at_least(v, 0) for v in lambdas):
         raise ValueError(
             "Invalid value for argument `lambdas`. Expected a non-empty "
             f"sequence of floats >= 0. Received: lambdas={lambdas!r}"
         )
-    if not _is_float_at_least(tolerance, 0):
-        raise ValueError(
-            "Invalid value for argument `tolerance`. Expected a float >= 0. "
-            f"Received: tolerance={tolerance!r}"
-        )
+    checks.check_float("tolerance", tolerance)
     if optimizer is None:
         optimizer = lambda: keras.optimizers.Adam(1e-3)  # noqa: E731
 

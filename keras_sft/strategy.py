@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from keras_sft import checks
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 
@@ -36,11 +38,7 @@ def build_strategy(name="default", *, devices=None, tpu=None):
     Returns:
         A `tf.distribute.Strategy`.
     """
-    if name not in STRATEGIES:
-        raise ValueError(
-            "Invalid value for argument `name`. Expected one of "
-            f"{STRATEGIES}. Received: name={name!r}"
-        )
+    checks.check_one_of("name", name, STRATEGIES)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":

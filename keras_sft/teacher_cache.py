@@ -4,6 +4,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_sft import checks
+
+# Keys under which `SFTModel.fit` packs array inputs with cached teacher
+# outputs into `x`, so that Keras's array handling (shuffling,
+# `validation_split`, batching, distribution) carries the outputs along.
+# Into `x`, not `y`: Keras matches `sample_weight` to the structure of `y`.
+_INPUTS = "_keras_sft_inputs"
+_TEACHER_OUTPUTS = "_keras_sft_teacher_outputs"
 # Dataset ops whose output can change from one iteration to the next: a
 # cache built from one pass would then pair inputs with the teacher outputs
 # of other inputs.
@@ -67,20 +75,8 @@ def cache_teacher_outputs(teacher, data, *, batch_size=256, directory=None):
         A `tf.data.Dataset` of `(x, y, sample_weight, teacher_outputs)`
         (`sample_weight` is `None` where `data` has none).
     """
-    if not isinstance(teacher, keras.Model):
-        raise ValueError(
-            "Invalid value for argument `teacher`. Expected a `keras.Model` "
-            f"instance. Received: teacher={teacher!r}"
-        )
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int)
-        or batch_size <= 0
-    ):
-        raise ValueError(
-            "Invalid value for argument `batch_size`. Expected an int > 0. "
-            f"Received: batch_size={batch_size!r}"
-        )
+    checks.check_model("teacher", teacher)
+    checks.check_int("batch_size", batch_size, minimum=1)
     if isinstance(data, tf.data.Dataset):
         _check_deterministic(data)
         if directory is None:
@@ -103,6 +99,27 @@ def cache_teacher_outputs(teacher, data, *, batch_size=256, directory=None):
         return cached
     cached.save(directory)
     return tf.data.Dataset.load(directory)
+
+
+def pack(x, teacher_outputs):
+    """Array inputs `x` with the teacher's outputs, as `SFTModel.fit` packs
+    them for Keras's array handling."""
+    return {_INPUTS: x, _TEACHER_OUTPUTS: teacher_outputs}
+
+
+def unpack(data):
+    """`(x, y, sample_weight, teacher_outputs)` of a batch, `None` if absent.
+
+    Reads the batches of `cache_teacher_outputs` (4-tuples), of arrays
+    packed by `pack`, and plain Keras batches.
+    """
+    # Keras's own batches have at most three parts, so a 4-tuple is ours.
+    if isinstance(data, tuple) and len(data) == 4:
+        return data
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    if isinstance(x, dict) and _TEACHER_OUTPUTS in x:
+        return x[_INPUTS], y, sample_weight, x[_TEACHER_OUTPUTS]
+    return x, y, sample_weight, None
 
 
 def _in_memory(teacher, data, batch_size):

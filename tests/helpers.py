@@ -2,6 +2,8 @@
 
 import keras
 import numpy as np
+import pytest
+import tensorflow as tf
 
 
 def mlp(input_dim=6, hidden=8, classes=3, seed=0, dropout=None, name="mlp"):
@@ -65,3 +67,57 @@ def assert_same_trained_weights(weights, expected, initial, atol=1e-5):
     assert update > 1e-2
     for a, b in zip(weights, expected, strict=True):
         np.testing.assert_allclose(a, b, atol=atol)
+
+
+def two_cpu_strategy(*, through_one_device=False):
+    """A `MirroredStrategy` over the two logical CPUs of `conftest.py`.
+
+    `through_one_device` reduces through one device rather than
+    collectives: collective instance keys restart with each strategy, and
+    two such strategies in one process would exchange tensors of other
+    models' shapes.
+    """
+    kwargs = {}
+    if through_one_device:
+        kwargs["cross_device_ops"] = tf.distribute.ReductionToOneDevice()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], **kwargs)
+    assert strategy.num_replicas_in_sync == 2
+    return strategy
+
+
+def assert_mirrored_equals_one_device(
+    train, initial, *, keys=None, through_one_device=False
+):
+    """`train(strategy)` gives the same weights and logs on two replicas as
+    on one device.
+
+    `train` returns `(weights, history.history)`; `initial` are the
+    weights before training, so that an untrained model cannot pass.
+    `keys` are the logs compared, all of them (which must match) if `None`.
+    """
+    one_weights, one_logs = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
+    two_weights, two_logs = train(
+        two_cpu_strategy(through_one_device=through_one_device)
+    )
+    assert_same_trained_weights(two_weights, one_weights, initial)
+    if keys is None:
+        assert set(two_logs) == set(one_logs)
+        keys = list(one_logs)
+    for key in keys:
+        assert two_logs[key][0] == pytest.approx(one_logs[key][0], rel=1e-5)
+
+
+def keras_round_trip(model, directory, name="model.keras"):
+    """`model` saved to `directory/name` and loaded back."""
+    path = str(directory / name)
+    model.save(path)
+    return keras.models.load_model(path)
+
+
+def assert_step_matches_float32(deltas, deltas32, *, relative=2e-3):
+    """Weight updates `deltas` equal the float32 ones `deltas32` within
+    `relative` of the largest float32 update."""
+    for delta, delta32 in zip(deltas, deltas32, strict=True):
+        np.testing.assert_allclose(
+            delta, delta32, atol=relative * np.abs(delta32).max()
+        )

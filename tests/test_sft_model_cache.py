@@ -90,9 +90,7 @@ def test_cached_fit_equals_live(kwargs, monkeypatch):
 
 
 def test_cached_fit_equals_live_mirrored(monkeypatch):
-    mirrored = lambda: tf.distribute.MirroredStrategy(  # noqa: E731
-        ["/cpu:0", "/cpu:1"]
-    )
+    mirrored = helpers.two_cpu_strategy
     cached_model = _model(cache_teacher=True, strategy=mirrored())
     calls = _count_predicts(cached_model, monkeypatch)
     cached = _fit(cached_model)
@@ -135,8 +133,7 @@ def test_unequal_lengths_get_keras_own_error():
 def test_cache_teacher_round_trips(tmp_path):
     for cache_teacher in (False, True):
         model = keras_sft.SFTModel(helpers.mlp(), cache_teacher=cache_teacher)
-        model.save(tmp_path / "m.keras")
-        loaded = keras.models.load_model(tmp_path / "m.keras")
+        loaded = helpers.keras_round_trip(model, tmp_path)
         assert loaded.cache_teacher is cache_teacher
 
 

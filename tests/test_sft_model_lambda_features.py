@@ -73,9 +73,7 @@ def test_schedule_round_trips_through_keras_files(tmp_path):
     )
     model = keras_sft.SFTModel(helpers.mlp(), lambda_=schedule)
     model.compile(optimizer="sgd")
-    path = str(tmp_path / "model.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = helpers.keras_round_trip(model, tmp_path)
     assert isinstance(
         loaded.lambda_, keras.optimizers.schedules.PiecewiseConstantDecay
     )

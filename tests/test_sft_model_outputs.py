@@ -163,27 +163,11 @@ def _epoch(strategy, two_heads):
 @pytest.mark.parametrize("two_heads", [False, True])
 def test_mirrored_equals_one_device(two_heads):
     initial = (_two_head_model() if two_heads else _dense_model()).get_weights()
-    one_weights, one_logs = _epoch(
-        tf.distribute.OneDeviceStrategy("/cpu:0"), two_heads
+    helpers.assert_mirrored_equals_one_device(
+        lambda strategy: _epoch(strategy, two_heads),
+        initial,
+        through_one_device=True,
     )
-    # Reduction through one device, not collectives: collective instance
-    # keys restart with each strategy, and two strategies in one process
-    # would exchange tensors of other models' shapes.
-    mirrored = tf.distribute.MirroredStrategy(
-        ["/cpu:0", "/cpu:1"],
-        cross_device_ops=tf.distribute.ReductionToOneDevice(),
-    )
-    assert mirrored.num_replicas_in_sync == 2
-    two_weights, two_logs = _epoch(mirrored, two_heads)
-    update = max(
-        np.abs(a - b).max() for a, b in zip(one_weights, initial, strict=True)
-    )
-    assert update > 1e-2  # the comparison below is not vacuous
-    for a, b in zip(two_weights, one_weights, strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-    assert set(two_logs) == set(one_logs)
-    for key in one_logs:
-        assert two_logs[key][0] == pytest.approx(one_logs[key][0], rel=1e-5)
 
 
 # 2. Two outputs: task and distance per output.
@@ -337,9 +321,7 @@ def test_two_outputs_keras_round_trip(tmp_path):
     model.compile(optimizer="adam", loss_weights={"seg": 1.0, "cls": 0.5})
     y = {"seg": masks, "cls": labels}
     model.fit(x, y, batch_size=4, epochs=1, verbose=0)
-    path = str(tmp_path / "two_heads.keras")
-    model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = helpers.keras_round_trip(model, tmp_path, "two_heads.keras")
 
     assert loaded.distill_outputs == ["seg"]
     assert loaded.distill_weights == {"seg": 2.0}
