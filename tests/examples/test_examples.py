@@ -114,7 +114,7 @@ def test_finetune_writes_the_student_and_its_saved_model(tmp_path):
     )
     images, _ = _digits_test_arrays(shift="invert")
     served = tf.saved_model.load(export_dir).signatures["serving_default"]
-    (logits,) = served(inputs=tf.constant(images)).values()
+    (logits,) = served(image=tf.constant(images)).values()
     np.testing.assert_allclose(
         logits.numpy(), student.predict(images, verbose=0), atol=1e-5
     )
