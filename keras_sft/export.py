@@ -161,14 +161,16 @@ def export_saved_model(
             f"parent directory exists. Received: export_dir={export_dir!r}"
         )
 
-    # Keras's `ExportArchive.track(student)` would save each weight twice:
-    # once as the Keras variable reached through the tracked layers and
-    # once as the `tf.Variable` the traced function captures. Tracking the
+    # Keras's `ExportArchive.track(student)` saves each weight twice: its
+    # `variables` list holds the Keras variables, its `_all_variables` the
+    # `tf.Variable`s inside them that the traced function captures, and a
+    # checkpoint writes each object's value under its own key. Tracking the
     # captured variables alone stores each once.
     # `tf.Module` keeps `variables` to itself and `tf.train.Checkpoint` adds
     # a `save_counter`; a bare trackable (as Keras uses) holds just these.
     root = tf.__internal__.tracking.AutoTrackable()
     root.variables = list(concrete.variables)
+    root.resources = _captured_resources(student, concrete)
     root.serve = serve
     # Same parent, so the final rename stays on one file system and is
     # atomic. `os.mkdir` (unlike `tempfile.mkdtemp`'s 0700) applies the
@@ -191,6 +193,23 @@ def export_saved_model(
         shutil.rmtree(previous_dir)
     else:
         os.rename(staging_dir, export_dir)
+
+
+def _captured_resources(student, concrete):
+    """The student's resources (lookup tables) that `concrete` captures."""
+    # Lookup layers (`StringLookup`, `IntegerLookup`, `TextVectorization`)
+    # keep their vocabulary in a table, not in variables: it must be saved
+    # too, with the vocabulary file it reads as an asset. Only those the
+    # function captures: an adapted layer also holds the (emptied) table
+    # it counted tokens in.
+    captured = {id(tensor) for tensor in concrete.captured_inputs}
+    resources = [
+        trackable
+        for trackable in tf.train.TrackableView(student).descendants()
+        if isinstance(trackable, tf.saved_model.experimental.TrackableResource)
+        and id(trackable.resource_handle) in captured
+    ]
+    return resources
 
 
 @contextlib.contextmanager
