@@ -141,6 +141,7 @@ def export_saved_model(
     else:
         with _dtype_policy(student, compute_dtype):
             concrete = serve.get_concrete_function()
+    resources = _captured_resources(student, concrete)
 
     export_dir = os.path.abspath(os.fspath(export_dir))
     if version is not None:
@@ -170,7 +171,7 @@ def export_saved_model(
     # a `save_counter`; a bare trackable (as Keras uses) holds just these.
     root = tf.__internal__.tracking.AutoTrackable()
     root.variables = list(concrete.variables)
-    root.resources = _captured_resources(student, concrete)
+    root.resources = resources
     root.serve = serve
     # Same parent, so the final rename stays on one file system and is
     # atomic. `os.mkdir` (unlike `tempfile.mkdtemp`'s 0700) applies the
@@ -202,13 +203,30 @@ def _captured_resources(student, concrete):
     # too, with the vocabulary file it reads as an asset. Only those the
     # function captures: an adapted layer also holds the (emptied) table
     # it counted tokens in.
-    captured = {id(tensor) for tensor in concrete.captured_inputs}
-    resources = [
-        trackable
-        for trackable in tf.train.TrackableView(student).descendants()
-        if isinstance(trackable, tf.saved_model.experimental.TrackableResource)
-        and id(trackable.resource_handle) in captured
-    ]
+    handles = {
+        id(tensor): tensor
+        for tensor in concrete.captured_inputs
+        if tensor.dtype == tf.resource
+    }
+    for variable in concrete.variables:
+        handles.pop(id(variable.handle), None)
+    resources = []
+    for trackable in tf.train.TrackableView(student).descendants():
+        if (
+            isinstance(trackable, tf.saved_model.experimental.TrackableResource)
+            and handles.pop(id(trackable.resource_handle), None) is not None
+        ):
+            resources.append(trackable)
+    if handles:
+        # Held only by a closure (a `Lambda` layer's function, say): the
+        # SavedModel would have no way to recreate it.
+        raise ValueError(
+            "Invalid value for argument `model`. Expected a model whose "
+            "lookup tables and other resources are attributes of its layers. "
+            f"Received: model={student!r} whose call uses "
+            f"{len(handles)} resource(s) none of its layers holds: "
+            f"{list(handles.values())}"
+        )
     return resources
 
 
