@@ -47,15 +47,18 @@ def export_saved_model(
       side.
 
     Only the student's variables are written, once each: the teacher is
-    needed for training, not for serving. The SavedModel is written to a
-    temporary directory beside its destination and renamed into place, so
-    it appears complete or not at all: a failure midway leaves no partial
+    needed for training, not for serving. So are the lookup tables its
+    layers hold (`StringLookup`, `IntegerLookup`, `TextVectorization`), with
+    any vocabulary file copied into the export's `assets/`; a table no layer
+    holds (one a `Lambda` closes over) is refused. The SavedModel is written
+    to a temporary directory beside its destination and renamed into place,
+    so it appears complete or not at all: a failure midway leaves no partial
     SavedModel behind. With `overwrite`, an existing export is moved aside,
     the new one renamed into place, and the old one deleted: a crash leaves
     the previous export, or the new one, or (between the two renames) none,
-    never a mix. Directories and files get the modes the user's umask
-    gives (0755 and 0644 under umask 022), so a server running as another
-    user can read them.
+    never a mix. Directories and files get the modes the user's umask gives
+    (0755 and 0644 under umask 022), so a server running as another user can
+    read them.
 
     With `version`, `export_dir` is a TensorFlow Serving base directory
     (created with its parents if needed) and the SavedModel is written to
