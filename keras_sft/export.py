@@ -47,15 +47,18 @@ def export_saved_model(
       side.
 
     Only the student's variables are written, once each: the teacher is
-    needed for training, not for serving. The SavedModel is written to a
-    temporary directory beside its destination and renamed into place, so
-    it appears complete or not at all: a failure midway leaves no partial
+    needed for training, not for serving. So are the lookup tables its
+    layers hold (`StringLookup`, `IntegerLookup`, `TextVectorization`), with
+    any vocabulary file copied into the export's `assets/`; a table no layer
+    holds (one a `Lambda` closes over) is refused. The SavedModel is written
+    to a temporary directory beside its destination and renamed into place,
+    so it appears complete or not at all: a failure midway leaves no partial
     SavedModel behind. With `overwrite`, an existing export is moved aside,
     the new one renamed into place, and the old one deleted: a crash leaves
     the previous export, or the new one, or (between the two renames) none,
-    never a mix. Directories and files get the modes the user's umask
-    gives (0755 and 0644 under umask 022), so a server running as another
-    user can read them.
+    never a mix. Directories and files get the modes the user's umask gives
+    (0755 and 0644 under umask 022), so a server running as another user can
+    read them.
 
     With `version`, `export_dir` is a TensorFlow Serving base directory
     (created with its parents if needed) and the SavedModel is written to
@@ -141,6 +144,7 @@ def export_saved_model(
     else:
         with _dtype_policy(student, compute_dtype):
             concrete = serve.get_concrete_function()
+    resources = _captured_resources(student, concrete)
 
     export_dir = os.path.abspath(os.fspath(export_dir))
     if version is not None:
@@ -161,14 +165,16 @@ def export_saved_model(
             f"parent directory exists. Received: export_dir={export_dir!r}"
         )
 
-    # Keras's `ExportArchive.track(student)` would save each weight twice:
-    # once as the Keras variable reached through the tracked layers and
-    # once as the `tf.Variable` the traced function captures. Tracking the
+    # Keras's `ExportArchive.track(student)` saves each weight twice: its
+    # `variables` list holds the Keras variables, its `_all_variables` the
+    # `tf.Variable`s inside them that the traced function captures, and a
+    # checkpoint writes each object's value under its own key. Tracking the
     # captured variables alone stores each once.
     # `tf.Module` keeps `variables` to itself and `tf.train.Checkpoint` adds
     # a `save_counter`; a bare trackable (as Keras uses) holds just these.
     root = tf.__internal__.tracking.AutoTrackable()
     root.variables = list(concrete.variables)
+    root.resources = resources
     root.serve = serve
     # Same parent, so the final rename stays on one file system and is
     # atomic. `os.mkdir` (unlike `tempfile.mkdtemp`'s 0700) applies the
@@ -191,6 +197,40 @@ def export_saved_model(
         shutil.rmtree(previous_dir)
     else:
         os.rename(staging_dir, export_dir)
+
+
+def _captured_resources(student, concrete):
+    """The student's resources (lookup tables) that `concrete` captures."""
+    # Lookup layers (`StringLookup`, `IntegerLookup`, `TextVectorization`)
+    # keep their vocabulary in a table, not in variables: it must be saved
+    # too, with the vocabulary file it reads as an asset. Only those the
+    # function captures: an adapted layer also holds the (emptied) table
+    # it counted tokens in.
+    handles = {
+        id(tensor): tensor
+        for tensor in concrete.captured_inputs
+        if tensor.dtype == tf.resource
+    }
+    for variable in concrete.variables:
+        handles.pop(id(variable.handle), None)
+    resources = []
+    for trackable in tf.train.TrackableView(student).descendants():
+        if (
+            isinstance(trackable, tf.saved_model.experimental.TrackableResource)
+            and handles.pop(id(trackable.resource_handle), None) is not None
+        ):
+            resources.append(trackable)
+    if handles:
+        # Held only by a closure (a `Lambda` layer's function, say): the
+        # SavedModel would have no way to recreate it.
+        raise ValueError(
+            "Invalid value for argument `model`. Expected a model whose "
+            "lookup tables and other resources are attributes of its layers. "
+            f"Received: model={student!r} whose call uses "
+            f"{len(handles)} resource(s) none of its layers holds: "
+            f"{list(handles.values())}"
+        )
+    return resources
 
 
 @contextlib.contextmanager

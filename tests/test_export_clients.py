@@ -11,6 +11,8 @@ import tensorflow as tf
 
 import keras_sft
 from tests import helpers
+from tests.test_export_tables import STRING_WORDS
+from tests.test_export_tables import string_student
 
 # Run with `-c`: `None` in `sys.modules` makes any import of Keras or
 # keras-sft fail, yet lets TensorFlow import (it only probes for Keras).
@@ -57,8 +59,8 @@ def _segmenter():
     return keras.Model(pixels, keras.layers.Conv2D(3, 1, name="mask")(hidden))
 
 
-def _students():
-    """Each kind of student, its inputs and the tolerance of its export."""
+def _students(tmp_path):
+    """Each kind of student, its inputs and its export options."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(7, 6)).astype("float32")
     images = rng.normal(size=(2, 5, 9, 1)).astype("float32")
@@ -72,6 +74,10 @@ def _students():
         },
     )
     subclassed = SubclassedStudent()
+    vocabulary = tmp_path / "vocabulary.txt"
+    vocabulary.write_text("a\nb\nc\n")
+    # Bytes, not objects: `np.load` reads them back without pickle.
+    words = STRING_WORDS.astype(bytes)
     students = {
         "mlp": (helpers.mlp(), {"inputs": x}, {}),
         "list": (two_heads, {"inputs": x}, {}),
@@ -81,6 +87,12 @@ def _students():
             subclassed,
             {"x": x},
             {"input_signature": [tf.TensorSpec((None, 6), name="x")]},
+        ),
+        "string": (string_student(), {"words": words}, {}),
+        "vocabulary_file": (
+            string_student(str(vocabulary)),
+            {"words": words},
+            {},
         ),
     }
     keras.config.set_dtype_policy("mixed_float16")
@@ -93,11 +105,11 @@ def _students():
 def test_every_kind_of_export_serves_without_keras(tmp_path):
     feeds, expected = {}, {}
     cases = []
-    for case, (student, feed, options) in _students().items():
+    for case, (student, feed, options) in _students(tmp_path).items():
         keras_sft.export_saved_model(student, tmp_path / case, **options)
         cases.append(case)
         (value,) = feed.values()
-        predicted = student.predict(value, verbose=0)
+        predicted = student.predict(tf.constant(value), verbose=0)
         if isinstance(predicted, np.ndarray):
             predicted = [predicted]
         if isinstance(predicted, list):
@@ -108,6 +120,8 @@ def test_every_kind_of_export_serves_without_keras(tmp_path):
         for name, value in predicted.items():
             expected[f"{case}/{name}"] = value
     np.savez(tmp_path / "feeds.npz", **feeds)
+    # The export's own copy of the vocabulary is what the client reads.
+    os.remove(tmp_path / "vocabulary.txt")
 
     subprocess.run(
         [sys.executable, "-c", _CLIENT, str(tmp_path), *cases],
