@@ -12,9 +12,10 @@ Times, on the same data and the same model:
    PyTorch loop of SFT with a frozen teacher copy, and the same loop
    without the teacher (`benchmarks/torch_loop.py`);
 
-on the MLP 784-256-10 of the textbook example and on a small CNN (32x32x3),
-batch 128, and prints samples per second (median over the timed epochs),
-each ratio to `plain`, and each variant's peak memory.
+on the MLP 784-256-10 of the textbook example and on a small CNN (32x32x3)
+(both built by `variants.py`), batch 128, and prints samples per second
+(median over the timed epochs), each ratio to `plain`, and each variant's
+peak memory.
 
 Throughput: one process per model builds every variant, trains each one
 untimed epoch (tracing, compilation), then times `--rounds` epochs of each,
@@ -45,6 +46,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+
+from benchmarks import variants  # noqa: E402
 
 VARIANTS = ("plain", "distiller", "sft_live", "sft_cached", "l2_sp")
 TORCH_VARIANTS = ("torch_sft", "torch_plain")
@@ -90,42 +93,9 @@ _RUN = flags.DEFINE_string(
 )
 
 
-def _build(model_name, seed=0):
-    """The pretrained classifier (random weights: speed does not care)."""
-    import keras
-
-    init = keras.initializers.GlorotUniform
-    if model_name == "mlp":
-        inputs = keras.Input((784,))
-        hidden = keras.layers.Dense(256, "relu", kernel_initializer=init(seed))(
-            inputs
-        )
-    else:
-        inputs = keras.Input((32, 32, 3))
-        hidden = inputs
-        for i, filters in enumerate((32, 64)):
-            hidden = keras.layers.Conv2D(
-                filters, 3, activation="relu", kernel_initializer=init(seed + i)
-            )(hidden)
-            hidden = keras.layers.MaxPooling2D()(hidden)
-        hidden = keras.layers.Flatten()(hidden)
-        hidden = keras.layers.Dense(128, "relu", kernel_initializer=init(seed))(
-            hidden
-        )
-    outputs = keras.layers.Dense(10, kernel_initializer=init(seed + 7))(hidden)
-    return keras.Model(inputs, outputs, name=model_name)
-
-
 def _arrays(model_name):
     """Synthetic `(x, y)` NumPy arrays, one example per row."""
-    import numpy as np
-
-    shape = (784,) if model_name == "mlp" else (32, 32, 3)
-    count = STEPS[model_name] * BATCH_SIZE
-    rng = np.random.default_rng(0)
-    x = rng.random(size=(count, *shape), dtype="float32")
-    y = rng.integers(0, 10, size=count).astype("int32")
-    return x, y
+    return variants.arrays(model_name, STEPS[model_name] * BATCH_SIZE)
 
 
 def _compile_kwargs():
@@ -143,38 +113,18 @@ def _compile_kwargs():
 def _compiled(model_name, variant):
     """The compiled Keras model of `variant`, built from seed 0.
 
-    With `--input=arrays`, `sft_live` is `SFTModel(cache_teacher=False)`
-    and `sft_cached` `SFTModel` at its defaults.
+    `sft_live` has `cache_teacher=False`; `sft_cached` is `SFTModel` at
+    its defaults, which with `--input=arrays` caches in `fit`.
     """
     import keras
 
-    import keras_sft
-
     keras.utils.set_random_seed(0)
-    student = _build(model_name)
-    optimizer = keras.optimizers.Adam(1e-3)
-    task_loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    if variant in ("plain", "l2_sp"):
-        model = student
-        if variant == "l2_sp":
-            keras_sft.apply_l2_sp(model, alpha=0.01)
-    elif variant == "distiller":
-        model = keras.distillation.Distiller(
-            teacher=keras_sft.clone_teacher(student),
-            student=student,
-            distillation_losses=keras.distillation.FeatureDistillation(
-                loss="mse"
-            ),
-        )
-    else:
-        model = keras_sft.SFTModel(
-            student,
-            lambda_=0.5,
-            cache_teacher=_INPUT.value != "arrays" or variant == "sft_cached",
-        )
-        task_loss = None
-    model.compile(optimizer=optimizer, loss=task_loss, **_compile_kwargs())
-    return model
+    return variants.compiled(
+        variants.build(model_name),
+        variant,
+        cache_teacher=False if variant == "sft_live" else None,
+        **_compile_kwargs(),
+    )
 
 
 def _prepare(model_name, variant):
@@ -183,8 +133,6 @@ def _prepare(model_name, variant):
     The data is a dict of `fit`'s keyword arguments.
     """
     import tensorflow as tf
-
-    import keras_sft
 
     model = _compiled(model_name, variant)
     arrays = _arrays(model_name)
@@ -197,12 +145,7 @@ def _prepare(model_name, variant):
             cache_s = time.perf_counter() - start
         x, y = arrays
         return model, {"x": x, "y": y, "batch_size": BATCH_SIZE}, cache_s
-    if variant == "sft_cached":
-        start = time.perf_counter()
-        examples = keras_sft.cache_teacher_outputs(model.teacher, arrays)
-        cache_s = time.perf_counter() - start
-    else:
-        examples = tf.data.Dataset.from_tensor_slices(arrays)
+    examples, cache_s = variants.examples(model, variant, arrays)
     dataset = (
         examples.shuffle(STEPS[model_name] * BATCH_SIZE, seed=0)
         .batch(BATCH_SIZE)

@@ -41,7 +41,7 @@ _EPOCHS = flags.DEFINE_integer(
 
 
 def _build(model_name):
-    """The PyTorch twin of `throughput._build`."""
+    """The PyTorch twin of `variants.build`."""
     from torch import nn
 
     if model_name == "mlp":

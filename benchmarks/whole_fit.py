@@ -2,13 +2,15 @@
 
 `throughput.py` reports steady epochs and the teacher cache's one-time
 pass apart. This times what a user waits for: a fresh model's
-`fit(x, y, batch_size=128, epochs=--epochs)` on the arrays of
-`throughput.py`, tracing, the cache's `teacher.predict` pass and every
-epoch included. Each round builds every variant anew (`plain`,
-`distiller`, `sft_live` with `cache_teacher=False`, `sft_cached` at
-`SFTModel`'s defaults) and times its call, in turns in a rotating order;
-the table gives the median call and each variant's speed relative to
-`plain` (plain's seconds over the variant's).
+`fit(x, y, batch_size=128, epochs=E)` on the arrays of `throughput.py`,
+tracing, the cache's `teacher.predict` pass and every epoch included, for
+each `E` of `--epochs` (1, 2, 5 and 20). Each round builds every variant
+anew (`plain`, `distiller`, `sft_live` with `cache_teacher=False`,
+`sft_cached` at `SFTModel`'s defaults, whatever they cache) and times its
+call, in turns in a rotating order; the table gives the median call and
+each variant's speed relative to `plain`, to the Distiller and to
+`sft_live` (the reference's seconds over the variant's): `sft_cached`'s
+`vs sft_live` says whether the defaults beat not caching.
 
     python -m benchmarks.whole_fit
     python -m benchmarks.whole_fit --epochs=3 --models=mlp
@@ -24,18 +26,36 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from benchmarks import throughput  # noqa: E402
 
 VARIANTS = ("plain", "distiller", "sft_live", "sft_cached")
+_COLUMNS = [
+    ("model", "model", "{}"),
+    ("variant", "variant", "{}"),
+    ("epochs", "epochs", "{}"),
+    ("fit s", "fit_s", "{:.2f}"),
+    ("vs plain", "vs plain", "{:.2f}"),
+    ("vs distiller", "vs distiller", "{:.2f}"),
+    ("vs sft_live", "vs sft_live", "{:.2f}"),
+]
 
-# `--models` and `--rounds` are throughput's flags.
-_EPOCHS = flags.DEFINE_integer(
-    "epochs", 5, "Epochs of each timed `fit` call.", lower_bound=1
+# `--models` and `--rounds` are throughput's flags, and so are
+# `--jit_compile` and `--steps_per_execution`, which apply here too.
+_EPOCHS = flags.DEFINE_list(
+    "epochs",
+    ["1", "2", "5", "20"],
+    "Epochs of the timed `fit` calls; rows for each.",
+)
+flags.register_validator(
+    "epochs",
+    lambda values: all(v.isdigit() and int(v) >= 1 for v in values),
+    "Invalid value for flag `epochs`. Expected a list of integers >= 1.",
 )
 
 
-def _measure(model_name):
-    """Median seconds of a whole `fit` call, by variant."""
+def _measure(model_name, epochs):
+    """Median seconds of a whole `fit` call of `epochs`, by variant."""
     x, y = throughput._arrays(model_name)
     times = {v: [] for v in VARIANTS}
     order = list(VARIANTS)
@@ -47,7 +67,7 @@ def _measure(model_name):
                 x,
                 y,
                 batch_size=throughput.BATCH_SIZE,
-                epochs=_EPOCHS.value,
+                epochs=epochs,
                 verbose=0,
             )
             times[variant].append(time.perf_counter() - start)
@@ -58,18 +78,27 @@ def _measure(model_name):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    # `_compiled` reads throughput's `--input`: these calls take arrays.
-    flags.FLAGS.input = "arrays"
-    print(f"| model | variant | fit s ({_EPOCHS.value} epochs) | vs plain |")
-    print("| --- | --- | --- | --- |")
+    columns = report.markdown([], _COLUMNS)
+    print("\n".join(columns), flush=True)
     for model_name in throughput._MODELS.value:
-        seconds = _measure(model_name)
-        for variant, value in seconds.items():
-            print(
-                f"| {model_name} | {variant} | {value:.2f} "
-                f"| {seconds['plain'] / value:.2f} |",
-                flush=True,
+        for epochs in [int(v) for v in _EPOCHS.value]:
+            seconds = _measure(model_name, epochs)
+            rows = report.with_ratios(
+                [
+                    {
+                        "model": model_name,
+                        "variant": variant,
+                        "epochs": epochs,
+                        "fit_s": value,
+                    }
+                    for variant, value in seconds.items()
+                ],
+                value="fit_s",
+                group=("model", "epochs"),
+                references=("plain", "distiller", "sft_live"),
+                lower_is_better=True,
             )
+            print("\n".join(report.markdown(rows, _COLUMNS)[2:]), flush=True)
 
 
 if __name__ == "__main__":

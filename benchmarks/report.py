@@ -1,0 +1,69 @@
+"""Ratios between benchmark rows and the Markdown table that shows them.
+
+A row is a dict; rows that share the values of `group` keys (the same
+model and settings) are compared with the row of each reference variant
+in that group.
+"""
+
+
+def with_ratios(rows, *, value, group, references, lower_is_better=False):
+    """`rows` with a `vs <reference>` key added to each row.
+
+    Each ratio is the row's speed relative to the reference variant's row
+    of its group: `row[value] / reference[value]`, or the inverse when
+    `lower_is_better` (`value` is a time). It is None where the group has
+    no such reference row.
+
+    Args:
+        rows: list of dicts, each with a `variant` key and `value`.
+        value: str, the key compared.
+        group: tuple of str, the keys that rows compared must share.
+        references: tuple of str, the variants compared against.
+        lower_is_better: bool, whether `value` is a time rather than a
+            speed. Defaults to `False`.
+
+    Returns:
+        A list of new dicts, in the order of `rows`.
+    """
+    by_group = {
+        (tuple(row[key] for key in group), row["variant"]): row[value]
+        for row in rows
+    }
+    result = []
+    for row in rows:
+        ratios = {}
+        for reference in references:
+            base = by_group.get((tuple(row[key] for key in group), reference))
+            if base is None:
+                ratios[f"vs {reference}"] = None
+            elif lower_is_better:
+                ratios[f"vs {reference}"] = base / row[value]
+            else:
+                ratios[f"vs {reference}"] = row[value] / base
+        result.append(row | ratios)
+    return result
+
+
+def markdown(rows, columns):
+    """A Markdown table of `rows`, one line per row, header first.
+
+    Args:
+        rows: list of dicts.
+        columns: list of `(header, key, format)`; `format` is a
+            `str.format` pattern such as `"{:.2f}"`. A missing or None
+            value prints `n/a`.
+
+    Returns:
+        The table's lines, without line ends.
+    """
+    lines = [
+        "| " + " | ".join(header for header, _, _ in columns) + " |",
+        "|" + " --- |" * len(columns),
+    ]
+    for row in rows:
+        cells = [
+            "n/a" if row.get(key) is None else pattern.format(row[key])
+            for _, key, pattern in columns
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
