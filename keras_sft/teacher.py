@@ -3,6 +3,7 @@
 import inspect
 import os
 import tempfile
+import warnings
 
 import keras
 
@@ -70,7 +71,13 @@ def copy_model(model):
         _check_configs(layers)
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "model.keras")
-            model.save(path)
+            with warnings.catch_warnings():
+                # The archive is read back below with `safe_mode=False`, so
+                # the lambdas it holds (in a compiled loss, say) reload.
+                warnings.filterwarnings(
+                    "ignore", "The object being serialized includes a `lambda`"
+                )
+                model.save(path)
             # The archive is the one just written from `model`, so loading
             # the Python functions of its `Lambda` layers is safe.
             return keras.saving.load_model(
