@@ -66,6 +66,8 @@ def copy_model(model):
             f"or call it on a batch first. Received: model={model.name!r} "
             "(not built)"
         )
+    # Keras lists nested layers with `_flatten_layers` itself; it has no
+    # public equivalent.
     layers = list(model._flatten_layers(include_self=True))
     try:
         _check_configs(layers)
@@ -99,20 +101,21 @@ def _check_configs(layers):
     """Raises `NotImplementedError` for a model Keras's config misdescribes."""
     for layer in layers:
         cls = type(layer)
-        if not isinstance(layer, keras.Model):
-            continue
-        if cls.get_config is not keras.Model.get_config:
+        if not isinstance(layer, keras.Model) or (
+            cls.get_config is not keras.Model.get_config
+        ):
             continue
         # `keras.Model.__new__` drops the arguments given to `__init__`, so
         # the automatic config holds their defaults and a copy would be
         # built with those: a weight-shape error at best, a silently
         # different model at worst.
+        parameters = list(inspect.signature(cls.__init__).parameters.values())
         arguments = [
             parameter.name
-            for parameter in inspect.signature(cls.__init__).parameters.values()
+            for parameter in parameters[1:]
             if parameter.kind
             not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
-        ][1:]
+        ]
         if arguments:
             raise NotImplementedError(
                 f"{cls.__name__} does not implement `get_config`, and Keras's "
