@@ -278,6 +278,13 @@ def run(main, *, preset=None):
     for name, value in (preset or {}).items():
         flags.FLAGS.set_default(name, value)
 
+    app.run(one_line_errors(main))
+
+
+def one_line_errors(main):
+    """`main` reporting the expected failures (see `run`) as
+    `SystemExit("Error: ...")`: one line and exit status 1."""
+
     def main_with_one_line_errors(argv):
         try:
             return main(argv)
@@ -288,7 +295,7 @@ def run(main, *, preset=None):
                 f"Error: {op_error_line(error)} ({type(error).__name__})"
             ) from None
 
-    app.run(main_with_one_line_errors)
+    return main_with_one_line_errors
 
 
 def op_error_line(error):
