@@ -399,12 +399,12 @@ def test_backup_interrupted_while_written_resumes(tmp_path, monkeypatch):
 
 
 def _interrupted_binary_run(tmp_path, monkeypatch, pretrained, **overrides):
-    """Runs finetune until the end of its first epoch, as a kill would stop
-    it after the first backup."""
+    """Runs finetune until the end of its first epoch and its backup, as a
+    kill would stop it there."""
     make_callbacks = training._callbacks
 
     def callbacks_then_preempt(extra, config):
-        return [*make_callbacks(extra, config), _PreemptAfter(1)]
+        return [*make_callbacks(extra, config), _PreemptAfter(0)]
 
     monkeypatch.setattr(training, "_callbacks", callbacks_then_preempt)
     backup_dir = str(tmp_path / "backup")
@@ -419,13 +419,13 @@ def _interrupted_binary_run(tmp_path, monkeypatch, pretrained, **overrides):
 
 def _tree(directory):
     """Every file under `directory`, relative path to bytes."""
-    return {
-        os.path.relpath(os.path.join(root, name), directory): open(
-            os.path.join(root, name), "rb"
-        ).read()
-        for root, _, names in os.walk(directory)
-        for name in names
-    }
+    tree = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as file:
+                tree[os.path.relpath(path, directory)] = file.read()
+    return tree
 
 
 @pytest.mark.parametrize(
@@ -605,6 +605,8 @@ def test_unwritable_paths_are_refused_before_training(tmp_path, flag, message):
         _finetune(
             tmp_path,
             pretrained,
+            # Past the flag check that an existing --output is refused.
+            overwrite=key == "directory",
             **{"cache_teacher": flag == "cache_dir", flag: values[key]},
         )
     assert not started
@@ -709,7 +711,8 @@ def test_label_error_during_training_is_one_line():
     )
 
     def main(argv):
-        model.fit(np.zeros((4, 8, 8, 1)), np.array([0, 1, 7, 2]), verbose=0)
+        labels = np.array([0, 1, 7, 2])
+        model.fit(np.zeros((4, 8, 8, 1)), labels, shuffle=False, verbose=0)
 
     with pytest.raises(SystemExit) as exit_:
         common_flags.one_line_errors(main)(["binary"])
