@@ -5,6 +5,7 @@ flags, so its `--helpshort` lists them. Every flag that two binaries use
 is defined here (or, for the experiments, in `experiment_flags`), once.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -16,6 +17,9 @@ import tensorflow_datasets as tfds
 from absl import app
 from absl import flags
 
+from examples.lib import output_paths
+from examples.lib import run_record
+from examples.lib.run_lock import RunLock
 from examples.lib.training_config import TrainingConfig
 from keras_sft import data
 from keras_sft import strategy as strategy_lib
@@ -260,8 +264,10 @@ def run(main, *, preset=None):
 
     Bad data, unreadable files and a diverging loss raise `ValueError`,
     `OSError` or `RuntimeError` with a message that names the problem and
-    the fix; the user gets that line and exit status 1, not a traceback.
-    Other exceptions are bugs and keep their traceback.
+    the fix, and TensorFlow's runtime errors (a label out of range found
+    during training) carry one line among a graph trace; the user gets
+    that line and exit status 1, not a traceback. Other exceptions are bugs
+    and keep their traceback.
 
     Args:
         main: The binary's `main(argv)`.
@@ -272,13 +278,39 @@ def run(main, *, preset=None):
     for name, value in (preset or {}).items():
         flags.FLAGS.set_default(name, value)
 
+    app.run(one_line_errors(main))
+
+
+def one_line_errors(main):
+    """`main` reporting the expected failures (see `run`) as
+    `SystemExit("Error: ...")`: one line and exit status 1."""
+
     def main_with_one_line_errors(argv):
         try:
             return main(argv)
         except (ValueError, OSError, RuntimeError) as error:
             raise SystemExit(f"Error: {error}") from None
+        except tf.errors.OpError as error:
+            raise SystemExit(
+                f"Error: {op_error_line(error)} ({type(error).__name__})"
+            ) from None
 
-    app.run(main_with_one_line_errors)
+    return main_with_one_line_errors
+
+
+def op_error_line(error):
+    """The line of a `tf.errors.OpError` that says what went wrong
+    ("Received a label value of 12 which is outside the valid range of
+    [0, 10)"), without the graph trace around it."""
+    lines = [line.strip() for line in error.message.splitlines()]
+    lines = [
+        line
+        for line in lines
+        if line
+        and not line.startswith(("File ", "[[", "Detected at node"))
+        and line != "Graph execution error:"
+    ]
+    return lines[-1] if lines else type(error).__name__
 
 
 def refuse_arguments(argv):
@@ -295,7 +327,16 @@ def set_up():
     keras.config.set_dtype_policy(
         "float32" if MIXED_PRECISION.value == "none" else MIXED_PRECISION.value
     )
-    return strategy_lib.build_strategy(STRATEGY.value, tpu=TPU.value)
+    try:
+        return strategy_lib.build_strategy(STRATEGY.value, tpu=TPU.value)
+    except (ValueError, tf.errors.OpError) as error:
+        if STRATEGY.value != "tpu":
+            raise
+        reason = str(error).strip().splitlines()[0]
+        raise RuntimeError(
+            f"--strategy=tpu: no TPU at --tpu={TPU.value or 'local'} "
+            f"({reason}); run on a TPU VM or pass --tpu=grpc://ADDRESS"
+        ) from None
 
 
 def training_config(**overrides):
@@ -318,8 +359,22 @@ def load_train_and_test():
     Returns `(train, test, num_classes)`.
     """
     train, num_classes = load_split(TRAIN_SPLIT.value)
+    return train, load_test_split(), num_classes
+
+
+def load_test_split():
+    """`load_split` of `--test_split`, refused if it is empty (training
+    would run without validation, and accuracies would be NaN)."""
     test, _ = load_split(TEST_SPLIT.value)
-    return train, test, num_classes
+    if not any(True for _ in test.take(1)):
+        selection = f" with --classes={','.join(CLASSES.value)}"
+        raise ValueError(
+            f"The dataset is empty: --test_split={TEST_SPLIT.value} of "
+            f"--dataset={DATASET.value}"
+            f"{selection if CLASSES.value else ''} holds no example; pass "
+            "a split (and classes) with examples"
+        )
+    return test
 
 
 def load_split(split):
@@ -352,3 +407,51 @@ def training_batches(dataset):
 def evaluation_batches(dataset):
     """`--batch_size` batches in the dataset's order."""
     return data.batch(dataset, batch_size=BATCH_SIZE.value)
+
+
+@contextlib.contextmanager
+def claimed_outputs(
+    *, files=(), directories=(), backup_dir=None, run=None, written=()
+):
+    """Makes the outputs of a run its own, before it trains.
+
+    Every output path (with `--checkpoint_dir` and `--log_dir`) is checked
+    for writability, its parent created, so a bad one fails at once quoting
+    the flag and the path. The `files`, `directories` and `backup_dir` are
+    locked (`RunLock`) while inside, so a concurrent run with the same
+    paths fails at start; temporary files a killed run left beside them are
+    removed; and `backup_dir` is accepted only as the backup of the same
+    `run` (`run_record.claim_backup`).
+
+    Args:
+        files: Sequence of flag holders of output files (`OUTPUT`).
+        directories: Sequence of flag holders of directories the run writes
+            whole (`--export_dir`).
+        backup_dir: Flag holder of the backup directory, or `None`.
+        run: Dict, the backup's run record (see `run_record.claim_backup`).
+        written: Sequence of flag holders of other directories the run
+            writes into (`--cache_dir`): checked, not locked.
+    """
+    owned = [*directories, *([] if backup_dir is None else [backup_dir])]
+    checked = [(f.name, f.value, False) for f in files]
+    checked += [(f.name, f.value, True) for f in (*owned, *written)]
+    checked += [
+        (CHECKPOINT_DIR.name, CHECKPOINT_DIR.value, True),
+        ("log_dir", flags.FLAGS.log_dir, True),
+    ]
+    for name, path, directory in checked:
+        if path:
+            output_paths.check_writable(
+                path, flag=f"--{name}", directory=directory
+            )
+    with contextlib.ExitStack() as stack:
+        for holder in (*files, *owned):
+            if holder.value:
+                flag = f"--{holder.name}"
+                stack.enter_context(RunLock(holder.value, flag=flag))
+                output_paths.remove_stale_temporaries(holder.value)
+        if backup_dir is not None and backup_dir.value:
+            run_record.claim_backup(
+                backup_dir.value, run, flag=f"--{backup_dir.name}"
+            )
+        yield

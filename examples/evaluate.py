@@ -37,7 +37,7 @@ flags.adopt_module_key_flags(common_flags)
 def evaluate():
     """Returns and logs the accuracies the flags ask for."""
     strategy = common_flags.set_up()
-    test, _ = common_flags.load_split(common_flags.TEST_SPLIT.value)
+    test = common_flags.load_test_split()
     with strategy.scope():
         model = classifiers.load_classifier(MODEL_PATH.value)
     accuracies = accuracy.accuracy_by_group(

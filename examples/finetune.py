@@ -10,7 +10,10 @@ plain fine-tuning. The fine-tuned student is validated on `--test_split`
 `--output` and, with `--export_dir`, exported as a SavedModel, each whole
 or not at all. With `--backup_dir`, a run killed midway and started again
 with the same command resumes from its last finished epoch
-(`BackupAndRestore`) and ends with the weights of an uninterrupted run.
+(`AtomicBackupAndRestore`) and ends with the weights of an uninterrupted
+run; a backup made by another run (another `--pretrained` file, `--lambda`,
+data, seed...) is refused, and a second run with the same `--output`,
+`--export_dir` or `--backup_dir` fails at start while the first runs.
 """
 
 import math
@@ -19,6 +22,7 @@ from absl import flags
 from absl import logging
 
 from examples import common_flags
+from examples.lib import run_record as run_record_lib
 from examples.lib import training
 
 LAMBDA = flags.DEFINE_float(
@@ -63,8 +67,45 @@ common_flags.refuse_existing(EXPORT_DIR)
 flags.adopt_module_key_flags(common_flags)
 
 
+def run_record():
+    """What makes this run's training what it is: a backup made by a run
+    with another record is not resumed from."""
+    names = (
+        "dataset",
+        "train_split",
+        "classes",
+        "shift",
+        "batch_size",
+        "epochs",
+        "learning_rate",
+        "seed",
+        "mixed_precision",
+        "lambda",
+        "cache_teacher",
+    )
+    return {
+        "program": "finetune",
+        "pretrained_sha256": run_record_lib.file_sha256(
+            common_flags.PRETRAINED.value
+        ),
+        **{name: flags.FLAGS[name].value for name in names},
+    }
+
+
 def main(argv):
     common_flags.refuse_arguments(argv)
+    with common_flags.claimed_outputs(
+        files=[common_flags.OUTPUT],
+        directories=[EXPORT_DIR],
+        backup_dir=BACKUP_DIR,
+        run=run_record() if BACKUP_DIR.value else None,
+        written=[CACHE_DIR],
+    ):
+        train()
+
+
+def train():
+    """Fine-tunes, saves and exports as the flags say."""
     strategy = common_flags.set_up()
     train, test, _ = common_flags.load_train_and_test()
     if CACHE_TEACHER.value:

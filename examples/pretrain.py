@@ -26,6 +26,12 @@ flags.adopt_module_key_flags(common_flags)
 
 def main(argv):
     common_flags.refuse_arguments(argv)
+    with common_flags.claimed_outputs(files=[common_flags.OUTPUT]):
+        train()
+
+
+def train():
+    """Trains and saves the classifier as the flags say."""
     strategy = common_flags.set_up()
     train, test, num_classes = common_flags.load_train_and_test()
     input_shape = tuple(train.element_spec[0].shape)

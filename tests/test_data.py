@@ -1,8 +1,12 @@
+import gzip
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from sklearn import datasets as sklearn_datasets
+from tensorflow_datasets.image_classification import mnist
 
 from keras_sft import data
 
@@ -68,6 +72,54 @@ def test_tfds_images_are_scaled_to_unit_range():
     # uint8 values divided by 255, nothing else.
     np.testing.assert_allclose(
         images * 255.0, np.round(images * 255.0), atol=1e-4
+    )
+
+
+def _write_idx(path, array):
+    """Writes `array` (uint8) as a gzipped IDX file, MNIST's format."""
+    header = (
+        bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">i4").tobytes()
+    )
+    with gzip.open(path, "wb") as file:
+        file.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_tfds_downloads_and_prepares_a_dataset_offline(tmp_path, monkeypatch):
+    # TFDS's own download-and-prepare path (download manager, MNIST's
+    # builder, TFRecord writing), fed MNIST's four files from a local
+    # directory: its downloader copies any URL that is not http(s).
+    source = tmp_path / "source"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    expected = {}
+    for split, prefix, size in (("train", "train", 6), ("test", "t10k", 4)):
+        images = rng.integers(0, 256, (size, 28, 28))
+        labels = np.arange(size) % 10
+        _write_idx(source / f"{prefix}-images-idx3-ubyte.gz", images)
+        _write_idx(source / f"{prefix}-labels-idx1-ubyte.gz", labels)
+        expected[split] = images, labels
+    monkeypatch.setattr(mnist.MNIST, "URL", f"{source}{os.sep}")
+    monkeypatch.setattr(mnist, "_TRAIN_EXAMPLES", 6)
+    monkeypatch.setattr(mnist, "_TEST_EXAMPLES", 4)
+    data_dir = str(tmp_path / "tfds")
+
+    for split, (images, labels) in expected.items():
+        dataset, num_classes = data.load(
+            "mnist", split=split, data_dir=data_dir
+        )
+        got_images, got_labels = _arrays(dataset)
+        assert num_classes == 10
+        # TFDS shuffles the examples when it writes them: compare as sets.
+        order = np.argsort(got_labels)
+        np.testing.assert_array_equal(got_labels[order], labels)
+        np.testing.assert_allclose(
+            got_images[order][..., 0] * 255.0, images, atol=1e-3
+        )
+    assert (
+        tfds.builder("mnist", data_dir=data_dir)
+        .info.splits["train"]
+        .num_examples
+        == 6
     )
 
 

@@ -21,9 +21,20 @@ def accuracy_by_group(model, dataset, groups=()):
         A dict: `"overall"`, then one key per group, `"0-4"` for classes
         0 to 4 (or `"0,2,7"` when not contiguous), to an accuracy in
         `[0, 1]` (`nan` for a group with no sample).
+
+    Raises:
+        ValueError: if a label is not below the model's number of outputs
+            (its accuracy would be meaningless).
     """
     labels = np.concatenate([y for _, y in dataset.as_numpy_iterator()])
-    predicted = np.argmax(model.predict(dataset, verbose=0), axis=-1)
+    logits = model.predict(dataset, verbose=0)
+    if labels.max() >= logits.shape[-1]:
+        raise ValueError(
+            f"The labels go up to {labels.max()} but the model has "
+            f"{logits.shape[-1]} outputs; evaluate it on its own classes "
+            "(--classes) or pass a model with an output per class"
+        )
+    predicted = np.argmax(logits, axis=-1)
     correct = predicted == labels
     accuracies = {"overall": float(np.mean(correct))}
     for group in groups:

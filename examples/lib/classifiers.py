@@ -1,5 +1,8 @@
 """The small classifiers of the examples: building and loading them."""
 
+import os
+import zipfile
+
 import keras
 
 MODELS = ("mlp", "cnn")
@@ -64,10 +67,15 @@ def load_classifier(path):
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises a dozen types for bad files.
-        reason = str(error).strip().splitlines()[0] if str(error) else ""
+        if os.path.isfile(path) and not zipfile.is_zipfile(path):
+            # Keras says "File not found" for a file that is there.
+            reason = "not a valid .keras file (truncated or not a zip file)"
+        else:
+            reason = str(error).strip().splitlines()[0] if str(error) else ""
+            reason = f"{type(error).__name__}: {reason}"
         raise ValueError(
-            f"Cannot load a Keras model from {path!r} "
-            f"({type(error).__name__}: {reason}); pass a .keras file written "
-            "by model.save(), such as the output of examples.pretrain"
+            f"Cannot load a Keras model from {path!r} ({reason}); pass a "
+            ".keras file written by model.save(), such as the output of "
+            "examples.pretrain"
         ) from error
     return getattr(model, "student", model)

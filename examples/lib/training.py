@@ -8,10 +8,12 @@ classifier whole or not at all.
 import os
 
 import keras
+import tensorflow as tf
 
 import keras_sft
 from examples.lib import classifiers
 from examples.lib import saving
+from examples.lib.atomic_backup_and_restore import AtomicBackupAndRestore
 
 
 def pretrain(
@@ -79,8 +81,8 @@ def finetune(
     """Fine-tunes a saved classifier with `keras_sft.SFTModel`.
 
     The teacher is a frozen clone of the pretrained model. With
-    `config.backup_dir`, `keras.callbacks.BackupAndRestore` keeps a backup
-    there at the end of each epoch and a rerun resumes from it. After
+    `config.backup_dir`, `AtomicBackupAndRestore` keeps a backup there at
+    the end of each epoch and a rerun resumes from it. After
     training the student alone (a plain classifier) is saved to `output`
     and, with `export_dir`, exported as a SavedModel.
 
@@ -116,7 +118,15 @@ def finetune(
     _checked_fit(model, student, train, validation, config, callbacks)
     saving.save_atomically(model.student, output)
     if export_dir:
-        keras_sft.export_saved_model(model, export_dir, overwrite=overwrite)
+        try:
+            keras_sft.export_saved_model(model, export_dir, overwrite=overwrite)
+        except (OSError, tf.errors.OpError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise OSError(
+                f"Cannot export the SavedModel to {export_dir!r} "
+                f"({reason.strip().splitlines()[0]}); the previous export, "
+                f"if any, is unchanged and the student is saved in {output!r}"
+            ) from error
     return model
 
 
@@ -169,12 +179,7 @@ def _callbacks(extra, config):
     """The training callbacks of the binaries, in the order they must run."""
     callbacks = [*extra, keras_sft.TerminateOnNaN()]
     if config.backup_dir:
-        # Two copies, so a crash while one is written leaves the other.
-        callbacks.append(
-            keras.callbacks.BackupAndRestore(
-                config.backup_dir, double_checkpoint=True
-            )
-        )
+        callbacks.append(AtomicBackupAndRestore(config.backup_dir))
     if config.checkpoint_dir:
         callbacks.append(
             _ModelCheckpoint(
