@@ -9,9 +9,12 @@ exactly as for Keras's own losses, through `DistanceLoss`: its
 "sum_over_batch_size" divides by the number of values, so per-pixel
 distances are averaged over every non-batch axis.
 
-Reference:
+References:
     Li & Hoiem, "Learning without Forgetting", TPAMI 2017
     (https://arxiv.org/abs/1606.09282), for the temperature-scaled KL form.
+    Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024
+    (https://arxiv.org/abs/2403.01427), for standardising logits per
+    example before comparing them (`normalized_mse`).
 """
 
 import keras
@@ -103,7 +106,56 @@ def kl(teacher_outputs, student_outputs, temperature=1.0):
     return temperature**2 * kl_divergence
 
 
-DISTANCES = {"mse": mse, "squared_l2": squared_l2, "kl": kl}
+# Keeps the division finite where the teacher's logits are all equal.
+_NORMALIZED_MSE_EPSILON = 1e-6
+
+
+def normalized_mse(teacher_outputs, student_outputs):
+    """`mse` of logits centred per example and scaled by the teacher's std.
+
+    Each output vector has its mean over units subtracted; both are then
+    divided by the teacher's standard deviation over units,
+    `sqrt(var(t) + 1e-6)`. The distance is therefore invariant to the
+    scale of the teacher's logits (`t -> c * t`, `s -> c * s` leaves it
+    unchanged) and to a constant added to either, as softmax is: one
+    `lambda_` carries across models whose logits differ in scale, and an
+    example on which the teacher is confidently wrong (large logits) pulls
+    no harder than any other. The teacher's statistic is a constant of the
+    student's gradient.
+
+    Args:
+        teacher_outputs: Logits of shape `(..., units)`.
+        student_outputs: Logits of the same shape.
+
+    Returns:
+        Float32 tensor of shape `(...)`.
+    """
+    teacher_outputs, student_outputs = _as_float32(
+        teacher_outputs, student_outputs
+    )
+    teacher_centred = teacher_outputs - ops.mean(
+        teacher_outputs, axis=-1, keepdims=True
+    )
+    student_centred = student_outputs - ops.mean(
+        student_outputs, axis=-1, keepdims=True
+    )
+    scale = ops.stop_gradient(
+        ops.sqrt(
+            ops.mean(ops.square(teacher_centred), axis=-1, keepdims=True)
+            + _NORMALIZED_MSE_EPSILON
+        )
+    )
+    return ops.mean(
+        ops.square((student_centred - teacher_centred) / scale), axis=-1
+    )
+
+
+DISTANCES = {
+    "mse": mse,
+    "squared_l2": squared_l2,
+    "kl": kl,
+    "normalized_mse": normalized_mse,
+}
 
 
 class DistanceLoss(keras.losses.Loss):
@@ -114,7 +166,7 @@ class DistanceLoss(keras.losses.Loss):
     and the division by the number of replicas under `tf.distribute`.
 
     Args:
-        distance: String, one of `"mse"`, `"squared_l2"`, `"kl"`.
+        distance: String, a name of `DISTANCES`.
         temperature: Float > 0, used by `"kl"` only. Defaults to `1.0`.
         name: String, name of the loss. Defaults to `"distill_loss"`.
     """

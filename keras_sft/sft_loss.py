@@ -91,8 +91,9 @@ class SFTLoss:
     ```
 
     Args:
-        distance: String, one of `"mse"`, `"squared_l2"`, `"kl"`. Defaults
-            to `"mse"`.
+        distance: String, a name of `distances.DISTANCES`: `"mse"`,
+            `"squared_l2"`, `"kl"` or `"normalized_mse"`. Defaults to
+            `"mse"`.
         temperature: Float > 0, the temperature of `"kl"`. Defaults to
             `1.0`.
         task_loss: Callable `(y, y_pred, sample_weight)`, the task loss of

@@ -1,8 +1,12 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
+import keras_sft
 from keras_sft import distances
+
+NAMES = ["mse", "squared_l2", "kl", "normalized_mse"]
 
 
 def _pair(shape=(4, 5), seed=0):
@@ -30,6 +34,84 @@ def test_squared_l2_is_sum_over_units():
     np.testing.assert_allclose(distances.squared_l2(t, s), expected, rtol=1e-6)
 
 
+def _normalized_mse_numpy(t, s):
+    """The centred, teacher-scaled MSE, in float64, loop-free numpy."""
+    t, s = t.astype("float64"), s.astype("float64")
+    t_centred = t - t.mean(axis=-1, keepdims=True)
+    s_centred = s - s.mean(axis=-1, keepdims=True)
+    scale = np.sqrt(t_centred.var(axis=-1, keepdims=True) + 1e-6)
+    return (((s_centred - t_centred) / scale) ** 2).mean(axis=-1)
+
+
+def test_normalized_mse_matches_numpy():
+    t, s = _pair()
+    np.testing.assert_allclose(
+        distances.normalized_mse(t, s),
+        _normalized_mse_numpy(t, s),
+        rtol=1e-5,
+    )
+
+
+def test_normalized_mse_of_pixel_outputs_is_per_position():
+    t, s = _pair((2, 3, 3, 4))
+    result = distances.normalized_mse(t, s)
+    assert tuple(result.shape) == (2, 3, 3)
+    np.testing.assert_allclose(result, _normalized_mse_numpy(t, s), rtol=1e-5)
+
+
+def test_normalized_mse_ignores_the_scale_and_offset_of_logits():
+    t, s = _pair()
+    # Logits ten times larger, each example shifted: softmax's invariance
+    # (offset) and the teacher's scale (both scaled) leave it unchanged.
+    offset = np.arange(4, dtype="float32")[:, None]
+    np.testing.assert_allclose(
+        distances.normalized_mse(10 * t + offset, 10 * s - offset),
+        distances.normalized_mse(t, s),
+        rtol=1e-4,
+    )
+
+
+def test_normalized_mse_of_constant_teacher_logits_is_finite():
+    t = np.zeros((2, 5), "float32")
+    _, s = _pair((2, 5))
+    result = distances.normalized_mse(t, s)
+    np.testing.assert_allclose(result, _normalized_mse_numpy(t, s), rtol=1e-5)
+
+
+def test_normalized_mse_treats_the_teacher_scale_as_a_constant():
+    t, s = _pair()
+    teacher = tf.constant(t)
+    student = tf.constant(s)
+    with tf.GradientTape() as tape:
+        tape.watch(teacher)
+        value = tf.reduce_sum(distances.normalized_mse(teacher, student))
+    gradient = tape.gradient(value, teacher).numpy()
+    # With the scale fixed, d/dt of sum(((s_c - t_c) / scale)^2) / units.
+    t_centred = t - t.mean(-1, keepdims=True)
+    s_centred = s - s.mean(-1, keepdims=True)
+    scale2 = t_centred.var(-1, keepdims=True) + 1e-6
+    residual = -2 * (s_centred - t_centred) / scale2 / t.shape[-1]
+    expected = residual - residual.mean(-1, keepdims=True)
+    np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_sft_model_accepts_normalized_mse():
+    x = np.random.default_rng(0).normal(size=(6, 3)).astype("float32")
+    y = np.array([0, 1, 2, 0, 1, 2])
+    student = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3)])
+    teacher = keras_sft.clone_teacher(student)
+    student.set_weights([w + 0.1 for w in student.get_weights()])
+    model = keras_sft.SFTModel(
+        student, teacher, lambda_=1.0, distance="normalized_mse"
+    )
+    model.compile(optimizer="sgd")
+    logs = model.evaluate(x, y, batch_size=6, return_dict=True, verbose=0)
+    expected = _normalized_mse_numpy(
+        teacher.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
+    assert logs["distill_loss"] == pytest.approx(expected.mean(), rel=1e-5)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
 def test_kl_matches_numpy(temperature):
     t, s = _pair()
@@ -44,13 +126,13 @@ def test_kl_matches_numpy(temperature):
     )
 
 
-@pytest.mark.parametrize("name", ["mse", "squared_l2", "kl"])
+@pytest.mark.parametrize("name", NAMES)
 def test_distance_of_identical_outputs_is_zero(name):
     t, _ = _pair()
     np.testing.assert_allclose(distances.DISTANCES[name](t, t), 0.0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["mse", "squared_l2", "kl"])
+@pytest.mark.parametrize("name", NAMES)
 def test_float16_inputs_are_computed_in_float32(name):
     t, s = _pair()
     t, s = 300 * t, 300 * s  # squares overflow float16
@@ -59,7 +141,7 @@ def test_float16_inputs_are_computed_in_float32(name):
     assert np.all(np.isfinite(result))
 
 
-@pytest.mark.parametrize("name", ["mse", "squared_l2", "kl"])
+@pytest.mark.parametrize("name", NAMES)
 def test_shape_mismatch_is_refused(name):
     t, _ = _pair((4, 5))
     _, s = _pair((4, 1))  # would broadcast silently without the check

@@ -1,0 +1,125 @@
+"""The forgetting benchmark: its aggregation by hand, a quick run."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from examples.lib import forgetting_benchmark
+
+_ROOT = pathlib.Path(__file__).parent.parent.parent
+
+
+def _rows():
+    return [
+        {
+            "shift": "a",
+            "method": "m",
+            "retained": 0.2,
+            "new": 0.9,
+            "overall": 0.5,
+        },
+        {
+            "shift": "a",
+            "method": "m",
+            "retained": 0.4,
+            "new": 0.7,
+            "overall": 0.6,
+        },
+        {
+            "shift": "a",
+            "method": "m",
+            "retained": 0.9,
+            "new": 0.8,
+            "overall": 1.0,
+        },
+        {
+            "shift": "b",
+            "method": "m",
+            "retained": 0.5,
+            "new": 0.5,
+            "overall": 0.5,
+        },
+    ]
+
+
+def test_aggregate_gives_mean_and_sample_std_per_group():
+    summary = forgetting_benchmark.aggregate(_rows(), ("shift", "method"))
+    assert [(s["shift"], s["count"]) for s in summary] == [("a", 3), ("b", 1)]
+    # Retained of group a: mean 1.5 / 3 = 0.5; squared deviations 0.09,
+    # 0.01, 0.16 sum to 0.26, over n - 1 = 2: variance 0.13.
+    assert summary[0]["retained_mean"] == pytest.approx(0.5)
+    assert summary[0]["retained_spread"] == pytest.approx(0.13**0.5)
+    assert summary[0]["new_mean"] == pytest.approx(0.8)
+    assert summary[0]["new_spread"] == pytest.approx(0.1)
+    assert summary[0]["overall_mean"] == pytest.approx(0.7)
+    # One row: no spread.
+    assert summary[1]["overall_spread"] == 0.0
+
+
+def test_markdown_table_rows_in_percent():
+    summary = forgetting_benchmark.aggregate(_rows(), ("shift", "method"))
+    lines = forgetting_benchmark.markdown_table(
+        summary, ("shift", "method"), 3
+    ).splitlines()
+    assert lines[0].startswith("Mean ± standard deviation over 3 runs")
+    assert lines[2] == "| shift | method | retained | new | overall |"
+    assert lines[4] == "| a | m | 50.0 ± 36.1 | 80.0 ± 10.0 | 70.0 ± 26.5 |"
+
+
+def test_choose_prefers_retained_within_tolerance():
+    # (retained, new, overall) per strength: 0.1 loses 1 point of new
+    # accuracy (within 2) for 30 of retained; 1.0 loses 10 points.
+    scores = {0.0: (0.5, 0.90, 0), 0.1: (0.8, 0.89, 0), 1.0: (0.9, 0.8, 0)}
+    assert forgetting_benchmark._choose(scores) == 0.1
+    # WiSE-FT's alpha: ties go to the smaller, more conservative value.
+    tied = {0.5: (0.8, 0.9, 0), 1.0: (0.8, 0.9, 0)}
+    assert forgetting_benchmark._choose(tied, conservative=min) == 0.5
+    assert forgetting_benchmark._choose(tied) == 1.0
+
+
+def test_run_benchmark_refuses_unknown_names():
+    with pytest.raises(ValueError, match="argument `shifts`. Expected names"):
+        forgetting_benchmark.run_benchmark(output_dir="x", shifts=("tilt",))
+    with pytest.raises(ValueError, match="WiSE-FT entry among them"):
+        forgetting_benchmark.run_benchmark(
+            output_dir="x", methods=("WiSE-FT of plain",)
+        )
+
+
+@pytest.mark.slow
+def test_quick_run_writes_table_plot_and_merges(tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, "-m", "examples.forgetting_benchmark"]
+    run = tmp_path / "run"
+    subprocess.run(
+        [*command, "--quick", f"--output_dir={run}"],
+        cwd=_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    table = (run / "forgetting.md").read_text().splitlines()
+    assert [line.split("|")[1:3] for line in table[4:]] == [
+        [" invert ", " plain "],
+        [" invert ", " SFT normalized_mse "],
+        [" new_head ", " plain "],
+        [" new_head ", " SFT normalized_mse "],
+    ]
+    assert (run / "forgetting.png").stat().st_size > 0
+    assert "| normalized_mse | 0.3 |" in (run / "sweep.md").read_text()
+    merged = tmp_path / "merged"
+    subprocess.run(
+        [*command, f"--merge={run},{run}", f"--output_dir={merged}"],
+        cwd=_ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    # The same seed twice: the same means, no spread, the same table.
+    merged_table = (merged / "forgetting.md").read_text().splitlines()
+    assert merged_table == table
