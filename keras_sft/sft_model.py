@@ -12,7 +12,6 @@ from keras_sft import fit_cache
 from keras_sft import keras_compat
 from keras_sft import outputs
 from keras_sft import sft_loss
-from keras_sft import teacher_cache
 from keras_sft.teacher import clone_teacher
 
 
@@ -364,12 +363,13 @@ class SFTModel(keras.Model):
         arguments = fit_cache.FIT_SIGNATURE.bind(self, *args, **kwargs)
         arguments = dict(arguments.arguments)
         del arguments["self"]
-        return super().fit(**fit_cache.with_cached_teacher(self, arguments))
+        with fit_cache.cached_teacher(self, arguments) as arguments:
+            return super().fit(**arguments)
 
     fit.__signature__ = fit_cache.FIT_SIGNATURE
 
     def train_step(self, data):
-        x, y, sample_weight, cached = teacher_cache.unpack(data)
+        x, y, sample_weight, cached = fit_cache.unpack(self, data)
         teacher = features.teacher_forward(
             self.teacher, self._teacher_extractor, x, cached
         )
@@ -387,7 +387,7 @@ class SFTModel(keras.Model):
         return self._step_logs(x, y, sample_weight, student[0], total, terms)
 
     def test_step(self, data):
-        x, y, sample_weight, cached = teacher_cache.unpack(data)
+        x, y, sample_weight, cached = fit_cache.unpack(self, data)
         teacher = features.teacher_forward(
             self.teacher, self._teacher_extractor, x, cached
         )
@@ -428,7 +428,7 @@ class SFTModel(keras.Model):
             self.distribute_strategy, iterator, data_batch
         )
         if data_batch is not None:
-            data_batch = teacher_cache.unpack(data_batch)[:3]
+            data_batch = fit_cache.strip(data_batch)
         super()._maybe_symbolic_build(data_batch=data_batch)
 
     def get_config(self):
