@@ -1,38 +1,120 @@
-"""Private: when `SFTModel.fit` caches the teacher's outputs on arrays.
+"""Private: when and how `SFTModel.fit` caches the teacher's outputs.
 
-Given arrays and two or more epochs, `fit` runs the teacher once, in one
-`predict` pass, and packs its outputs beside the inputs with
-`teacher_cache.pack`; the steps read them back with `teacher_cache.unpack`.
+Given arrays and two or more epochs, on one device, `fit` packs each
+example's position beside its inputs (`lazy_teacher_cache.pack`), and the
+steps of the first epoch store the live teacher's outputs in a buffer by
+position, which later epochs read (`lazy_teacher_cache.LazyTeacherCache`):
+no separate pass, so the cache costs nothing the live teacher does not
+already pay. Under a `tf.distribute` strategy, where replicas cannot
+scatter into one buffer, `fit` runs the teacher once, in one `predict`
+pass, and packs its outputs beside the inputs with `teacher_cache.pack`;
+the steps read them back with `teacher_cache.unpack`.
 """
 
+import contextlib
 import inspect
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_sft import keras_compat
+from keras_sft import lazy_teacher_cache
 from keras_sft import teacher_cache
 
 # `SFTModel.fit` takes `keras.Model.fit`'s arguments by position or name.
 FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
 
-def with_cached_teacher(model, arguments):
-    """`fit`'s `arguments`, with teacher outputs packed where they pay."""
+@contextlib.contextmanager
+def cached_teacher(model, arguments):
+    """Yields `fit`'s `arguments`, packed for the teacher cache where it
+    pays; frees the cache's buffers when `fit` ends."""
     if not caches_teacher(model, arguments):
-        return arguments
+        yield arguments
+        return
+    # Keras records a strategy only when the model is made in its scope.
+    if model._distribute_strategy is not None:
+        yield with_predicted_teacher(model, arguments)
+        return
+    cache = _lazy_cache(model, arguments["x"])
+    try:
+        yield _with_example_index(cache, arguments)
+    finally:
+        cache.reset(0)
+
+
+def unpack(model, data):
+    """`(x, y, sample_weight, teacher_outputs)` of a step's batch, the
+    outputs `None` where the teacher must run live."""
+    data, index = lazy_teacher_cache.split(data)
+    x, y, sample_weight, cached = teacher_cache.unpack(data)
+    if index is not None:
+        cached = model._lazy_teacher_cache.outputs(x, index)
+    return x, y, sample_weight, cached
+
+
+def strip(data):
+    """A batch as Keras's 3-tuple, without positions or cached outputs."""
+    return teacher_cache.unpack(lazy_teacher_cache.split(data)[0])[:3]
+
+
+def _lazy_cache(model, x):
+    """`model`'s `LazyTeacherCache`, made on the first call."""
+    # Made once per model: the traced train function captures the buffers.
+    cache = getattr(model, "_lazy_teacher_cache", None)
+    if cache is None or cache.teacher is not model.teacher:
+        spec = lazy_teacher_cache.buffer_spec(model.teacher, x)
+        cache = lazy_teacher_cache.LazyTeacherCache(model.teacher, spec)
+        model._lazy_teacher_cache = cache
+    return cache
+
+
+def _with_example_index(cache, arguments):
+    """`arguments` with the examples' positions packed into `x` (and into
+    array `validation_data`, after the training examples')."""
     arguments = dict(arguments)
-    batch_size = arguments.get("batch_size")
-    arguments["x"] = _with_teacher_outputs(
-        model.teacher, arguments["x"], batch_size
-    )
+    size = _length(arguments["x"])
+    arguments["x"] = lazy_teacher_cache.pack(arguments["x"], np.arange(size))
+    validation = _array_validation(arguments)
+    if validation is not None:
+        count = _length(validation[0])
+        inputs = lazy_teacher_cache.pack(
+            validation[0], np.arange(size, size + count)
+        )
+        arguments["validation_data"] = (inputs, *validation[1:])
+        size += count
+    cache.reset(size)
+    return arguments
+
+
+def _array_validation(arguments):
+    """`validation_data` where it is arrays, else `None`."""
     validation = arguments.get("validation_data")
     if (
         isinstance(validation, (tuple, list))
         and len(validation) in (2, 3)
         and same_length_arrays(*validation[:2])
     ):
+        return validation
+    return None
+
+
+def _length(x):
+    """The number of examples in the arrays `x`."""
+    return teacher_cache.array_lengths(x)[0]
+
+
+def with_predicted_teacher(model, arguments):
+    """`fit`'s `arguments`, with the outputs of a `predict` pass packed."""
+    arguments = dict(arguments)
+    batch_size = arguments.get("batch_size")
+    arguments["x"] = _with_teacher_outputs(
+        model.teacher, arguments["x"], batch_size
+    )
+    validation = _array_validation(arguments)
+    if validation is not None:
         inputs = _with_teacher_outputs(
             model.teacher,
             validation[0],
@@ -82,23 +164,13 @@ def outputs_fit_beside(teacher, x):
     larger, and there the live teacher, which needs no memory per
     example, is the safer default.
     """
-    leaves = keras.tree.flatten(x)
-    try:
-        spec = teacher.compute_output_spec(
-            keras.tree.map_structure(
-                lambda a: keras.KerasTensor(
-                    (None, *a.shape[1:]), dtype=tf.as_dtype(a.dtype).name
-                ),
-                x,
-            )
-        )
-    except Exception:  # noqa: BLE001 - any failure: keep the live teacher
+    spec = lazy_teacher_cache.buffer_spec(teacher, x)
+    if spec is None:
         return False
-    per_example = sum(
-        math.prod(s.shape[1:]) * tf.as_dtype(s.dtype).size
-        for s in keras.tree.flatten(spec)
-    )
-    return per_example * int(leaves[0].shape[0]) <= sum(
+    leaves = keras.tree.flatten(x)
+    return lazy_teacher_cache.bytes_per_example(spec) * int(
+        leaves[0].shape[0]
+    ) <= sum(
         math.prod(leaf.shape) * tf.as_dtype(leaf.dtype).size for leaf in leaves
     )
 

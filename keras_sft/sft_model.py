@@ -12,7 +12,6 @@ from keras_sft import fit_cache
 from keras_sft import keras_compat
 from keras_sft import outputs
 from keras_sft import sft_loss
-from keras_sft import teacher_cache
 from keras_sft.teacher import clone_teacher
 
 
@@ -104,17 +103,19 @@ class SFTModel(keras.Model):
             `<layer>_distill_loss`. Needs Functional or Sequential models.
             Defaults to `None`.
         cache_teacher: Bool. When `fit` is given arrays (`x` and `y` as
-            NumPy arrays or tensors, not a dataset), compute the teacher's
-            outputs on them once, in one `teacher.predict` pass before the
-            first epoch (and on array `validation_data`), instead of at
-            every step: the teacher is frozen and runs with
-            `training=False`, so the result is the live teacher's (within
-            float rounding) and each epoch runs the student alone. It keeps
-            one output per example in memory, so it is not done where
-            the outputs would take more memory than `x` (per-pixel logits
-            of many classes), nor for a single epoch (the pass would cost
-            what it saves), with `distill_features`, `lambda_=0` or
-            several workers, or for datasets (see
+            NumPy arrays or tensors, not a dataset), keep the teacher's
+            outputs on them (and on array `validation_data`) instead of
+            computing them at every step: the teacher is frozen and runs
+            with `training=False`, so the result is the live teacher's
+            (within float rounding). On one device the first epoch's
+            steps store the outputs they compute anyway, and later epochs
+            run the student alone; under a `tf.distribute` strategy one
+            `teacher.predict` pass computes them before the first epoch.
+            It keeps one output per example in memory, so it is not done
+            where the outputs would take more memory than `x` (per-pixel
+            logits of many classes), nor for a single epoch (nothing to
+            reuse), with `distill_features`, `lambda_=0` or several
+            workers, or for datasets (see
             `keras_sft.cache_teacher_outputs`). Defaults to `True`.
         **kwargs: Passed to `keras.Model` (for example `name`). The dtype
             policy defaults to the student's.
@@ -350,7 +351,7 @@ class SFTModel(keras.Model):
         """Trains the student; takes the arguments of `keras.Model.fit`.
 
         With `cache_teacher` (the default), arrays and two or more epochs,
-        the teacher's outputs are computed once, before the first epoch,
+        the teacher's outputs are computed once, in the first epoch,
         instead of at every step (see `cache_teacher`).
 
         Example:
@@ -364,12 +365,13 @@ class SFTModel(keras.Model):
         arguments = fit_cache.FIT_SIGNATURE.bind(self, *args, **kwargs)
         arguments = dict(arguments.arguments)
         del arguments["self"]
-        return super().fit(**fit_cache.with_cached_teacher(self, arguments))
+        with fit_cache.cached_teacher(self, arguments) as arguments:
+            return super().fit(**arguments)
 
     fit.__signature__ = fit_cache.FIT_SIGNATURE
 
     def train_step(self, data):
-        x, y, sample_weight, cached = teacher_cache.unpack(data)
+        x, y, sample_weight, cached = fit_cache.unpack(self, data)
         teacher = features.teacher_forward(
             self.teacher, self._teacher_extractor, x, cached
         )
@@ -387,7 +389,7 @@ class SFTModel(keras.Model):
         return self._step_logs(x, y, sample_weight, student[0], total, terms)
 
     def test_step(self, data):
-        x, y, sample_weight, cached = teacher_cache.unpack(data)
+        x, y, sample_weight, cached = fit_cache.unpack(self, data)
         teacher = features.teacher_forward(
             self.teacher, self._teacher_extractor, x, cached
         )
@@ -428,7 +430,7 @@ class SFTModel(keras.Model):
             self.distribute_strategy, iterator, data_batch
         )
         if data_batch is not None:
-            data_batch = teacher_cache.unpack(data_batch)[:3]
+            data_batch = fit_cache.strip(data_batch)
         super()._maybe_symbolic_build(data_batch=data_batch)
 
     def get_config(self):

@@ -83,8 +83,10 @@ def test_cached_fit_equals_live(kwargs, monkeypatch):
     cached = _fit(cached_model, **kwargs)
     live = _fit(_model(cache_teacher=False), **kwargs)
     _assert_same(cached, live)
-    # One pass for training, one for array validation data; none per step.
-    assert len(calls) == 1 + ("validation_data" in kwargs)
+    # On one device the first epoch's steps store the outputs: no pass.
+    assert calls == []
+    # The buffers are freed when `fit` ends.
+    assert cached_model._lazy_teacher_cache._filled.numpy().size == 0
     if kwargs.get("validation_split") or kwargs.get("validation_data"):
         assert "val_distill_loss" in cached[1]
 
@@ -95,7 +97,21 @@ def test_cached_fit_equals_live_mirrored(monkeypatch):
     calls = _count_predicts(cached_model, monkeypatch)
     cached = _fit(cached_model)
     _assert_same(cached, _fit(_model(cache_teacher=False, strategy=mirrored())))
+    # Replicas cannot scatter into one buffer: one `predict` pass instead.
     assert len(calls) == 1
+
+
+def test_mirrored_validation_data_gets_its_own_pass(monkeypatch):
+    cached_model = _model(
+        cache_teacher=True, strategy=helpers.two_cpu_strategy()
+    )
+    calls = _count_predicts(cached_model, monkeypatch)
+    _fit(
+        cached_model,
+        validation_data=helpers.classification_data(n=12, seed=3),
+    )
+    # One pass for training, one for array validation data; none per step.
+    assert len(calls) == 2
 
 
 def test_cache_off_outside_its_cases(monkeypatch):
@@ -146,11 +162,53 @@ def test_cache_teacher_must_be_a_bool():
         keras_sft.SFTModel(helpers.mlp(), cache_teacher=1)
 
 
-def test_steps_use_the_cached_outputs(monkeypatch):
-    model = keras_sft.SFTModel(helpers.mlp(), lambda_=1.0)
-    # A zero learning rate keeps the student, so the epoch's distance has a
-    # closed form.
+class _ZeroTeacherAfterFirstEpoch(keras.callbacks.Callback):
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher = teacher
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.teacher.set_weights(
+                [np.zeros_like(w) for w in self.teacher.get_weights()]
+            )
+
+
+@pytest.mark.parametrize("cache_teacher", [True, False])
+def test_later_epochs_read_the_first_epochs_outputs(cache_teacher):
+    model = keras_sft.SFTModel(
+        helpers.mlp(), lambda_=1.0, cache_teacher=cache_teacher
+    )
+    # A zero learning rate keeps the student, so each epoch's distance has
+    # a closed form.
     model.compile(optimizer=keras.optimizers.SGD(0.0))
+    x, y, _ = helpers.classification_data(n=24)
+    teacher_logits = helpers.numpy_mlp_logits(model.teacher.get_weights(), x)
+    # After the first epoch the teacher predicts zeros; cached outputs are
+    # still the first epoch's (a distance of zero from the unchanged
+    # student), the live teacher's are zero.
+    history = model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=3,
+        verbose=0,
+        callbacks=[_ZeroTeacherAfterFirstEpoch(model.teacher)],
+    )
+    student_logits = helpers.numpy_mlp_logits(model.student.get_weights(), x)
+    np.testing.assert_allclose(teacher_logits, student_logits, rtol=1e-6)
+    distances = history.history["distill_loss"]
+    assert distances[0] == pytest.approx(0.0, abs=1e-6)
+    expected = 0.0 if cache_teacher else (student_logits**2).mean()
+    np.testing.assert_allclose(distances[1:], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_steps_use_the_predicted_outputs_when_mirrored(monkeypatch):
+    with helpers.two_cpu_strategy().scope():
+        model = keras_sft.SFTModel(helpers.mlp(), lambda_=1.0)
+        # A zero learning rate keeps the student, so the epoch's distance
+        # has a closed form.
+        model.compile(optimizer=keras.optimizers.SGD(0.0))
     # Cached outputs of zero, where the live teacher would give the
     # student's own outputs (a distance of zero).
     monkeypatch.setattr(
@@ -164,3 +222,14 @@ def test_steps_use_the_cached_outputs(monkeypatch):
     assert history.history["distill_loss"][0] == pytest.approx(
         (logits**2).mean(), rel=1e-5
     )
+
+
+def test_cache_survives_a_second_fit():
+    # The second call reuses the traced train function, and with it the
+    # buffers, which it must fill anew.
+    model = _model(cache_teacher=True)
+    _fit(model)
+    again = _fit(model)
+    live = _model(cache_teacher=False)
+    _fit(live)
+    _assert_same(again, _fit(live))
