@@ -115,7 +115,6 @@ def fit_arguments(
         model,
         anchor_x,
         batch_size=anchor_batch_size,
-        shuffle=bool(arguments.get("shuffle", True)),
         reads=_anchor_reads(adapter, arguments, anchor_batch_size),
     )
     arguments.update(
@@ -257,7 +256,7 @@ def _pack(mode, data, anchors):
     return packed
 
 
-def _anchor_batches(model, anchor_x, *, batch_size, shuffle, reads):
+def _anchor_batches(model, anchor_x, *, batch_size, reads):
     """An endless dataset of anchor batches, each a dict with `"inputs"`
     (and the teacher's `"teacher_outputs"` where they are cached)."""
     if isinstance(anchor_x, tf.data.Dataset):
@@ -276,12 +275,14 @@ def _anchor_batches(model, anchor_x, *, batch_size, shuffle, reads):
             anchor_x, batch_size=max(batch_size, 32), verbose=0
         )
         examples["teacher_outputs"] = keras.tree.lists_to_tuples(outputs)
+    # Reshuffled at each pass, whatever `fit`'s `shuffle` (which is about
+    # the labelled data): each epoch starts a new pass over the anchors, and
+    # in a fixed order a set longer than an epoch's reads would never be
+    # read past its first batches. Batches run across the end of the set,
+    # so that every batch is full and the anchors are read evenly, however
+    # their number compares with the batch size.
     dataset = tf.data.Dataset.from_tensor_slices(examples)
-    if shuffle:
-        dataset = dataset.shuffle(count, reshuffle_each_iteration=True)
-    # Batches run across the end of the anchor set, so that every batch is
-    # full and the anchors are read evenly, however their number compares
-    # with the batch size.
+    dataset = dataset.shuffle(count, reshuffle_each_iteration=True)
     return dataset.repeat().batch(batch_size, drop_remainder=True)
 
 

@@ -374,7 +374,8 @@ class SFTModel(keras.Model):
                 example a sample of the pretraining inputs), or `None`.
                 An array (or a list or dict of arrays, one per input of
                 the student), cycled in batches of `anchor_batch_size`
-                and reshuffled as they run out (when `shuffle`), or a
+                and reshuffled at each pass (deterministically under
+                `keras.utils.set_random_seed`), or a
                 `tf.data.Dataset` of batches of inputs (or of `(x, y)`
                 batches; `y` is dropped), repeated. Each training step
                 then also reads one anchor batch, and the consistency
