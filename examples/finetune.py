@@ -11,6 +11,10 @@ plain fine-tuning. The fine-tuned student is validated on `--test_split`
 or not at all. With `--backup_dir`, a run killed midway and started again
 with the same command resumes from its last finished epoch
 (`BackupAndRestore`) and ends with the weights of an uninterrupted run.
+With `--anchor_split` (for example the pretraining split), the consistency
+term is computed on `--anchor_count` unlabeled inputs of that split, as
+they were, instead of (or, with `--anchor_mode=both`, as well as) on the
+new inputs.
 """
 
 import math
@@ -19,7 +23,9 @@ from absl import flags
 from absl import logging
 
 from examples import common_flags
+from examples.lib import arrays
 from examples.lib import training
+from keras_sft import data
 
 LAMBDA = flags.DEFINE_float(
     "lambda",
@@ -54,6 +60,22 @@ CACHE_DIR = flags.DEFINE_string(
     "With --cache_teacher, a directory to keep the cache on disk (for "
     "sets larger than memory); in memory when unset.",
 )
+ANCHOR_SPLIT = flags.DEFINE_string(
+    "anchor_split",
+    None,
+    "Split of --dataset (TFDS syntax, without --classes or --shift: the "
+    "pretraining distribution) to draw --anchor_count unlabeled inputs "
+    "from; the consistency term is then computed on them "
+    "(SFTModel.fit(anchor_x=...)). None when unset.",
+)
+ANCHOR_MODE = flags.DEFINE_enum(
+    "anchor_mode",
+    "replace",
+    ["replace", "both"],
+    "With --anchor_split: the consistency term on the anchors alone "
+    "('replace') or the mean of the terms on the new inputs and on the "
+    "anchors ('both').",
+)
 flags.register_validator(
     LAMBDA,
     math.isfinite,
@@ -75,6 +97,18 @@ def main(argv):
             directory=CACHE_DIR.value,
         )
     train, epoch_shuffle = common_flags.training_batches(train)
+    anchor_x = None
+    if ANCHOR_SPLIT.value:
+        anchor_set, _ = data.load(
+            common_flags.DATASET.value,
+            split=ANCHOR_SPLIT.value,
+            data_dir=common_flags.DATA_DIR.value,
+        )
+        anchor_x = arrays.sample_inputs(
+            anchor_set,
+            common_flags.ANCHOR_COUNT.value,
+            seed=common_flags.SEED.value,
+        )
     model = training.finetune(
         pretrained=common_flags.PRETRAINED.value,
         train=train,
@@ -85,6 +119,8 @@ def main(argv):
         config=common_flags.training_config(backup_dir=BACKUP_DIR.value),
         export_dir=EXPORT_DIR.value,
         overwrite=common_flags.OVERWRITE.value,
+        anchor_x=anchor_x,
+        anchor_mode=ANCHOR_MODE.value,
         callbacks=[epoch_shuffle],
     )
     logging.info(
