@@ -117,14 +117,19 @@ def test_replace_does_not_run_the_teacher_on_the_new_inputs(monkeypatch):
     assert seen == [8]
 
 
-@pytest.mark.parametrize("mode", ["replace", "both"])
-def test_lambda_zero_with_anchors_equals_plain_fit(mode):
+@pytest.mark.parametrize(
+    "mode, steps_per_epoch",
+    [("replace", None), ("both", None), ("replace", 2)],
+    ids=["replace", "both", "steps_per_epoch"],
+)
+def test_lambda_zero_with_anchors_equals_plain_fit(mode, steps_per_epoch):
     x, y, weights = helpers.classification_data(n=40)
     kwargs = {
         "batch_size": 8,
         "epochs": 2,
         "sample_weight": weights,
         "validation_split": 0.25,
+        "steps_per_epoch": steps_per_epoch,
         "verbose": 0,
     }
     plain = _model(lambda_=0.0)
