@@ -142,6 +142,8 @@ def test_demo_writes_its_table_and_plot(tmp_path):
         output_dir=str(tmp_path),
         lambdas=["0.5"],
         l2_sp_alphas=["0.01"],
+        anchor_lambdas=["0.5"],
+        anchor_count=20,
         new_head_lambdas=[],
         epochs=1,
         pretrain_epochs=1,
@@ -157,6 +159,7 @@ def test_demo_writes_its_table_and_plot(tmp_path):
         "| plain fine-tuning",
         "| SFT",
         "| L2-SP, alpha=0.01",
+        "| SFT, 20 anchors",
     ]
     assert "classes 5-9, original domain" in table[0]
     assert (tmp_path / "forgetting.png").read_bytes()[:4] == b"\x89PNG"
