@@ -110,6 +110,14 @@ DETERMINISTIC = flags.DEFINE_bool(
     "(tf.config.experimental.enable_op_determinism): with the same --seed, "
     "two runs give bit-identical weights, at some cost in speed on GPU.",
 )
+ANCHOR_COUNT = flags.DEFINE_integer(
+    "anchor_count",
+    500,
+    "Number of unlabeled inputs from the pretraining distribution (drawn "
+    "with --seed) on which SFT computes its consistency term, with "
+    "finetune's --anchor_split and the demo's anchor rows.",
+    lower_bound=1,
+)
 # What every binary reads, the segmentation experiment included (its
 # --helpshort lists these; the others adopt the whole module).
 CORE_FLAGS = (

@@ -5,7 +5,9 @@ r"""The forgetting experiment: plain fine-tuning against SFT, offline.
 Pretrains an MLP on the first half of `--dataset`'s train split (all
 classes), fine-tunes it on the second half restricted to `--classes` and
 moved by `--shift`, plainly and once per `--lambdas` value with SFT (and
-once per `--l2_sp_alphas` value with L2-SP), and scores each model on the
+once per `--l2_sp_alphas` value with L2-SP, and once per `--anchor_lambdas`
+value with SFT on `--anchor_count` anchors: unlabeled images of the
+pretraining split, as they were), and scores each model on the
 uncovered classes as they were (retained) and on the covered classes in
 the new domain (new). Then, unless `--new_head_lambdas` is empty, the
 new-head experiment (Learning without Forgetting: pretrain on 0-4, learn
@@ -35,13 +37,20 @@ L2_SP_ALPHAS = flags.DEFINE_list(
     "Strengths of L2-SP (weight-space regularisation towards the "
     "pretrained weights) to compare with SFT, one run each.",
 )
+ANCHOR_LAMBDAS = flags.DEFINE_list(
+    "anchor_lambdas",
+    ["0.03", "0.3", "1"],
+    "SFT weights of the runs with the consistency term on --anchor_count "
+    "unlabeled inputs of the pretraining split instead of on the new "
+    "inputs, one run each; none when empty.",
+)
 NEW_HEAD_LAMBDAS = flags.DEFINE_list(
     "new_head_lambdas",
     ["0.1", "1"],
     "SFT weights of the new-head experiment (Learning without Forgetting), "
     "beside lambda=0; none runs it not.",
 )
-for _flag in (L2_SP_ALPHAS, NEW_HEAD_LAMBDAS):
+for _flag in (L2_SP_ALPHAS, ANCHOR_LAMBDAS, NEW_HEAD_LAMBDAS):
     flags.register_validator(
         _flag,
         common_flags.nonnegative_floats,
@@ -63,6 +72,8 @@ def main(argv):
         config=common_flags.training_config(log_dir=None, checkpoint_dir=None),
         pretrain_epochs=experiment_flags.PRETRAIN_EPOCHS.value,
         l2_sp_alphas=[float(value) for value in L2_SP_ALPHAS.value],
+        anchor_lambdas=common_flags.positive_floats(ANCHOR_LAMBDAS.value),
+        anchor_count=common_flags.ANCHOR_COUNT.value,
         dataset=common_flags.DATASET.value,
         data_dir=common_flags.DATA_DIR.value,
     )

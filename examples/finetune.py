@@ -14,6 +14,10 @@ with the same command resumes from its last finished epoch
 run; a backup made by another run (another `--pretrained` file, `--lambda`,
 data, seed...) is refused, and a second run with the same `--output`,
 `--export_dir` or `--backup_dir` fails at start while the first runs.
+With `--anchor_split` (for example the pretraining split), the consistency
+term is computed on `--anchor_count` unlabeled inputs of that split, as
+they were, instead of (or, with `--anchor_mode=both`, as well as) on the
+new inputs.
 """
 
 import math
@@ -22,8 +26,10 @@ from absl import flags
 from absl import logging
 
 from examples import common_flags
+from examples.lib import arrays
 from examples.lib import run_record as run_record_lib
 from examples.lib import training
+from keras_sft import data
 
 LAMBDA = flags.DEFINE_float(
     "lambda",
@@ -58,6 +64,22 @@ CACHE_DIR = flags.DEFINE_string(
     "With --cache_teacher, a directory to keep the cache on disk (for "
     "sets larger than memory); in memory when unset.",
 )
+ANCHOR_SPLIT = flags.DEFINE_string(
+    "anchor_split",
+    None,
+    "Split of --dataset (TFDS syntax, without --classes or --shift: the "
+    "pretraining distribution) to draw --anchor_count unlabeled inputs "
+    "from; the consistency term is then computed on them "
+    "(SFTModel.fit(anchor_x=...)). None when unset.",
+)
+ANCHOR_MODE = flags.DEFINE_enum(
+    "anchor_mode",
+    "replace",
+    ["replace", "both"],
+    "With --anchor_split: the consistency term on the anchors alone "
+    "('replace') or the mean of the terms on the new inputs and on the "
+    "anchors ('both').",
+)
 flags.register_validator(
     LAMBDA,
     math.isfinite,
@@ -82,6 +104,9 @@ def run_record():
         "mixed_precision",
         "lambda",
         "cache_teacher",
+        "anchor_split",
+        "anchor_mode",
+        "anchor_count",
     )
     return {
         "program": "finetune",
@@ -116,6 +141,18 @@ def train():
             directory=CACHE_DIR.value,
         )
     train, epoch_shuffle = common_flags.training_batches(train)
+    anchor_x = None
+    if ANCHOR_SPLIT.value:
+        anchor_set, _ = data.load(
+            common_flags.DATASET.value,
+            split=ANCHOR_SPLIT.value,
+            data_dir=common_flags.DATA_DIR.value,
+        )
+        anchor_x = arrays.sample_inputs(
+            anchor_set,
+            common_flags.ANCHOR_COUNT.value,
+            seed=common_flags.SEED.value,
+        )
     model = training.finetune(
         pretrained=common_flags.PRETRAINED.value,
         train=train,
@@ -126,6 +163,8 @@ def train():
         config=common_flags.training_config(backup_dir=BACKUP_DIR.value),
         export_dir=EXPORT_DIR.value,
         overwrite=common_flags.OVERWRITE.value,
+        anchor_x=anchor_x,
+        anchor_mode=ANCHOR_MODE.value,
         callbacks=[epoch_shuffle],
     )
     logging.info(

@@ -28,10 +28,10 @@ FIT_SIGNATURE = inspect.signature(keras.Model.fit)
 
 
 @contextlib.contextmanager
-def cached_teacher(model, arguments):
+def cached_teacher(model, arguments, *, enabled=True):
     """Yields `fit`'s `arguments`, packed for the teacher cache where it
-    pays; frees the cache's buffers when `fit` ends."""
-    if not caches_teacher(model, arguments):
+    pays (and `enabled`); frees the cache's buffers when `fit` ends."""
+    if not (enabled and caches_teacher(model, arguments)):
         yield arguments
         return
     # Keras records a strategy only when the model is made in its scope.

@@ -9,6 +9,8 @@ an upgrade of Keras is checked here first.
 import keras
 import tensorflow as tf
 from keras import ops
+from keras.src.trainers import data_adapters
+from keras.src.trainers.data_adapters import array_slicing
 
 
 def in_multi_worker_mode(strategy):
@@ -77,3 +79,36 @@ def restore_compile(model, config):
     model.compile(**keras.saving.deserialize_keras_object(config))
     if model.built:
         model.optimizer.build(model.trainable_variables)
+
+
+# Keras's base class of its input adapters. `keras.Model.fit` takes an
+# instance as `x` and uses it as it is (Keras 3.15's `get_data_adapter`
+# lets custom adapters through), so `keras_sft.anchors` wraps Keras's own
+# adapter of the user's data and keeps its epoch sizes and hooks.
+DataAdapter = data_adapters.data_adapter.DataAdapter
+
+
+def data_adapter(
+    x, y, sample_weight, batch_size, steps_per_epoch, shuffle, class_weight
+):
+    """Keras's adapter of `fit`'s data, as `keras.Model.fit` builds it."""
+    # No public API returns it; `fit` builds it in its epoch iterator from
+    # these very arguments (arrays, datasets, generators, `PyDataset`).
+    return data_adapters.get_data_adapter(
+        x=x,
+        y=y,
+        sample_weight=sample_weight,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        shuffle=shuffle,
+        class_weight=class_weight,
+    )
+
+
+def train_validation_split(arrays, validation_split):
+    """`keras.Model.fit`'s `validation_split`: the last fraction of arrays."""
+    # The private helper `fit` itself calls, so that the split, its order
+    # and its error for non-arrays are Keras's.
+    return array_slicing.train_validation_split(
+        arrays, validation_split=validation_split
+    )

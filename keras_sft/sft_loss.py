@@ -149,6 +149,7 @@ class SFTLoss:
         lambda_=1.0,
         features=({}, {}),
         regularization=(),
+        anchors=None,
     ):
         """Returns `(total, terms)`, each scaled per replica.
 
@@ -157,18 +158,40 @@ class SFTLoss:
         and `<layer>_distill_loss` per feature) to their values.
         `features` is `(teacher_features, student_features)`, dicts by
         layer name; `regularization` the student's regularization losses.
+        `anchors`, `((teacher_outputs, teacher_features), (student_outputs,
+        student_features))` on a batch of anchor inputs, or `None`, adds
+        the consistency term on them, unweighted: alone where
+        `teacher_pred` is `None`, else each consistency term is the mean
+        of its values on the batch and on the anchors.
         """
         weights = output_sample_weights(
             y_pred, sample_weight, self.student_names
         )
         task_loss, task_terms = self.task_terms(y, y_pred, weights)
-        distill_loss, terms = self.distill_terms(teacher_pred, y_pred, weights)
-        if self.distill_features:
-            feature_loss, feature_terms = self.feature_terms(
-                *features, sample_weight
+        distill_loss, terms = 0.0, {}
+        if teacher_pred is not None:
+            distill_loss, terms = self.consistency_terms(
+                teacher_pred, y_pred, weights, features, sample_weight
             )
-            distill_loss += feature_loss
-            terms.update(feature_terms)
+        if anchors is not None:
+            (teacher_anchors, teacher_features), student = anchors
+            anchor_loss, anchor_terms = self.consistency_terms(
+                teacher_anchors,
+                student[0],
+                None,
+                (teacher_features, student[1]),
+                None,
+            )
+            if teacher_pred is None:
+                distill_loss, terms = anchor_loss, anchor_terms
+            else:
+                # The mean, not the sum: `lambda_` keeps its scale whether
+                # the term is on the batch, the anchors or both.
+                distill_loss = (distill_loss + anchor_loss) / 2
+                terms = {
+                    name: (value + anchor_terms[name]) / 2
+                    for name, value in terms.items()
+                }
         total = task_loss + lambda_ * distill_loss
         # Only the student's regularization losses: the teacher's are
         # constant and would inflate the logged loss.
@@ -180,6 +203,20 @@ class SFTLoss:
             **task_terms,
             **terms,
         }
+
+    def consistency_terms(
+        self, teacher_pred, y_pred, weights, features, sample_weight
+    ):
+        """The weighted distance over outputs and features, and its terms
+        by log name."""
+        distill_loss, terms = self.distill_terms(teacher_pred, y_pred, weights)
+        if self.distill_features:
+            feature_loss, feature_terms = self.feature_terms(
+                *features, sample_weight
+            )
+            distill_loss += feature_loss
+            terms.update(feature_terms)
+        return distill_loss, terms
 
     def task_terms(self, y, y_pred, weights):
         """The weighted task loss and `{<output>_task_loss: unweighted}`."""

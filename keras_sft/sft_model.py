@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_sft import anchors
 from keras_sft import checks
 from keras_sft import features
 from keras_sft import fit_cache
@@ -347,7 +348,14 @@ class SFTModel(keras.Model):
             ),
         )
 
-    def fit(self, *args, **kwargs):
+    def fit(
+        self,
+        *args,
+        anchor_x=None,
+        anchor_mode="replace",
+        anchor_batch_size=None,
+        **kwargs,
+    ):
         """Trains the student; takes the arguments of `keras.Model.fit`.
 
         With `cache_teacher` (the default), arrays and two or more epochs,
@@ -360,26 +368,74 @@ class SFTModel(keras.Model):
         model = keras_sft.SFTModel(pretrained, lambda_=0.5)
         model.compile(optimizer="adam")
         model.fit(x, y, batch_size=128, epochs=10, validation_split=0.1)
+        model.fit(x, y, epochs=10, anchor_x=pretraining_sample)
         ```
+
+        Args:
+            anchor_x: Unlabeled inputs from the old distribution (for
+                example a sample of the pretraining inputs), or `None`.
+                An array (or a list or dict of arrays, one per input of
+                the student), cycled in batches of `anchor_batch_size`
+                and reshuffled at each pass (deterministically under
+                `keras.utils.set_random_seed`), or a
+                `tf.data.Dataset` of batches of inputs (or of `(x, y)`
+                batches; `y` is dropped), repeated. Each training step
+                then also reads one anchor batch, and the consistency
+                term is computed on it as on the labelled batch
+                (teacher with `training=False`, student with
+                `training=True`: batch-normalization statistics see the
+                anchors too), every anchor weighing the same (sample and
+                class weights are the labelled batch's alone). Validation
+                runs without anchors. Defaults to `None`.
+            anchor_mode: String, `"replace"` (the consistency term on the
+                anchors alone: the labelled batch gets the task loss, and
+                the teacher does not run on it) or `"both"` (the mean of
+                the term on the labelled batch and on the anchors, so that
+                `lambda_` keeps its scale). Defaults to `"replace"`.
+            anchor_batch_size: Int > 0, the anchors per step when
+                `anchor_x` is an array. Defaults to `None`: the
+                training batch size.
         """
-        arguments = fit_cache.FIT_SIGNATURE.bind(self, *args, **kwargs)
+        arguments = anchors.FIT_SIGNATURE.bind(self, *args, **kwargs)
         arguments = dict(arguments.arguments)
         del arguments["self"]
-        with fit_cache.cached_teacher(self, arguments) as arguments:
+        # In "replace" mode the teacher never runs on the labelled inputs,
+        # so caching its outputs there would be waste.
+        caching = anchor_x is None or anchor_mode == "both"
+        with fit_cache.cached_teacher(
+            self, arguments, enabled=caching
+        ) as arguments:
+            arguments = anchors.fit_arguments(
+                self,
+                arguments,
+                anchor_x=anchor_x,
+                anchor_mode=anchor_mode,
+                anchor_batch_size=anchor_batch_size,
+            )
             return super().fit(**arguments)
 
-    fit.__signature__ = fit_cache.FIT_SIGNATURE
+    fit.__signature__ = anchors.FIT_SIGNATURE
 
     def train_step(self, data):
+        data, anchor_batch = anchors.unpack(data)
         x, y, sample_weight, cached = fit_cache.unpack(self, data)
-        teacher = features.teacher_forward(
-            self.teacher, self._teacher_extractor, x, cached
-        )
+        teacher = None
+        if not anchors.replaces(anchor_batch):
+            teacher = features.teacher_forward(
+                self.teacher, self._teacher_extractor, x, cached
+            )
+        anchor_teacher = anchors.teacher_forward(self, anchor_batch)
         with tf.GradientTape() as tape:
             student = features.student_forward(
                 self.student, self._student_extractor, x, training=True
             )
-            total, terms = self._loss_terms(y, sample_weight, teacher, student)
+            total, terms = self._loss_terms(
+                y,
+                sample_weight,
+                teacher,
+                student,
+                anchors.with_student(self, anchor_batch, anchor_teacher),
+            )
             scaled_total = self.optimizer.scale_loss(total)
         trainable_weights = self.student.trainable_weights
         gradients = tape.gradient(scaled_total, trainable_weights)
@@ -399,17 +455,20 @@ class SFTModel(keras.Model):
         total, terms = self._loss_terms(y, sample_weight, teacher, student)
         return self._step_logs(x, y, sample_weight, student[0], total, terms)
 
-    def _loss_terms(self, y, sample_weight, teacher, student):
-        """`(total, terms)` of the step; `teacher` and `student` are each
-        `(outputs, features)`."""
+    def _loss_terms(self, y, sample_weight, teacher, student, anchor=None):
+        """`(total, terms)` of the step; `teacher` (`None` where the
+        consistency term is on the anchors alone) and `student` are each
+        `(outputs, features)`, `anchor` is `(teacher, student)` on the
+        anchors or `None`."""
         return self._sft_loss(
             y,
             student[0],
-            teacher[0],
+            None if teacher is None else teacher[0],
             sample_weight,
             lambda_=self._current_lambda(),
-            features=(teacher[1], student[1]),
+            features=({}, {}) if teacher is None else (teacher[1], student[1]),
             regularization=self.student.losses,
+            anchors=anchor,
         )
 
     def _step_logs(self, x, y, sample_weight, y_pred, total, terms):
@@ -430,7 +489,7 @@ class SFTModel(keras.Model):
             self.distribute_strategy, iterator, data_batch
         )
         if data_batch is not None:
-            data_batch = fit_cache.strip(data_batch)
+            data_batch = fit_cache.strip(anchors.unpack(data_batch)[0])
         super()._maybe_symbolic_build(data_batch=data_batch)
 
     def get_config(self):

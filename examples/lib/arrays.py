@@ -16,3 +16,16 @@ def to_arrays(dataset):
         )
     images, labels = zip(*pairs, strict=True)
     return np.stack(images), np.array(labels)
+
+
+def sample_inputs(dataset, count, *, seed):
+    """`count` inputs (or all, if fewer) of an unbatched `(image, label)`
+    dataset, drawn at random with `seed`, as one numpy array: anchor inputs
+    for `SFTModel.fit(anchor_x=...)`.
+
+    Raises:
+        ValueError: if `dataset` is empty.
+    """
+    images, _ = to_arrays(dataset)
+    order = np.random.default_rng(seed).permutation(len(images))
+    return images[order[:count]]

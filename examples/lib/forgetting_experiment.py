@@ -2,9 +2,11 @@
 
 A classifier is pretrained on all classes, then fine-tuned on new data that
 covers only some classes, all moved to a new domain; once plainly, once
-per SFT weight and once per L2-SP strength. Each model is scored on the
-classes the new data does not cover, in their original domain (retained),
-and on the covered classes in the new domain (new).
+per SFT weight, once per L2-SP strength and once per SFT weight with the
+consistency term on anchors (unlabeled inputs of the pretraining split).
+Each model is scored on the classes the new data does not cover, in their
+original domain (retained), and on the covered classes in the new domain
+(new).
 """
 
 import dataclasses
@@ -13,6 +15,7 @@ import os
 from absl import logging
 
 from examples.lib import accuracy
+from examples.lib import arrays
 from examples.lib import plots
 from examples.lib import training
 from keras_sft import data
@@ -33,6 +36,8 @@ def run_demo(
     config,
     pretrain_epochs,
     l2_sp_alphas=(),
+    anchor_lambdas=(),
+    anchor_count=500,
     dataset="digits",
     data_dir=None,
 ):
@@ -54,12 +59,19 @@ def run_demo(
             with an L2-SP penalty towards the pretrained weights
             (`keras_sft.apply_l2_sp`) per value, to compare weight-space
             with output-space regularisation. Defaults to `()`.
+        anchor_lambdas: Sequence of floats > 0: one SFT run per value with
+            the consistency term on `anchor_count` unlabeled inputs of the
+            pretraining split instead of on the new inputs
+            (`SFTModel.fit(anchor_x=...)`). Defaults to `()`.
+        anchor_count: Int > 0, the number of anchor inputs, drawn with
+            `config.seed`. Defaults to `500`.
         dataset: String, `"digits"` or a TFDS name. Defaults to `"digits"`.
         data_dir: String, the TFDS data directory. Defaults to `None`.
 
     Returns:
         A list of dicts, one per model, with keys `"model"`, `"lambda"`,
-        `"retained"`, `"new"` and `"overall"` (accuracies in `[0, 1]`).
+        `"retained"`, `"new"` and `"overall"` (accuracies in `[0, 1]`), and
+        `"anchors"` (the number of anchor inputs, 0 for none).
     """
     config = dataclasses.replace(config, verbose=0)
     os.makedirs(output_dir, exist_ok=True)
@@ -89,7 +101,7 @@ def run_demo(
             dataset, batch_size=config.batch_size, shuffle_seed=config.seed
         )
 
-    def score(name, lambda_, model):
+    def score(name, lambda_, model, anchors=0):
         accuracies = accuracy.accuracy_by_group(
             model, evaluation, groups=[uncovered, covered]
         )
@@ -99,6 +111,7 @@ def run_demo(
             "retained": accuracies[accuracy.group_name(uncovered)],
             "new": accuracies[accuracy.group_name(covered)],
             "overall": accuracies["overall"],
+            "anchors": anchors,
         }
 
     pretrained_path = os.path.join(output_dir, "pretrained.keras")
@@ -113,9 +126,13 @@ def run_demo(
         config=dataclasses.replace(config, epochs=pretrain_epochs),
     )
     rows = [score("pretrained", None, pretrained)]
-    runs = [(0.0, None), *((value, None) for value in lambdas)]
-    runs += [(0.0, alpha) for alpha in l2_sp_alphas]
-    for lambda_, l2_sp_alpha in runs:
+    anchor_x = arrays.sample_inputs(
+        pretrain_set, anchor_count, seed=config.seed
+    )
+    runs = [(0.0, None, None), *((value, None, None) for value in lambdas)]
+    runs += [(0.0, alpha, None) for alpha in l2_sp_alphas]
+    runs += [(value, None, anchor_x) for value in anchor_lambdas]
+    for lambda_, l2_sp_alpha, anchors in runs:
         model = training.finetune(
             pretrained=pretrained_path,
             train=batches(finetune_set),
@@ -125,8 +142,16 @@ def run_demo(
             strategy=strategy,
             config=config,
             l2_sp_alpha=l2_sp_alpha,
+            anchor_x=anchors,
         )
-        if l2_sp_alpha is not None:
+        if anchors is not None:
+            row = score(
+                f"SFT, {len(anchors)} anchors",
+                lambda_,
+                model.student,
+                len(anchors),
+            )
+        elif l2_sp_alpha is not None:
             # L2-SP rows have no lambda: they stay off the lambda axis.
             row = score(f"L2-SP, alpha={l2_sp_alpha:g}", None, model.student)
         else:

@@ -15,7 +15,12 @@ def plot_forgetting(rows, path, shift):
         path: String, the PNG file.
         shift: String, the domain shift of the fine-tuning data.
     """
-    tuned = [row for row in rows if row["lambda"] is not None]
+    # Rows with anchors are another method on the same axis: left out.
+    tuned = [
+        row
+        for row in rows
+        if row["lambda"] is not None and not row.get("anchors")
+    ]
     lambdas = [row["lambda"] for row in tuned]
     figure, axes = pyplot.subplots(figsize=(6, 4))
     axes.plot(

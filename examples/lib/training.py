@@ -76,6 +76,8 @@ def finetune(
     export_dir=None,
     overwrite=False,
     l2_sp_alpha=None,
+    anchor_x=None,
+    anchor_mode="replace",
     callbacks=(),
 ):
     """Fine-tunes a saved classifier with `keras_sft.SFTModel`.
@@ -103,6 +105,11 @@ def finetune(
         l2_sp_alpha: Float >= 0, the strength of an L2-SP penalty towards
             the pretrained weights (`keras_sft.apply_l2_sp`), or `None` for
             none. Defaults to `None`.
+        anchor_x: Numpy array of unlabeled inputs from the pretraining
+            distribution, on which the consistency term is computed
+            (`SFTModel.fit(anchor_x=...)`), or `None`. Defaults to `None`.
+        anchor_mode: String, `"replace"` or `"both"`, as in
+            `SFTModel.fit`. Defaults to `"replace"`.
         callbacks: As in `pretrain`. Defaults to `()`.
 
     Returns:
@@ -115,7 +122,12 @@ def finetune(
             keras_sft.apply_l2_sp(student, l2_sp_alpha)
         model = keras_sft.SFTModel(student, lambda_=lambda_)
         _compile(model, config)
-    _checked_fit(model, student, train, validation, config, callbacks)
+    anchors = {}
+    if anchor_x is not None:
+        anchors = {"anchor_x": anchor_x, "anchor_mode": anchor_mode}
+    _checked_fit(
+        model, student, train, validation, config, callbacks, **anchors
+    )
     saving.save_atomically(model.student, output)
     if export_dir:
         try:
@@ -161,8 +173,11 @@ def _compile(model, config, **kwargs):
     )
 
 
-def _checked_fit(model, classifier, train, validation, config, callbacks):
-    """Checks `train` against `classifier`, then fits `model` on it."""
+def _checked_fit(
+    model, classifier, train, validation, config, callbacks, **anchors
+):
+    """Checks `train` against `classifier`, then fits `model` on it
+    (`anchors`: `SFTModel.fit`'s anchor arguments, if any)."""
     keras_sft.check_dataset(train, classifier)
     model.fit(
         train,
@@ -172,6 +187,7 @@ def _checked_fit(model, classifier, train, validation, config, callbacks):
         shuffle=False,
         callbacks=_callbacks(callbacks, config),
         verbose=config.verbose,
+        **anchors,
     )
 
 

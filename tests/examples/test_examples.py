@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from absl.testing import flagsaver
 
+import keras_sft
 from examples import common_flags
 from examples import demo
 from examples import evaluate
@@ -141,6 +142,8 @@ def test_demo_writes_its_table_and_plot(tmp_path):
         output_dir=str(tmp_path),
         lambdas=["0.5"],
         l2_sp_alphas=["0.01"],
+        anchor_lambdas=["0.5"],
+        anchor_count=20,
         new_head_lambdas=[],
         epochs=1,
         pretrain_epochs=1,
@@ -156,6 +159,7 @@ def test_demo_writes_its_table_and_plot(tmp_path):
         "| plain fine-tuning",
         "| SFT",
         "| L2-SP, alpha=0.01",
+        "| SFT, 20 anchors",
     ]
     assert "classes 5-9, original domain" in table[0]
     assert (tmp_path / "forgetting.png").read_bytes()[:4] == b"\x89PNG"
@@ -321,3 +325,32 @@ def test_tpu_flag_reaches_the_strategy(monkeypatch):
     with flagsaver.flagsaver(strategy="tpu", tpu="grpc://10.0.0.2:8470"):
         common_flags.set_up()
     assert seen == {"name": "tpu", "tpu": "grpc://10.0.0.2:8470"}
+
+
+def test_finetune_with_anchor_split_reads_the_anchors(tmp_path, monkeypatch):
+    pretrained = _pretrain(tmp_path)
+    seen = {}
+    fit = keras_sft.SFTModel.fit
+
+    def recorded(self, *args, **kwargs):
+        seen.update(kwargs)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras_sft.SFTModel, "fit", recorded)
+    with flagsaver.flagsaver(
+        **TINY,
+        pretrained=pretrained,
+        output=str(tmp_path / "anchored.keras"),
+        anchor_split="train[100:110]",
+        anchor_count=6,
+        anchor_mode="both",
+        shift="invert",
+        **{"lambda": 0.5},
+    ):
+        finetune.main(["finetune"])
+    anchors, _ = _digits_test_arrays(split="train[100:110]")
+    # Six of the split's images, drawn at random, as they were (no shift).
+    assert seen["anchor_x"].shape == (6, *anchors.shape[1:])
+    for image in seen["anchor_x"]:
+        assert any(np.array_equal(image, anchor) for anchor in anchors)
+    assert seen["anchor_mode"] == "both"
