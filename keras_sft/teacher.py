@@ -1,16 +1,34 @@
 """Frozen copies of pretrained models."""
 
+import inspect
+import os
+import tempfile
+import warnings
+
 import keras
 
 
 def clone_teacher(model):
-    """Returns a frozen copy of `model` with bit-identical weights.
+    """Returns a frozen copy of `model` that predicts exactly as `model` does.
 
-    The copy is a new model built from `model`'s config (Sequential,
-    Functional, or a subclassed model that implements `get_config`), with
-    every weight, trainable or not (BatchNormalization statistics included),
-    copied from `model`, and `trainable=False`, so no optimizer can change
-    it. Later changes to `model` do not reach the copy.
+    The copy is made by Keras's own saving: `model` is saved to a `.keras`
+    archive in a private temporary directory, which is removed afterwards,
+    and loaded back. So the copy holds everything Keras saves: every weight,
+    trainable or not (BatchNormalization statistics included), the state of
+    adapted preprocessing layers (`Normalization`, `Discretization`,
+    `StringLookup`, `IntegerLookup`, `TextVectorization`) with their
+    vocabulary assets, nested models, and each layer's dtype policy. It has
+    `trainable=False`, so no optimizer can change it, and shares no variable
+    with `model`: later changes to `model` do not reach it.
+
+    Sequential and Functional models, `keras.applications` models, keras-hub
+    models and subclassed models that implement `get_config` can be copied;
+    custom classes need not be registered with
+    `keras.saving.register_keras_serializable`. A subclassed model that
+    relies on Keras's automatic config while its `__init__` takes
+    arguments is refused: Keras's config records the defaults of those
+    arguments rather than the values the model was built with, so its copy
+    could differ silently.
 
     Example:
 
@@ -35,7 +53,7 @@ def clone_teacher(model):
 
 
 def copy_model(model):
-    """Returns a new model with `model`'s config and bit-identical weights."""
+    """Returns a copy of `model`, state included, made by Keras's saving."""
     if not isinstance(model, keras.Model):
         raise ValueError(
             "Invalid value for argument `model`. Expected a `keras.Model` "
@@ -48,14 +66,70 @@ def copy_model(model):
             f"or call it on a batch first. Received: model={model.name!r} "
             "(not built)"
         )
+    # Keras lists nested layers with `_flatten_layers` itself; it has no
+    # public equivalent.
+    layers = list(model._flatten_layers(include_self=True))
     try:
-        copy = keras.models.clone_model(model)
-    except (NotImplementedError, TypeError) as error:
+        _check_configs(layers)
+        with tempfile.TemporaryDirectory() as directory:
+            path = os.path.join(directory, "model.keras")
+            with warnings.catch_warnings():
+                # The archive is read back below with `safe_mode=False`, so
+                # the lambdas it holds (in a compiled loss, say) reload.
+                warnings.filterwarnings(
+                    "ignore", "The object being serialized includes a `lambda`"
+                )
+                model.save(path)
+            # The archive is the one just written from `model`, so loading
+            # the Python functions of its `Lambda` layers is safe.
+            return keras.saving.load_model(
+                path,
+                custom_objects=_custom_classes(layers),
+                compile=False,
+                safe_mode=False,
+            )
+    except (NotImplementedError, TypeError, ValueError) as error:
         raise ValueError(
             "Invalid value for argument `model`. Expected a model that can "
             "be rebuilt from its config (implement `get_config`, or pass "
             f"`teacher=` explicitly). Received: model={model.name!r} "
             f"({type(model).__name__}: {error})"
         ) from error
-    copy.set_weights(model.get_weights())
-    return copy
+
+
+def _check_configs(layers):
+    """Raises `NotImplementedError` for a model Keras's config misdescribes."""
+    for layer in layers:
+        cls = type(layer)
+        if not isinstance(layer, keras.Model) or (
+            cls.get_config is not keras.Model.get_config
+        ):
+            continue
+        # `keras.Model.__new__` drops the arguments given to `__init__`, so
+        # the automatic config holds their defaults and a copy would be
+        # built with those: a weight-shape error at best, a silently
+        # different model at worst.
+        parameters = list(inspect.signature(cls.__init__).parameters.values())
+        arguments = [
+            parameter.name
+            for parameter in parameters[1:]
+            if parameter.kind
+            not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        ]
+        if arguments:
+            raise NotImplementedError(
+                f"{cls.__name__} does not implement `get_config`, and Keras's "
+                "automatic config of a subclassed model does not record the "
+                f"values of its `__init__` arguments {arguments}"
+            )
+
+
+def _custom_classes(layers):
+    """Maps names to the classes of `layers` that Keras does not define."""
+    # Keras finds its own classes and registered ones by name; the others
+    # would fail to load ("Could not locate class").
+    return {
+        type(layer).__name__: type(layer)
+        for layer in layers
+        if not type(layer).__module__.startswith("keras.")
+    }

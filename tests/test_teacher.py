@@ -1,8 +1,11 @@
+import tempfile
+
 import keras
 import numpy as np
 import pytest
 
 from keras_sft import clone_teacher
+from keras_sft.teacher import copy_model
 from tests import helpers
 
 
@@ -81,3 +84,119 @@ def test_not_a_model_is_refused():
 def test_unbuilt_model_is_refused():
     with pytest.raises(ValueError, match="Expected a built model"):
         clone_teacher(_Subclassed())
+
+
+class _AutoConfig(keras.Model):
+    """Relies on Keras's automatic config, which loses `units`."""
+
+    def __init__(self, units=3, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(units)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
+class _Holder(keras.Model):
+    """Takes a layer, which no automatic config can hold."""
+
+    def __init__(self, layer, **kwargs):
+        super().__init__(**kwargs)
+        self.layer = layer
+
+    def call(self, inputs):
+        return self.layer(inputs)
+
+
+class _NoArguments(keras.Model):
+    """Takes no arguments: Keras's automatic config is complete."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
+@pytest.mark.parametrize(
+    "model, detail",
+    [
+        (_AutoConfig(units=5), r"_AutoConfig does not implement `get_config`"),
+        (_Holder(keras.layers.Dense(2)), r"arguments \['layer'\]"),
+    ],
+)
+def test_subclassed_model_without_get_config_is_refused(model, detail):
+    model(np.zeros((1, 4), "float32"))
+    with pytest.raises(
+        ValueError,
+        match=r"Expected a model that can be rebuilt from its config "
+        r"\(implement `get_config`, or pass `teacher=` explicitly\)\. "
+        rf"Received: model='{model.name}' \(.*{detail}",
+    ):
+        clone_teacher(model)
+
+
+def test_model_without_get_config_nested_in_a_functional_is_refused():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, _AutoConfig(units=5)(inputs))
+    with pytest.raises(ValueError, match="implement `get_config`"):
+        clone_teacher(model)
+
+
+def test_unregistered_subclassed_model_without_arguments_is_copied():
+    model = _NoArguments(name="no_arguments")
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    model(x)
+    teacher = clone_teacher(model)
+    assert isinstance(teacher, _NoArguments)
+    np.testing.assert_array_equal(teacher(x), model(x))
+
+
+@keras.saving.register_keras_serializable(package="keras_sft_tests")
+class _IncompleteConfig(keras.layers.Layer):
+    """Its config misses the required `factor`, so Keras cannot load it."""
+
+    def __init__(self, factor, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, inputs):
+        return inputs * self.factor
+
+    def get_config(self):
+        return super().get_config()
+
+
+def test_failed_copy_is_refused_and_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, _IncompleteConfig(2)(inputs))
+    with pytest.raises(
+        ValueError, match=r"(?s)implement `get_config`.*argument: 'factor'"
+    ):
+        clone_teacher(model)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_copy_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    clone_teacher(helpers.mlp())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_copy_model_is_trainable_and_identical():
+    model = helpers.mlp()
+    copy = copy_model(model)
+    assert copy.trainable
+    assert len(copy.trainable_weights) == len(model.trainable_weights)
+    _assert_same_weights(model, copy)
+
+
+def test_model_compiled_with_a_lambda_is_copied_without_warning():
+    # Warnings are errors in this test suite: Keras warns when it saves a
+    # lambda, which the copy reloads on purpose.
+    model = helpers.mlp()
+    model.compile(optimizer="sgd", loss=lambda y, p: keras.ops.mean(p * p))
+    teacher = clone_teacher(model)
+    _assert_same_weights(model, teacher)
