@@ -12,6 +12,7 @@ from keras_sft import fit_cache
 from keras_sft import keras_compat
 from keras_sft import outputs
 from keras_sft import sft_loss
+from keras_sft import task_preprocessing
 from keras_sft import teacher_cache
 from keras_sft.teacher import clone_teacher
 
@@ -405,7 +406,33 @@ class SFTModel(keras.Model):
         arguments = fit_cache.FIT_SIGNATURE.bind(self, *args, **kwargs)
         arguments = dict(arguments.arguments)
         del arguments["self"]
+        arguments = task_preprocessing.fit_arguments(self.student, arguments)
         return super().fit(**fit_cache.with_cached_teacher(self, arguments))
+
+    def evaluate(
+        self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs
+    ):
+        # Validation inside `fit` reuses the dataset `fit` preprocessed.
+        preprocess = task_preprocessing.preprocess_samples(self.student)
+        if preprocess is not None and not kwargs.get(
+            "_use_cached_eval_dataset"
+        ):
+            x = task_preprocessing.preprocessed(
+                preprocess, x, y, sample_weight, batch_size
+            )
+            y = sample_weight = batch_size = None
+        return super().evaluate(
+            x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs
+        )
+
+    def predict(self, x, batch_size=None, **kwargs):
+        preprocess = task_preprocessing.preprocess_samples(self.student)
+        if preprocess is not None:
+            x = task_preprocessing.preprocessed(
+                preprocess, x, batch_size=batch_size
+            )
+            batch_size = None
+        return super().predict(x, batch_size=batch_size, **kwargs)
 
     fit.__signature__ = fit_cache.FIT_SIGNATURE
 
