@@ -1,6 +1,6 @@
 r"""Fine-tunes a keras-hub task with `keras_sft.SFTModel`.
 
-    python -m examples.finetune_hub --preset=presets/gpt2_tiny \
+    python -m examples.finetune_hub --preset=presets/gpt2_tiny --task=causal_lm \
         --train_file=data/texts.txt --output_preset=runs/gpt2_sft \
         --export_dir=runs/gpt2_serving
 
@@ -18,6 +18,12 @@ from examples.lib import hub_finetuning
 
 PRESET = flags.DEFINE_string(
     "preset", None, "The keras-hub preset to fine-tune (a directory)."
+)
+TASK = flags.DEFINE_enum(
+    "task",
+    "causal_lm",
+    hub_finetuning.TASKS,
+    "The kind of task the preset holds.",
 )
 TRAIN_FILE = flags.DEFINE_string(
     "train_file", None, "Training texts, one sample per line."
@@ -49,6 +55,7 @@ def main(argv):
     hub_finetuning.finetune_hub(
         PRESET.value,
         TRAIN_FILE.value,
+        task=TASK.value,
         output_preset=OUTPUT_PRESET.value,
         export_dir=EXPORT_DIR.value,
         lambda_=LAMBDA.value,

@@ -25,20 +25,26 @@ def preprocess_samples(student):
     return preprocess
 
 
-def preprocessed(preprocess, x, y=None, sample_weight=None, batch_size=None):
+def preprocessed(
+    preprocess, x, y=None, sample_weight=None, batch_size=None, *, shuffle=False
+):
     """A dataset of preprocessed batches of `(x, y, sample_weight)`.
 
     `x` is an already batched `tf.data.Dataset` (with `y` and
     `sample_weight` `None`, as for `keras.Model.fit`) or arrays, batched by
-    `batch_size` in order, as keras-hub does.
+    `batch_size`; with `shuffle`, in a new order each epoch, as
+    `keras.Model.fit` shuffles arrays.
     """
     if isinstance(x, tf.data.Dataset):
         dataset = x
     else:
         samples = keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
-        dataset = tf.data.Dataset.from_tensor_slices(samples).batch(
-            batch_size or _DEFAULT_BATCH_SIZE
-        )
+        dataset = tf.data.Dataset.from_tensor_slices(samples)
+        if shuffle:
+            dataset = dataset.shuffle(
+                dataset.cardinality(), reshuffle_each_iteration=True
+            )
+        dataset = dataset.batch(batch_size or _DEFAULT_BATCH_SIZE)
     return dataset.map(
         preprocess, num_parallel_calls=tf.data.AUTOTUNE
     ).prefetch(tf.data.AUTOTUNE)
@@ -66,7 +72,16 @@ def fit_arguments(student, arguments):
         (x, y, sample_weight), validation = _split(
             (x, y, sample_weight), validation_split
         )
-    arguments["x"] = preprocessed(preprocess, x, y, sample_weight, batch_size)
+    arguments["x"] = preprocessed(
+        preprocess,
+        x,
+        y,
+        sample_weight,
+        batch_size,
+        shuffle=bool(arguments.get("shuffle", True)),
+    )
+    # Shuffled above, if at all: Keras warns of `shuffle` with a dataset.
+    arguments["shuffle"] = False
     if validation is not None:
         if not isinstance(validation, tf.data.Dataset):
             validation = keras.utils.unpack_x_y_sample_weight(validation)

@@ -66,7 +66,7 @@ def test_causal_lm_token_level_sft_weighs_tokens_by_padding(tmp_path):
     task = hub_tasks.gpt2_causal_lm()
     # Of different lengths, so the padding mask has zeros to weigh.
     strings = np.array(["a b", "ab a b ab", "b", "a ab"])
-    x, labels, padding = task.preprocessor(strings)
+    x, labels, padding = task.preprocessor(strings.tolist())
     padding = keras.ops.convert_to_numpy(padding).astype("float32")
     assert 0 < padding.sum() < padding.size
     model = keras_sft.SFTModel(task, lambda_=1.0, distance="kl")

@@ -27,10 +27,15 @@ def read_texts(path, *, labelled):
     return np.array(texts), np.array([int(label) for label in labels])
 
 
+# The task classes `--task` names; `from_preset` needs the kind of task.
+TASKS = ("causal_lm", "text_classifier")
+
+
 def finetune_hub(
     preset,
     train_file,
     *,
+    task="causal_lm",
     output_preset,
     export_dir=None,
     lambda_=0.5,
@@ -50,6 +55,8 @@ def finetune_hub(
         preset: String, a keras-hub preset: a local directory written by
             `save_to_preset`, or a hub handle where the network allows.
         train_file: String, the training texts (see `read_texts`).
+        task: String, one of `TASKS`: the kind of task the preset holds.
+            Defaults to `"causal_lm"`.
         output_preset: String, the directory the fine-tuned task is saved
             to with `save_to_preset`.
         export_dir: String or `None`, a directory to export the student to
@@ -67,16 +74,24 @@ def finetune_hub(
     # Imported here so that the other examples run without keras-hub.
     import keras_hub
 
+    if task not in TASKS:
+        raise ValueError(
+            f"Invalid value for argument `task`. Expected one of {TASKS}. "
+            f"Received: task={task!r}"
+        )
     keras.utils.set_random_seed(seed)
-    task = keras_hub.models.Task.from_preset(preset)
-    causal = isinstance(task, keras_hub.models.CausalLM)
-    texts, labels = read_texts(train_file, labelled=not causal)
-    model = keras_sft.SFTModel(task, lambda_=lambda_, distance=distance)
+    classes = {
+        "causal_lm": keras_hub.models.CausalLM,
+        "text_classifier": keras_hub.models.TextClassifier,
+    }
+    student = classes[task].from_preset(preset)
+    texts, labels = read_texts(train_file, labelled=task != "causal_lm")
+    model = keras_sft.SFTModel(student, lambda_=lambda_, distance=distance)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
     history = model.fit(
         texts, labels, batch_size=batch_size, epochs=epochs, verbose=2
     )
-    task.save_to_preset(output_preset)
+    student.save_to_preset(output_preset)
     if export_dir:
         model.export(export_dir, verbose=False)
     return history

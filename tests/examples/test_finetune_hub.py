@@ -20,6 +20,17 @@ def test_read_texts_reads_labels_and_texts(tmp_path):
     assert labels.tolist() == [1, 0]
 
 
+def test_unknown_task_is_refused():
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid value for argument `task`. Expected one of "
+        r"\('causal_lm', 'text_classifier'\). Received: task='detector'",
+    ):
+        hub_finetuning.finetune_hub(
+            "preset", "train.txt", task="detector", output_preset="out"
+        )
+
+
 def test_causal_lm_is_fine_tuned_from_its_preset_and_exported(tmp_path):
     hub_tasks.gpt2_causal_lm().save_to_preset(str(tmp_path / "preset"))
     train_file = tmp_path / "train.txt"
