@@ -1,8 +1,8 @@
 r"""Fine-tunes a keras-hub task with `keras_sft.SFTModel`.
 
-    python -m examples.finetune_hub --preset=presets/gpt2_tiny --task=causal_lm \
-        --train_file=data/texts.txt --output_preset=runs/gpt2_sft \
-        --export_dir=runs/gpt2_serving
+    python -m examples.finetune_hub --preset=presets/gpt2_tiny \
+        --task=causal_lm --train_file=data/texts.txt \
+        --output_preset=runs/gpt2_sft --export_dir=runs/gpt2_serving
 
 `--preset` is a preset directory written by `save_to_preset` (or a hub
 handle where the network allows). A causal LM reads one text per line of
