@@ -6,6 +6,8 @@ overrides of private `keras.Model` hooks call these and nothing else, so
 an upgrade of Keras is checked here first.
 """
 
+import warnings
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -112,3 +114,17 @@ def train_validation_split(arrays, validation_split):
     return array_slicing.train_validation_split(
         arrays, validation_split=validation_split
     )
+
+
+def apply_gradients(optimizer, gradients, trainable_weights):
+    """Applies `gradients`, or warns as Keras does when nothing is trainable."""
+    # Keras's own `train_step` (keras/src/backend/tensorflow/trainer.py)
+    # skips the update with this warning for a model with no trainable
+    # weights (`model.trainable = False`); `apply_gradients` of an empty
+    # list fails ("not enough values to unpack").
+    if not trainable_weights:
+        warnings.warn(
+            "The model does not have any trainable weights.", stacklevel=2
+        )
+        return
+    optimizer.apply_gradients(zip(gradients, trainable_weights, strict=True))

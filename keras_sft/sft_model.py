@@ -13,6 +13,7 @@ from keras_sft import fit_cache
 from keras_sft import keras_compat
 from keras_sft import outputs
 from keras_sft import sft_loss
+from keras_sft import task_preprocessing
 from keras_sft.teacher import clone_teacher
 
 
@@ -214,8 +215,6 @@ class SFTModel(keras.Model):
         self._task_loss = None
         self._task_loss_weights = None
         self._sft_loss = None
-        if student.built:
-            self.built = True
 
     def compile(
         self,
@@ -303,8 +302,51 @@ class SFTModel(keras.Model):
         others = [m for m in super().metrics if not any(m is h for h in hidden)]
         return others[:1] + terms + others[1:]
 
+    @property
+    def built(self):
+        # The wrapper has no weights of its own, so it is built when its
+        # student is: at construction, or for a subclassed student on the
+        # first batch, which the steps pass to the student directly.
+        student = getattr(self, "student", None)
+        return self._wrapper_built or (student is not None and student.built)
+
+    @built.setter
+    def built(self, value):
+        self._wrapper_built = value
+
+    @keras.Model.trainable.setter
+    def trainable(self, value):
+        keras.Model.trainable.fset(self, value)
+        # Keras's setter reaches every sublayer, the teacher included; the
+        # teacher stays the frozen reference whatever the wrapper is set to.
+        if getattr(self, "teacher", None) is not None:
+            self.teacher.trainable = False
+
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
+
+    def export(
+        self,
+        filepath,
+        format="tf_saved_model",
+        verbose=None,
+        input_signature=None,
+        **kwargs,
+    ):
+        """Exports the student, as `keras.Model.export` does for a model.
+
+        The artifact computes what `predict` does, the student's outputs;
+        the teacher is needed for training, not for serving, and is not
+        written. Takes the arguments of `keras.Model.export`; see also
+        `keras_sft.export_saved_model`, with named serving signatures.
+        """
+        return self.student.export(
+            filepath,
+            format=format,
+            verbose=verbose,
+            input_signature=input_signature,
+            **kwargs,
+        )
 
     def _current_lambda(self):
         """`lambda_`, or its schedule's value at the optimizer's step."""
@@ -399,6 +441,7 @@ class SFTModel(keras.Model):
         arguments = anchors.FIT_SIGNATURE.bind(self, *args, **kwargs)
         arguments = dict(arguments.arguments)
         del arguments["self"]
+        arguments = task_preprocessing.fit_arguments(self.student, arguments)
         # In "replace" mode the teacher never runs on the labelled inputs,
         # so caching its outputs there would be waste.
         caching = anchor_x is None or anchor_mode == "both"
@@ -413,6 +456,31 @@ class SFTModel(keras.Model):
                 anchor_batch_size=anchor_batch_size,
             )
             return super().fit(**arguments)
+
+    def evaluate(
+        self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs
+    ):
+        # Validation inside `fit` reuses the dataset `fit` preprocessed.
+        preprocess = task_preprocessing.preprocess_samples(self.student)
+        if preprocess is not None and not kwargs.get(
+            "_use_cached_eval_dataset"
+        ):
+            x = task_preprocessing.preprocessed(
+                preprocess, x, y, sample_weight, batch_size
+            )
+            y = sample_weight = batch_size = None
+        return super().evaluate(
+            x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs
+        )
+
+    def predict(self, x, batch_size=None, **kwargs):
+        preprocess = task_preprocessing.preprocess_samples(self.student)
+        if preprocess is not None:
+            x = task_preprocessing.preprocessed(
+                preprocess, x, batch_size=batch_size
+            )
+            batch_size = None
+        return super().predict(x, batch_size=batch_size, **kwargs)
 
     fit.__signature__ = anchors.FIT_SIGNATURE
 
@@ -439,8 +507,8 @@ class SFTModel(keras.Model):
             scaled_total = self.optimizer.scale_loss(total)
         trainable_weights = self.student.trainable_weights
         gradients = tape.gradient(scaled_total, trainable_weights)
-        self.optimizer.apply_gradients(
-            zip(gradients, trainable_weights, strict=True)
+        keras_compat.apply_gradients(
+            self.optimizer, gradients, trainable_weights
         )
         return self._step_logs(x, y, sample_weight, student[0], total, terms)
 

@@ -1,0 +1,136 @@
+"""`SFTModel` where a user touches it as a `keras.Model`: trainability,
+`export`, `summary`, and students built on their first batch."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sft
+from tests import helpers
+
+_NO_WEIGHTS = "The model does not have any trainable weights."
+
+
+def _ids(variables):
+    return [id(v) for v in variables]
+
+
+def _fit_warnings(model, x, y):
+    """The messages of the warnings `fit` raises."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(x, y, epochs=1, batch_size=16, verbose=0)
+    return [str(w.message) for w in caught]
+
+
+class _SubclassedClassifier(keras.Model):
+    """A subclassed model whose weights appear on its first call."""
+
+    def __init__(self, classes=3, **kwargs):
+        super().__init__(**kwargs)
+        self.classes = classes
+        self.hidden = keras.layers.Dense(8, activation="relu")
+        self.logits = keras.layers.Dense(classes)
+
+    def call(self, inputs):
+        return self.logits(self.hidden(inputs))
+
+    def get_config(self):
+        return {**super().get_config(), "classes": self.classes}
+
+
+def test_teacher_stays_frozen_when_the_wrapper_is_made_trainable():
+    model = keras_sft.SFTModel(helpers.mlp())
+
+    model.trainable = False
+    model.trainable = True
+
+    assert model.trainable and model.student.trainable
+    assert not model.teacher.trainable
+    assert model.teacher.trainable_weights == []
+    assert _ids(model.trainable_weights) == _ids(
+        model.student.trainable_weights
+    )
+
+
+def test_untrainable_wrapper_trains_nothing_with_keras_warning():
+    x, y, _ = helpers.classification_data()
+    model = keras_sft.SFTModel(helpers.mlp())
+    model.trainable = False
+    model.compile(optimizer="sgd")
+    before = model.student.get_weights()
+
+    messages = _fit_warnings(model, x, y)
+
+    assert _NO_WEIGHTS in messages
+    for a, b in zip(model.student.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Plain Keras says the same of the same model.
+    plain = helpers.mlp()
+    plain.trainable = False
+    plain.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    assert _NO_WEIGHTS in _fit_warnings(plain, x, y)
+
+
+def _assert_exports_the_student(model, x, path):
+    """`model.export` serves `model.predict`, with the student's variables."""
+    lines = []
+    model.summary(print_fn=lambda line, **_: lines.append(line))
+    assert model.student.name in "\n".join(lines)
+
+    model.export(str(path), verbose=False)
+
+    served = tf.saved_model.load(str(path))
+    np.testing.assert_allclose(
+        served.serve(x).numpy(), model.predict(x, verbose=0), atol=1e-6
+    )
+    assert len(served.variables) == len(model.student.variables)
+
+
+def test_export_and_summary_after_construction_fit_and_loading(tmp_path):
+    x, y, _ = helpers.classification_data()
+    model = keras_sft.SFTModel(
+        helpers.mlp(), teacher=helpers.perturbed_copy(helpers.mlp())
+    )
+    _assert_exports_the_student(model, x, tmp_path / "constructed")
+
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=1, verbose=0)
+    _assert_exports_the_student(model, x, tmp_path / "fitted")
+
+    loaded = helpers.keras_round_trip(model, tmp_path, "sft.keras")
+    _assert_exports_the_student(loaded, x, tmp_path / "loaded")
+
+
+def test_unbuilt_subclassed_student_builds_on_its_first_batch(tmp_path):
+    x, y, _ = helpers.classification_data()
+    student = _SubclassedClassifier(name="subclassed")
+    model = keras_sft.SFTModel(student, teacher=helpers.mlp())
+    model.compile(optimizer="adam")
+
+    model.fit(x, y, epochs=1, verbose=0)
+
+    assert student.built and model.built
+    assert len(student.trainable_weights) == 4
+    np.testing.assert_array_equal(
+        model.predict(x, verbose=0), student.predict(x, verbose=0)
+    )
+    _assert_exports_the_student(model, x, tmp_path / "export")
+
+
+def test_unbuilt_student_without_teacher_is_refused():
+    # The teacher is the student's weights before fine-tuning; an unbuilt
+    # student has none to copy.
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid value for argument `model`. Expected a built model, "
+        r"so that its weights can be copied: call `model.build\(input_shape\)`"
+        r" or call it on a batch first. Received: model='subclassed",
+    ):
+        keras_sft.SFTModel(_SubclassedClassifier(name="subclassed"))
