@@ -12,6 +12,7 @@ from keras_sft import fit_cache
 from keras_sft import keras_compat
 from keras_sft import outputs
 from keras_sft import sft_loss
+from keras_sft import step_guard
 from keras_sft import teacher_cache
 from keras_sft.teacher import clone_teacher
 
@@ -116,6 +117,14 @@ class SFTModel(keras.Model):
             what it saves), with `distill_features`, `lambda_=0` or
             several workers, or for datasets (see
             `keras_sft.cache_teacher_outputs`). Defaults to `True`.
+        guard_nonfinite: Bool. Never apply a training step whose loss,
+            loss terms, `lambda_` or gradients are not finite (or whose
+            `lambda_` is negative); `fit` then stops with a
+            `RuntimeError` naming the epoch, the step and the term, and
+            the student keeps the weights of the last finite step. Under
+            a `LossScaleOptimizer` only the loss is checked: it skips
+            non-finite gradients itself. `False` trains as plain Keras
+            does (see `keras_sft.step_guard`). Defaults to `True`.
         **kwargs: Passed to `keras.Model` (for example `name`). The dtype
             policy defaults to the student's.
 
@@ -138,6 +147,7 @@ class SFTModel(keras.Model):
         distill_weights=None,
         distill_features=None,
         cache_teacher=True,
+        guard_nonfinite=True,
         **kwargs,
     ):
         checks.check_sft_arguments(
@@ -151,6 +161,7 @@ class SFTModel(keras.Model):
             distill_features=distill_features,
             cache_teacher=cache_teacher,
         )
+        checks.check_bool("guard_nonfinite", guard_nonfinite)
         student_names = outputs.output_names(student)
         teacher_names = (
             student_names if teacher is None else outputs.output_names(teacher)
@@ -186,6 +197,9 @@ class SFTModel(keras.Model):
             None if distill_features is None else list(distill_features)
         )
         self.cache_teacher = cache_teacher
+        self.guard_nonfinite = guard_nonfinite
+        # Not a model weight: the guard's state lives for one `fit`.
+        self._step_guard = step_guard.StepGuard() if guard_nonfinite else None
         if student_names is not None:
             # `compile` maps dict losses and metrics of list outputs by name.
             self.output_names = student_names
@@ -364,6 +378,8 @@ class SFTModel(keras.Model):
         arguments = fit_cache.FIT_SIGNATURE.bind(self, *args, **kwargs)
         arguments = dict(arguments.arguments)
         del arguments["self"]
+        if self._step_guard is not None:
+            arguments = self._step_guard.with_callback(arguments)
         return super().fit(**fit_cache.with_cached_teacher(self, arguments))
 
     fit.__signature__ = fit_cache.FIT_SIGNATURE
@@ -381,9 +397,18 @@ class SFTModel(keras.Model):
             scaled_total = self.optimizer.scale_loss(total)
         trainable_weights = self.student.trainable_weights
         gradients = tape.gradient(scaled_total, trainable_weights)
-        self.optimizer.apply_gradients(
-            zip(gradients, trainable_weights, strict=True)
-        )
+        if self._step_guard is None:
+            self.optimizer.apply_gradients(
+                zip(gradients, trainable_weights, strict=True)
+            )
+        else:
+            self._step_guard.apply_gradients(
+                self.optimizer,
+                gradients,
+                trainable_weights,
+                (x, y, sample_weight),
+                [self._current_lambda(), *_terms(terms), total],
+            )
         return self._step_logs(x, y, sample_weight, student[0], total, terms)
 
     def test_step(self, data):
@@ -448,6 +473,7 @@ class SFTModel(keras.Model):
                 "distill_weights": self.distill_weights,
                 "distill_features": self.distill_features,
                 "cache_teacher": self.cache_teacher,
+                "guard_nonfinite": self.guard_nonfinite,
             }
         )
         return config
@@ -462,3 +488,11 @@ class SFTModel(keras.Model):
                 config["lambda_"]
             )
         return cls(**config)
+
+
+def _terms(terms):
+    """`task_loss` and `distill_loss` of a step's `terms`, as float32."""
+    return [
+        ops.cast(terms[name], "float32")
+        for name in ("task_loss", "distill_loss")
+    ]
