@@ -77,3 +77,11 @@ def restore_compile(model, config):
     model.compile(**keras.saving.deserialize_keras_object(config))
     if model.built:
         model.optimizer.build(model.trainable_variables)
+
+
+def output_layer(model):
+    """The layer that makes a Functional or Sequential model's single
+    output (Keras records it only in the output tensor's private history)."""
+    if isinstance(model, keras.Sequential):
+        return model.layers[-1]
+    return model.outputs[0]._keras_history.operation

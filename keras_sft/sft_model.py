@@ -7,6 +7,7 @@ import tensorflow as tf
 from keras import ops
 
 from keras_sft import checks
+from keras_sft import data_checks
 from keras_sft import features
 from keras_sft import fit_cache
 from keras_sft import keras_compat
@@ -267,6 +268,8 @@ class SFTModel(keras.Model):
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if self._student_names is not None and len(self._student_names) > 1:
             outputs.output_losses(loss, loss_weights, self._student_names)
+        elif getattr(self.student, "outputs", None):
+            checks.check_logits_loss(self.student, loss)
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -378,11 +381,18 @@ class SFTModel(keras.Model):
         arguments = fit_cache.FIT_SIGNATURE.bind(self, *args, **kwargs)
         arguments = dict(arguments.arguments)
         del arguments["self"]
+        data_checks.check_fit_data(self, arguments)
         if self._step_guard is not None:
             arguments = self._step_guard.with_callback(arguments)
-        return super().fit(**fit_cache.with_cached_teacher(self, arguments))
+        with data_checks.one_line_label_errors():
+            return super().fit(**fit_cache.with_cached_teacher(self, arguments))
 
     fit.__signature__ = fit_cache.FIT_SIGNATURE
+
+    def evaluate(self, *args, **kwargs):
+        """As `keras.Model.evaluate`; a label out of range is one line."""
+        with data_checks.one_line_label_errors():
+            return super().evaluate(*args, **kwargs)
 
     def train_step(self, data):
         x, y, sample_weight, cached = teacher_cache.unpack(data)
