@@ -160,11 +160,7 @@ def check_logits_loss(student, loss):
     gradients of a softmax taken twice are small and wrong."""
     if not getattr(loss, "from_logits", False) or len(student.outputs) != 1:
         return
-    layer = (
-        student.layers[-1]
-        if isinstance(student, keras.Sequential)
-        else (student.outputs[0]._keras_history.operation)
-    )
+    layer = keras_compat.output_layer(student)
     if isinstance(layer, keras.layers.Softmax) or (
         getattr(layer, "activation", None) is keras.activations.softmax
     ):
