@@ -133,22 +133,28 @@ def _apply_if(apply, optimizer, gradients, variables):
     optimizer's own merge call.
     """
 
-    def apply_fn():
+    def apply_fn(gradients):
         optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
     if tf.__internal__.distribute.strategy_supports_no_merge_call():
-        ops.cond(apply, apply_fn, lambda: None)
+        ops.cond(apply, lambda: apply_fn(gradients), lambda: None)
         return
 
-    def cross_replica(strategy, apply):
+    # Each replica's gradients go through `merge_call`'s arguments, so that
+    # each replica applies its own (a closure would hold the first's).
+    def cross_replica(strategy, apply, gradients):
         apply = strategy.experimental_local_results(apply)[0]
         ops.cond(
             apply,
-            lambda: strategy.extended.call_for_each_replica(apply_fn),
+            lambda: strategy.extended.call_for_each_replica(
+                apply_fn, args=(gradients,)
+            ),
             lambda: None,
         )
 
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(apply,))
+    tf.distribute.get_replica_context().merge_call(
+        cross_replica, args=(apply, gradients)
+    )
 
 
 class _StopAtRefusedStep(keras.callbacks.Callback):
