@@ -243,9 +243,11 @@ class SFTModel(keras.Model):
         `jit_compile` and `steps_per_execution` keep Keras's defaults
         (docs/performance.md gives the measurements behind them). With
         several steps per execution, per-batch callbacks see the logs of
-        one step per execution, so `keras_sft.TerminateOnNaN` stops late,
-        and Keras 3.15's multi-step loop fails under `MirroredStrategy`:
-        pass `steps_per_execution=16` only for a small model on one device.
+        one step per execution, so `keras_sft.TerminateOnNaN` stops late
+        (the step guard does not: it refuses every later step of the
+        execution), and Keras 3.15's multi-step loop fails under
+        `MirroredStrategy`: pass `steps_per_execution=16` only for a small
+        model on one device.
 
         Args:
             optimizer: As in `keras.Model.compile`. Defaults to `"rmsprop"`.
