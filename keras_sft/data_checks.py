@@ -214,7 +214,7 @@ def check_arrays(model, x, y, sample_weight, *, names, sparse):
             raise checks.argument_error(
                 name,
                 f"as many examples as `{x_name}` ({count})",
-                received=f"{name} with {length}",
+                received=f"sizes {x_name}={count}, {name}={length}",
             )
     if sparse and y is not None and not keras.tree.is_nested(y):
         _check_class_labels(model, np.asarray(y), y_name)

@@ -162,12 +162,16 @@ def output_losses(loss, loss_weights, names):
 def static_shapes(model):
     """Output shapes of a built model by output name, or `None` if unknown."""
     names = output_names(model)
-    if names is None:
+    try:
+        structure = model.output
+    except (AttributeError, ValueError):
+        # Subclassed models, and Sequential ones never called on a
+        # symbolic input, have no symbolic outputs.
         return None
-    shapes = [tuple(t.shape) for t in keras.tree.flatten(model.output)]
-    if isinstance(model.output, dict):
+    shapes = [tuple(t.shape) for t in keras.tree.flatten(structure)]
+    if isinstance(structure, dict):
         # `tree.flatten` sorts dict keys; names keep the model's order.
-        shapes = [tuple(model.output[name].shape) for name in names]
+        shapes = [tuple(structure[name].shape) for name in names]
     return dict(zip(names, shapes, strict=True))
 
 

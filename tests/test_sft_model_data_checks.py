@@ -135,7 +135,7 @@ def test_lengths_must_match():
     with pytest.raises(
         ValueError,
         match=r"^Invalid value for argument `y`\. Expected as many examples "
-        r"as `x` \(8\)\. Received: y with 7$",
+        r"as `x` \(8\)\. Received: sizes x=8, y=7$",
     ):
         _fit(_model(), x, y[:7])
 
