@@ -8,7 +8,9 @@ Times, on the same data and the same model:
 4. `sft_cached`: `keras_sft.SFTModel` on `keras_sft.cache_teacher_outputs`;
 5. `l2_sp`: plain `model.fit` with L2-SP (`keras_sft.apply_l2_sp`), the
    weight-space alternative to SFT's consistency term;
-6. `torch_sft` and `torch_plain`, where PyTorch is installed: the textbook
+6. `sft_unguarded`: `sft_live` with `guard_nonfinite=False`, to measure
+   the cost of the non-finite step guard (on in every other SFT variant);
+7. `torch_sft` and `torch_plain`, where PyTorch is installed: the textbook
    PyTorch loop of SFT with a frozen teacher copy, and the same loop
    without the teacher (`benchmarks/torch_loop.py`);
 
@@ -49,7 +51,14 @@ from absl import flags  # noqa: E402
 
 from benchmarks import variants  # noqa: E402
 
-VARIANTS = ("plain", "distiller", "sft_live", "sft_cached", "l2_sp")
+VARIANTS = (
+    "plain",
+    "distiller",
+    "sft_live",
+    "sft_cached",
+    "l2_sp",
+    "sft_unguarded",
+)
 TORCH_VARIANTS = ("torch_sft", "torch_plain")
 MODELS = ("mlp", "cnn")
 BATCH_SIZE = 128
@@ -122,7 +131,9 @@ def _compiled(model_name, variant):
     return variants.compiled(
         variants.build(model_name),
         variant,
-        cache_teacher=False if variant == "sft_live" else None,
+        cache_teacher=(
+            False if variant in ("sft_live", "sft_unguarded") else None
+        ),
         **_compile_kwargs(),
     )
 

@@ -105,7 +105,8 @@ def compiled(student, variant, *, cache_teacher=None, **compile_kwargs):
     """`variant` of `student`, compiled with Adam and `compile_kwargs`.
 
     `cache_teacher` is `SFTModel`'s argument for the `sft_*` variants;
-    None leaves its default. The Distiller computes
+    None leaves its default. `sft_unguarded` is `sft_live` without the
+    non-finite step guard. The Distiller computes
     `w * task + (1 - w) * mse`; with `w = 1 / (1 + LAMBDA)` that is SFT's
     `task + LAMBDA * mse` divided by `1 + LAMBDA`, the same objective.
     """
@@ -131,7 +132,14 @@ def compiled(student, variant, *, cache_teacher=None, **compile_kwargs):
         options = (
             {} if cache_teacher is None else {"cache_teacher": cache_teacher}
         )
-        model = keras_sft.SFTModel(student, lambda_=LAMBDA, **options)
+        # "mse", the Distiller's distance, whatever SFTModel's default.
+        model = keras_sft.SFTModel(
+            student,
+            lambda_=LAMBDA,
+            distance="mse",
+            guard_nonfinite=variant != "sft_unguarded",
+            **options,
+        )
         task_loss = None
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3), loss=task_loss, **compile_kwargs

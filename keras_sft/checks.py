@@ -11,6 +11,7 @@ import numbers
 import keras
 
 from keras_sft import distances
+from keras_sft import keras_compat
 
 
 def argument_error(name, expected, value=None, *, received=None):
@@ -150,6 +151,26 @@ def check_distill_features(distill_features, distance, distill_outputs):
             "probabilities, not features",
             received=f"distill_features={distill_features!r} with "
             "distance='kl'",
+        )
+
+
+def check_logits_loss(student, loss):
+    """Raises if `loss` reads logits (`from_logits=True`) but `student`'s
+    single output applies a softmax: Keras would only warn, and the
+    gradients of a softmax taken twice are small and wrong."""
+    if not getattr(loss, "from_logits", False) or len(student.outputs) != 1:
+        return
+    layer = keras_compat.output_layer(student)
+    if isinstance(layer, keras.layers.Softmax) or (
+        getattr(layer, "activation", None) is keras.activations.softmax
+    ):
+        raise argument_error(
+            "loss",
+            f"a loss on probabilities for a student whose output "
+            f"{layer.name!r} applies a softmax: pass "
+            f"`keras.losses.{type(loss).__name__}(from_logits=False)`, or "
+            "give the student a linear output",
+            received=f"loss={type(loss).__name__}(from_logits=True)",
         )
 
 

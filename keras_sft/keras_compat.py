@@ -128,3 +128,11 @@ def apply_gradients(optimizer, gradients, trainable_weights):
         )
         return
     optimizer.apply_gradients(zip(gradients, trainable_weights, strict=True))
+
+
+def output_layer(model):
+    """The layer that makes a Functional or Sequential model's single
+    output (Keras records it only in the output tensor's private history)."""
+    if isinstance(model, keras.Sequential):
+        return model.layers[-1]
+    return model.outputs[0]._keras_history.operation

@@ -22,6 +22,10 @@ def output_names(model):
     Dict outputs are named by their keys, other outputs by the layer that
     makes them, as `keras.Model.compile` names them.
     """
+    if isinstance(model, keras.Sequential) and model.layers:
+        # One output, made by its last layer; `model.output` is undefined
+        # until the model is called on a symbolic input.
+        return [model.layers[-1].name]
     try:
         structure = model.output
     except (AttributeError, ValueError):
@@ -29,10 +33,7 @@ def output_names(model):
         return None
     if isinstance(structure, dict):
         return list(structure)
-    if getattr(model, "output_names", None):
-        return list(model.output_names)
-    # A Sequential model has one output, made by its last layer.
-    return [model.layers[-1].name]
+    return list(model.output_names)
 
 
 def by_name(values, names):
@@ -161,12 +162,16 @@ def output_losses(loss, loss_weights, names):
 def static_shapes(model):
     """Output shapes of a built model by output name, or `None` if unknown."""
     names = output_names(model)
-    if names is None:
+    try:
+        structure = model.output
+    except (AttributeError, ValueError):
+        # Subclassed models, and Sequential ones never called on a
+        # symbolic input, have no symbolic outputs.
         return None
-    shapes = [tuple(t.shape) for t in keras.tree.flatten(model.output)]
-    if isinstance(model.output, dict):
+    shapes = [tuple(t.shape) for t in keras.tree.flatten(structure)]
+    if isinstance(structure, dict):
         # `tree.flatten` sorts dict keys; names keep the model's order.
-        shapes = [tuple(model.output[name].shape) for name in names]
+        shapes = [tuple(structure[name].shape) for name in names]
     return dict(zip(names, shapes, strict=True))
 
 

@@ -8,11 +8,13 @@ from keras import ops
 
 from keras_sft import anchors
 from keras_sft import checks
+from keras_sft import data_checks
 from keras_sft import features
 from keras_sft import fit_cache
 from keras_sft import keras_compat
 from keras_sft import outputs
 from keras_sft import sft_loss
+from keras_sft import step_guard
 from keras_sft import task_preprocessing
 from keras_sft.teacher import clone_teacher
 
@@ -119,6 +121,14 @@ class SFTModel(keras.Model):
             reuse), with `distill_features`, `lambda_=0` or several
             workers, or for datasets (see
             `keras_sft.cache_teacher_outputs`). Defaults to `True`.
+        guard_nonfinite: Bool. Never apply a training step whose loss,
+            loss terms, `lambda_` or gradients are not finite (or whose
+            `lambda_` is negative); `fit` then stops with a
+            `RuntimeError` naming the epoch, the step and the term, and
+            the student keeps the weights of the last finite step. Under
+            a `LossScaleOptimizer` only the loss is checked: it skips
+            non-finite gradients itself. `False` trains as plain Keras
+            does (see `keras_sft.step_guard`). Defaults to `True`.
         **kwargs: Passed to `keras.Model` (for example `name`). The dtype
             policy defaults to the student's.
 
@@ -141,6 +151,7 @@ class SFTModel(keras.Model):
         distill_weights=None,
         distill_features=None,
         cache_teacher=True,
+        guard_nonfinite=True,
         **kwargs,
     ):
         checks.check_sft_arguments(
@@ -154,6 +165,7 @@ class SFTModel(keras.Model):
             distill_features=distill_features,
             cache_teacher=cache_teacher,
         )
+        checks.check_bool("guard_nonfinite", guard_nonfinite)
         student_names = outputs.output_names(student)
         teacher_names = (
             student_names if teacher is None else outputs.output_names(teacher)
@@ -189,6 +201,9 @@ class SFTModel(keras.Model):
             None if distill_features is None else list(distill_features)
         )
         self.cache_teacher = cache_teacher
+        self.guard_nonfinite = guard_nonfinite
+        # Not a model weight: the guard's state lives for one `fit`.
+        self._step_guard = step_guard.StepGuard() if guard_nonfinite else None
         if student_names is not None:
             # `compile` maps dict losses and metrics of list outputs by name.
             self.output_names = student_names
@@ -229,9 +244,11 @@ class SFTModel(keras.Model):
         `jit_compile` and `steps_per_execution` keep Keras's defaults
         (docs/performance.md gives the measurements behind them). With
         several steps per execution, per-batch callbacks see the logs of
-        one step per execution, so `keras_sft.TerminateOnNaN` stops late,
-        and Keras 3.15's multi-step loop fails under `MirroredStrategy`:
-        pass `steps_per_execution=16` only for a small model on one device.
+        one step per execution, so `keras_sft.TerminateOnNaN` stops late
+        (the step guard does not: it refuses every later step of the
+        execution), and Keras 3.15's multi-step loop fails under
+        `MirroredStrategy`: pass `steps_per_execution=16` only for a small
+        model on one device.
 
         Args:
             optimizer: As in `keras.Model.compile`. Defaults to `"rmsprop"`.
@@ -254,6 +271,8 @@ class SFTModel(keras.Model):
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if self._student_names is not None and len(self._student_names) > 1:
             outputs.output_losses(loss, loss_weights, self._student_names)
+        elif getattr(self.student, "outputs", None):
+            checks.check_logits_loss(self.student, loss)
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -442,12 +461,19 @@ class SFTModel(keras.Model):
         arguments = dict(arguments.arguments)
         del arguments["self"]
         arguments = task_preprocessing.fit_arguments(self.student, arguments)
+        # Before the packing below: the checks read the user's own data.
+        data_checks.check_fit_data(self, arguments)
+        if self._step_guard is not None:
+            arguments = self._step_guard.with_callback(arguments)
         # In "replace" mode the teacher never runs on the labelled inputs,
         # so caching its outputs there would be waste.
         caching = anchor_x is None or anchor_mode == "both"
-        with fit_cache.cached_teacher(
-            self, arguments, enabled=caching
-        ) as arguments:
+        with (
+            fit_cache.cached_teacher(
+                self, arguments, enabled=caching
+            ) as arguments,
+            data_checks.one_line_label_errors(),
+        ):
             arguments = anchors.fit_arguments(
                 self,
                 arguments,
@@ -469,9 +495,14 @@ class SFTModel(keras.Model):
                 preprocess, x, y, sample_weight, batch_size
             )
             y = sample_weight = batch_size = None
-        return super().evaluate(
-            x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs
-        )
+        with data_checks.one_line_label_errors():
+            return super().evaluate(
+                x,
+                y,
+                batch_size=batch_size,
+                sample_weight=sample_weight,
+                **kwargs,
+            )
 
     def predict(self, x, batch_size=None, **kwargs):
         preprocess = task_preprocessing.preprocess_samples(self.student)
@@ -507,9 +538,18 @@ class SFTModel(keras.Model):
             scaled_total = self.optimizer.scale_loss(total)
         trainable_weights = self.student.trainable_weights
         gradients = tape.gradient(scaled_total, trainable_weights)
-        keras_compat.apply_gradients(
-            self.optimizer, gradients, trainable_weights
-        )
+        if self._step_guard is None or not trainable_weights:
+            keras_compat.apply_gradients(
+                self.optimizer, gradients, trainable_weights
+            )
+        else:
+            self._step_guard.apply_gradients(
+                self.optimizer,
+                gradients,
+                trainable_weights,
+                (x, y, sample_weight),
+                [self._current_lambda(), *_terms(terms), total],
+            )
         return self._step_logs(x, y, sample_weight, student[0], total, terms)
 
     def test_step(self, data):
@@ -577,6 +617,7 @@ class SFTModel(keras.Model):
                 "distill_weights": self.distill_weights,
                 "distill_features": self.distill_features,
                 "cache_teacher": self.cache_teacher,
+                "guard_nonfinite": self.guard_nonfinite,
             }
         )
         return config
@@ -591,3 +632,11 @@ class SFTModel(keras.Model):
                 config["lambda_"]
             )
         return cls(**config)
+
+
+def _terms(terms):
+    """`task_loss` and `distill_loss` of a step's `terms`, as float32."""
+    return [
+        ops.cast(terms[name], "float32")
+        for name in ("task_loss", "distill_loss")
+    ]

@@ -5,16 +5,38 @@ import math
 import keras
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training stopped at a step whose loss or gradients were not finite."""
+
+
+def non_finite_error(epoch, step, what, details):
+    """The one-line `NonFiniteLossError` for a non-finite step.
+
+    Args:
+        epoch: Int, the epoch, counted from 0 as Keras's callbacks count.
+        step: Int, the step in the epoch, counted from 0.
+        what: String, what was not finite.
+        details: String, the values and what became of the weights.
+    """
+    return NonFiniteLossError(
+        f"Non-finite {what} at epoch {epoch + 1}, step {step + 1}: "
+        f"{details}. Lower the learning rate or lambda_, or check the "
+        "inputs for NaN or Inf."
+    )
+
+
 class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
     """Stops training at the first NaN or Inf loss, naming the step and terms.
 
     Like `keras.callbacks.TerminateOnNaN(raise_error=True)`, but the error
     says which epoch and step went wrong and gives `task_loss` and
     `distill_loss`, so one can tell a diverging task term from a diverging
-    consistency term. The error is raised at once: no later callback runs,
-    so `ModelCheckpoint` never writes the non-finite weights and the last
-    checkpoint saved before it (and a `BackupAndRestore` backup) stays
-    usable.
+    consistency term. The error (a `RuntimeError`) is raised at once: no
+    later callback runs, so `ModelCheckpoint` never writes the non-finite
+    weights and the last checkpoint saved before it (and a
+    `BackupAndRestore` backup) stays usable. `SFTModel`'s own guard
+    (`guard_nonfinite`, on by default) already refuses such steps; this
+    callback serves models trained without it.
 
     Example:
 
@@ -43,9 +65,10 @@ class TerminateOnNaN(keras.callbacks.TerminateOnNaN):
             for name in ("loss", "task_loss", "distill_loss")
             if name in logs
         )
-        raise RuntimeError(
-            f"Non-finite loss at epoch {self._epoch + 1}, step {batch + 1}: "
+        raise non_finite_error(
+            self._epoch,
+            batch,
+            "loss",
             f"{terms}. Training stopped; the last saved checkpoint is "
-            "unaffected. Lower the learning rate or lambda_, or check the "
-            "inputs for NaN or Inf."
+            "unaffected",
         )

@@ -1,0 +1,189 @@
+"""StepGuard: a training step whose loss or gradients are not finite is
+never applied.
+
+`SFTModel` trains the user's pretrained model in place, often the only
+copy they hold, so one NaN batch must not reach its weights. The guard
+checks each step in one fused test (the loss, its terms, `lambda_` and the
+gradients), agrees on the result across replicas with one all-reduce, and
+applies the gradients only if every replica's step is finite and no
+earlier step of this `fit` was refused. A refused step changes nothing:
+neither weights nor optimizer state (moments, `iterations`). A refusal is
+kept in a variable, so that the later steps of the same execution
+(`steps_per_execution > 1`) are refused too, and `fit` then stops with a
+`NonFiniteLossError` naming the epoch, the step and what was not finite.
+
+Under a `keras.optimizers.LossScaleOptimizer` (`mixed_float16`),
+non-finite gradients are routine: the optimizer skips such steps and
+lowers its scale. There only the loss (computed in float32) is checked.
+"""
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_sft import terminate_on_nan
+
+# What the guard checks, in the order its message names them: the inputs
+# (looked at only once a step is not finite), then the step's own values.
+_INPUTS = ("inputs `x`", "labels `y`", "`sample_weight`")
+_VALUES = (
+    "lambda_ (NaN, Inf or < 0)",
+    "task_loss",
+    "distill_loss",
+    "loss",
+    "gradients",
+)
+
+
+class StepGuard:
+    """Applies a step's gradients only if the step is finite everywhere.
+
+    Example:
+
+    ```python
+    guard = StepGuard()  # in the strategy's scope, with the model
+    guard.apply_gradients(optimizer, gradients, variables, data, values)
+    model.fit(**guard.with_callback(fit_arguments))
+    ```
+    """
+
+    def __init__(self):
+        # [steps applied in this `fit`, bits of what made a step not
+        # finite]; all replicas agree on it, so the first one's is kept.
+        self.state = keras.Variable(
+            [0, 0],
+            dtype="int64",
+            trainable=False,
+            aggregation="only_first_replica",
+            name="step_guard_state",
+        )
+
+    def apply_gradients(self, optimizer, gradients, variables, data, values):
+        """Applies `gradients` with `optimizer` unless the step is refused.
+
+        Args:
+            optimizer: The model's optimizer.
+            gradients: List of the gradients of `variables`.
+            variables: List of the trained variables.
+            data: `(x, y, sample_weight)` of the step.
+            values: List of scalars in the order of `_VALUES` but the
+                gradients: `lambda_`, `task_loss`, `distill_loss`, loss.
+        """
+        checks = [ops.logical_not(ops.isfinite(v)) for v in values]
+        checks[0] = ops.logical_or(checks[0], ops.less(values[0], 0.0))
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            checks.append(ops.convert_to_tensor(False))
+        else:
+            checks.append(ops.logical_not(_all_finite(gradients)))
+        bad = ops.stack(checks)
+        # Only a step that is already refused pays for looking at its
+        # inputs, to name the cause; no collective runs inside the cond.
+        inputs_bad = tf.cond(
+            ops.any(bad),
+            lambda: ops.stack([ops.logical_not(_all_finite(d)) for d in data]),
+            lambda: ops.zeros((len(_INPUTS),), "bool"),
+        )
+        flags = ops.cast(ops.concatenate([inputs_bad, bad]), "float32")
+        context = tf.distribute.get_replica_context()
+        flags = context.all_reduce("sum", flags)
+        code = ops.sum(ops.where(flags > 0, 2 ** ops.arange(flags.shape[0]), 0))
+        code = ops.cast(code, "int64")
+        state = ops.convert_to_tensor(self.state)
+        refused_before = state[1] != 0
+        apply = ops.logical_and(code == 0, ops.logical_not(refused_before))
+        self.state.assign(
+            ops.where(
+                refused_before,
+                state,
+                ops.stack([state[0] + ops.cast(apply, "int64"), code]),
+            )
+        )
+        _apply_if(apply, optimizer, gradients, variables)
+
+    def with_callback(self, arguments):
+        """`fit`'s `arguments` with, after the user's callbacks, one that
+        resets the guard and stops `fit` at a refusal."""
+        callbacks = list(arguments.get("callbacks") or [])
+        return {
+            **arguments,
+            "callbacks": [*callbacks, _StopAtRefusedStep(self)],
+        }
+
+
+def _all_finite(tensors):
+    """Whether every element of `tensors` (a structure, `None`s skipped) is
+    finite; a scalar, with one reduction per tensor."""
+    leaves = [
+        t.values if isinstance(t, tf.IndexedSlices) else t
+        for t in keras.tree.flatten(tensors)
+        if t is not None
+    ]
+    leaves = [t for t in leaves if t.dtype.is_floating]
+    if not leaves:
+        return ops.convert_to_tensor(True)
+    return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in leaves]))
+
+
+def _apply_if(apply, optimizer, gradients, variables):
+    """Applies the gradients where `apply` (equal on all replicas) holds.
+
+    As `keras.optimizers.LossScaleOptimizer` does: a cond in the replica
+    context where the strategy needs no merge call, else a cond in the
+    cross-replica context, since a replica-context cond cannot hold the
+    optimizer's own merge call.
+    """
+
+    def apply_fn(gradients):
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        ops.cond(apply, lambda: apply_fn(gradients), lambda: None)
+        return
+
+    # Each replica's gradients go through `merge_call`'s arguments, so that
+    # each replica applies its own (a closure would hold the first's).
+    def cross_replica(strategy, apply, gradients):
+        apply = strategy.experimental_local_results(apply)[0]
+        ops.cond(
+            apply,
+            lambda: strategy.extended.call_for_each_replica(
+                apply_fn, args=(gradients,)
+            ),
+            lambda: None,
+        )
+
+    tf.distribute.get_replica_context().merge_call(
+        cross_replica, args=(apply, gradients)
+    )
+
+
+class _StopAtRefusedStep(keras.callbacks.Callback):
+    """Resets the guard when training begins; raises at its first refusal."""
+
+    def __init__(self, guard):
+        super().__init__()
+        self._guard = guard
+        self._epoch = 0
+        self._applied_before_epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self._guard.state.assign([0, 0])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._applied_before_epoch = int(self._guard.state.numpy()[0])
+
+    def on_train_batch_end(self, batch, logs=None):
+        applied, code = (int(v) for v in self._guard.state.numpy())
+        if not code:
+            return
+        names = [
+            name for i, name in enumerate(_INPUTS + _VALUES) if code & (1 << i)
+        ]
+        raise terminate_on_nan.non_finite_error(
+            self._epoch,
+            applied - self._applied_before_epoch,
+            ", ".join(names),
+            "the step was not applied and training stopped; the student "
+            "keeps the weights of the last finite step",
+        )

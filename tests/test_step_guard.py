@@ -1,0 +1,157 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_sft
+from keras_sft.terminate_on_nan import NonFiniteLossError
+from tests import helpers
+
+_REFUSED = (
+    r"Non-finite {what} at epoch 1, step 3: the step was not applied and "
+    r"training stopped; the student keeps the weights of the last finite "
+    r"step\. Lower the learning rate or lambda_"
+)
+
+
+def _model(lambda_=1.0, **kwargs):
+    model = keras_sft.SFTModel(helpers.mlp(), lambda_=lambda_, **kwargs)
+    model.compile(optimizer="adam")
+    return model
+
+
+def _state(model):
+    """The student's weights and the optimizer's variables, as arrays."""
+    return [
+        v.numpy().copy()
+        for v in [*model.student.weights, *model.optimizer.variables]
+    ]
+
+
+def _batches(*arrays):
+    """A dataset of `arrays` in batches of 8, in order."""
+    return tf.data.Dataset.from_tensor_slices(arrays).batch(8)
+
+
+def _assert_refused_third_step(arrays, *, lambda_=1.0, what):
+    """Training on 32 examples in batches of 8 stops at step 3 and keeps
+    the state of a run stopped after step 2 (Adam's moments and
+    iterations included)."""
+    reference = _model(lambda_)
+    reference.fit(_batches(*arrays).take(2), epochs=1, shuffle=False, verbose=0)
+    model = _model(lambda_)
+    with pytest.raises(NonFiniteLossError, match=_REFUSED.format(what=what)):
+        model.fit(_batches(*arrays), epochs=2, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 2
+    for a, b in zip(_state(model), _state(reference), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nan_input_is_never_applied():
+    x, y, _ = helpers.classification_data(n=32)
+    x[20, 0] = np.nan
+    _assert_refused_third_step(
+        (x, y), what=r"inputs `x`, task_loss, distill_loss, loss, gradients"
+    )
+
+
+def test_one_nan_sample_weight_is_never_applied():
+    x, y, weights = helpers.classification_data(n=32)
+    weights[17] = np.nan
+    _assert_refused_third_step(
+        (x, y, weights),
+        what=r"`sample_weight`, task_loss, distill_loss, loss, gradients",
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "also"), [(float("nan"), ", loss, gradients"), (-5.0, "")]
+)
+def test_bad_lambda_schedule_is_never_applied(value, also):
+    x, y, _ = helpers.classification_data(n=32)
+
+    def schedule(step):
+        return tf.where(step >= 2, value, 1.0)
+
+    _assert_refused_third_step(
+        (x, y), lambda_=schedule, what=r"lambda_ \(NaN, Inf or < 0\)" + also
+    )
+
+
+def test_later_steps_of_one_execution_are_refused_too():
+    x, y, _ = helpers.classification_data(n=32)
+    x[20, 0] = np.inf
+    model = keras_sft.SFTModel(helpers.mlp(), lambda_=1.0)
+    model.compile(optimizer="adam", steps_per_execution=4)
+    reference = _model()
+    reference.fit(_batches(x, y).take(2), epochs=1, shuffle=False, verbose=0)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 3:"):
+        model.fit(_batches(x, y), epochs=1, shuffle=False, verbose=0)
+    # Step 4 of the execution was finite, and refused all the same.
+    assert int(model.optimizer.iterations.numpy()) == 2
+    for a, b in zip(_state(model), _state(reference), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_replicas_agree_to_refuse_a_nan_in_one_replica():
+    x, y, _ = helpers.classification_data(n=32)
+    # Batches of 16 split 8 and 8 over the replicas: only the second
+    # replica of the second step sees the NaN.
+    x[29, 0] = np.nan
+    strategy = helpers.two_cpu_strategy(through_one_device=True)
+    with strategy.scope():
+        model = _model()
+    initial = _state(model)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 2:"):
+        model.fit(dataset, epochs=1, shuffle=False, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 1
+    first_step = _state(model)
+    assert not np.array_equal(first_step[0], initial[0])
+    # The first step equals one device's: each replica applied its own
+    # gradients.
+    reference = _model()
+    reference.fit(dataset.take(1), epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(first_step, _state(reference), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    for variable in model.student.weights:
+        values = strategy.experimental_local_results(variable.value)
+        np.testing.assert_array_equal(values[0], values[1])
+
+
+def test_loss_scale_optimizer_skips_overflowing_gradients_itself():
+    keras.config.set_dtype_policy("mixed_float16")
+    x, y, _ = helpers.classification_data(n=32)
+    model = keras_sft.SFTModel(helpers.mlp(), lambda_=1.0)
+    # A scale this large overflows float16 gradients at first.
+    optimizer = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(0.1), initial_scale=2.0**40
+    )
+    model.compile(optimizer=optimizer)
+    history = model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert float(optimizer.dynamic_scale.numpy()) < 2.0**40
+    assert int(optimizer.iterations.numpy()) < 4
+
+
+def test_guard_can_be_switched_off():
+    x, y, _ = helpers.classification_data(n=32)
+    x[20, 0] = np.nan
+    model = keras_sft.SFTModel(
+        helpers.mlp(), lambda_=1.0, guard_nonfinite=False
+    )
+    model.compile(optimizer="sgd")
+    model.fit(_batches(x, y), epochs=1, shuffle=False, verbose=0)
+    assert np.isnan(model.student.get_weights()[0]).any()
+    config = model.get_config()
+    assert config["guard_nonfinite"] is False
+    assert keras_sft.SFTModel.from_config(config).guard_nonfinite is False
+
+
+def test_guard_nonfinite_must_be_a_bool():
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid value for argument `guard_nonfinite`. Expected a "
+        r"bool. Received: guard_nonfinite=1",
+    ):
+        keras_sft.SFTModel(helpers.mlp(), guard_nonfinite=1)
