@@ -34,25 +34,16 @@ class SFTModel(keras.Model):
     the textbook snippet that calls one model twice (a penalty that is
     always zero), the teacher here is a separate, frozen set of weights.
 
-    `train_step` runs the frozen teacher (`training=False`) outside the
-    gradient tape. Both terms are reduced like Keras losses and divided by
-    the number of replicas (see `keras_sft.sft_loss.SFTLoss`), so under any
-    `tf.distribute` strategy the summed gradient is the one-device gradient
-    of the global batch; the total goes through `optimizer.scale_loss`, for
-    `mixed_float16`. Distances are computed in float32.
-
-    Outputs of any rank work. For per-pixel logits `(batch, H, W, classes)`
-    with labels `(batch, H, W)`, both terms are per-pixel values averaged
-    over every non-batch axis, as Keras reduces per-pixel losses; a
-    `sample_weight` of shape `(batch,)` weighs every pixel of its sample
-    and one of shape `(batch, H, W)` weighs each pixel.
-
-    Students with several outputs (a list or a dict, as Keras's functional
-    API gives) take `compile`'s usual `loss=` structure: one loss for all,
-    a list, or a dict by output name. Teacher outputs pair with the student
-    outputs of the same name (dict key, or output layer name for lists), so
-    the teacher may have only some of the student's outputs, for example
-    the old head when the student has grown a new one.
+    The teacher runs with `training=False` outside the gradient tape. Both
+    terms are reduced like Keras losses (per-pixel outputs averaged over
+    their positions, `sample_weight` honoured) and divided by the number of
+    replicas, so under any `tf.distribute` strategy the summed gradient is
+    the one-device gradient of the global batch; the total goes through
+    `optimizer.scale_loss` for `mixed_float16`; distances are computed in
+    float32 (docs/design.md). Students with several outputs take
+    `compile`'s usual `loss=` structure, and teacher outputs pair with the
+    student outputs of the same name, so the teacher may have only some
+    of them (the old head, when the student has grown a new one).
 
     Logs `loss` (the total), `task_loss`, `distill_loss` (the weighted sum
     over distilled outputs and features, before multiplication by
@@ -344,28 +335,10 @@ class SFTModel(keras.Model):
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
-    def export(
-        self,
-        filepath,
-        format="tf_saved_model",
-        verbose=None,
-        input_signature=None,
-        **kwargs,
-    ):
-        """Exports the student, as `keras.Model.export` does for a model.
-
-        The artifact computes what `predict` does, the student's outputs;
-        the teacher is needed for training, not for serving, and is not
-        written. Takes the arguments of `keras.Model.export`; see also
-        `keras_sft.export_saved_model`, with named serving signatures.
-        """
-        return self.student.export(
-            filepath,
-            format=format,
-            verbose=verbose,
-            input_signature=input_signature,
-            **kwargs,
-        )
+    def export(self, filepath, **kwargs):
+        """Exports the student alone, as `keras.Model.export` does; takes its
+        arguments (see also `keras_sft.export_saved_model`)."""
+        return self.student.export(filepath, **kwargs)
 
     def _current_lambda(self):
         """`lambda_`, or its schedule's value at the optimizer's step."""
@@ -434,20 +407,13 @@ class SFTModel(keras.Model):
 
         Args:
             anchor_x: Unlabeled inputs from the old distribution (for
-                example a sample of the pretraining inputs), or `None`.
-                An array (or a list or dict of arrays, one per input of
-                the student), cycled in batches of `anchor_batch_size`
-                and reshuffled at each pass (deterministically under
-                `keras.utils.set_random_seed`), or a
-                `tf.data.Dataset` of batches of inputs (or of `(x, y)`
-                batches; `y` is dropped), repeated. Each training step
-                then also reads one anchor batch, and the consistency
-                term is computed on it as on the labelled batch
-                (teacher with `training=False`, student with
-                `training=True`: batch-normalization statistics see the
-                anchors too), every anchor weighing the same (sample and
-                class weights are the labelled batch's alone). Validation
-                runs without anchors. Defaults to `None`.
+                example a sample of the pretraining inputs), or `None`: an
+                array (or a list or dict of arrays) cycled in reshuffled
+                batches, or a `tf.data.Dataset` of batches, repeated. Each
+                step reads one anchor batch and computes the consistency
+                term on it, every anchor weighing the same; validation
+                runs without anchors (docs/user_guide.md, "Anchor
+                inputs"). Defaults to `None`.
             anchor_mode: String, `"replace"` (the consistency term on the
                 anchors alone: the labelled batch gets the task loss, and
                 the teacher does not run on it) or `"both"` (the mean of
@@ -483,37 +449,21 @@ class SFTModel(keras.Model):
             )
             return super().fit(**arguments)
 
-    def evaluate(
-        self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs
-    ):
-        # Validation inside `fit` reuses the dataset `fit` preprocessed.
-        preprocess = task_preprocessing.preprocess_samples(self.student)
-        if preprocess is not None and not kwargs.get(
-            "_use_cached_eval_dataset"
-        ):
-            x = task_preprocessing.preprocessed(
-                preprocess, x, y, sample_weight, batch_size
-            )
-            y = sample_weight = batch_size = None
-        with data_checks.one_line_label_errors():
-            return super().evaluate(
-                x,
-                y,
-                batch_size=batch_size,
-                sample_weight=sample_weight,
-                **kwargs,
-            )
-
-    def predict(self, x, batch_size=None, **kwargs):
-        preprocess = task_preprocessing.preprocess_samples(self.student)
-        if preprocess is not None:
-            x = task_preprocessing.preprocessed(
-                preprocess, x, batch_size=batch_size
-            )
-            batch_size = None
-        return super().predict(x, batch_size=batch_size, **kwargs)
-
     fit.__signature__ = anchors.FIT_SIGNATURE
+
+    def evaluate(self, *args, **kwargs):
+        arguments = task_preprocessing.inference_arguments(
+            self.student, keras.Model.evaluate, self, args, kwargs
+        )
+        with data_checks.one_line_label_errors():
+            return super().evaluate(**arguments)
+
+    def predict(self, *args, **kwargs):
+        return super().predict(
+            **task_preprocessing.inference_arguments(
+                self.student, keras.Model.predict, self, args, kwargs
+            )
+        )
 
     def train_step(self, data):
         data, anchor_batch = anchors.unpack(data)

@@ -9,6 +9,8 @@ Tasks are recognised by that method and a `preprocessor`, so keras-hub
 need not be installed.
 """
 
+import inspect
+
 import keras
 import tensorflow as tf
 
@@ -48,6 +50,29 @@ def preprocessed(
     return dataset.map(
         preprocess, num_parallel_calls=tf.data.AUTOTUNE
     ).prefetch(tf.data.AUTOTUNE)
+
+
+def inference_arguments(student, method, model, args, kwargs):
+    """The arguments of `method` (`keras.Model.evaluate` or `predict`)
+    bound to `model`, `args` and `kwargs` as keywords, with the student's
+    preprocessing mapped over `x` (and `y`, `sample_weight`)."""
+    arguments = dict(
+        inspect.signature(method).bind(model, *args, **kwargs).arguments
+    )
+    arguments.update(arguments.pop("kwargs", {}))
+    del arguments["self"]
+    preprocess = preprocess_samples(student)
+    # Validation inside `fit` reuses the dataset `fit` preprocessed.
+    if preprocess is None or arguments.get("_use_cached_eval_dataset"):
+        return arguments
+    arguments["x"] = preprocessed(
+        preprocess,
+        arguments["x"],
+        arguments.pop("y", None),
+        arguments.pop("sample_weight", None),
+        arguments.pop("batch_size", None),
+    )
+    return arguments
 
 
 def fit_arguments(student, arguments):
