@@ -4,13 +4,16 @@ r"""Fine-tunes a pretrained `.keras` classifier with `keras_sft.SFTModel`.
         --lambda=0.03 --classes=0-4 --shift=invert \
         --output=runs/finetuned.keras --export_dir=runs/serving
 
-The teacher is a frozen clone of the pretrained model; `--lambda=0` is
-plain fine-tuning. The fine-tuned student is validated on `--test_split`
-(with the same `--classes` and `--shift`) and, after training, written to
-`--output` and, with `--export_dir`, exported as a SavedModel, each whole
-or not at all. With `--backup_dir`, a run killed midway and started again
-with the same command resumes from its last finished epoch
-(`AtomicBackupAndRestore`) and ends with the weights of an uninterrupted
+The teacher is a frozen clone of the pretrained model; `--lambda=0` is plain
+fine-tuning. The fine-tuned student is validated on `--test_split` (with the
+same `--classes` and `--shift`) and, after training, written to `--output` and,
+with `--export_dir`, exported as a SavedModel, each whole or not at all. The
+SavedModel scales its inputs as the training data was scaled
+(`keras_sft.data.rescaling`): clients send raw float32 pixels (0..16 for the
+digits, 0..255 for TFDS sets) of the domain `--shift` describes (inverted
+pixels are the maximum minus the pixel). With `--backup_dir`, a run killed
+midway and started again with the same command resumes from its last finished
+epoch (`AtomicBackupAndRestore`) and ends with the weights of an uninterrupted
 run; a backup made by another run (another `--pretrained` file, `--lambda`,
 data, seed...) is refused, and a second run with the same `--output`,
 `--export_dir` or `--backup_dir` fails at start while the first runs.
@@ -162,6 +165,8 @@ def train():
         strategy=strategy,
         config=common_flags.training_config(backup_dir=BACKUP_DIR.value),
         export_dir=EXPORT_DIR.value,
+        # The export scales as `data.load` does: clients send raw pixels.
+        export_preprocessing=data.rescaling(common_flags.DATASET.value),
         overwrite=common_flags.OVERWRITE.value,
         anchor_x=anchor_x,
         anchor_mode=ANCHOR_MODE.value,
@@ -173,7 +178,11 @@ def train():
         common_flags.OUTPUT.value,
     )
     if EXPORT_DIR.value:
-        logging.info("SavedModel exported to %s", EXPORT_DIR.value)
+        logging.info(
+            "SavedModel exported to %s (it takes raw pixels, 0..%g)",
+            EXPORT_DIR.value,
+            data.max_intensity(common_flags.DATASET.value),
+        )
 
 
 if __name__ == "__main__":

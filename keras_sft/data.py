@@ -3,7 +3,9 @@
 `load` gives an unbatched `tf.data.Dataset` of `(image, label)` pairs:
 float32 images of shape `(height, width, channels)` scaled to `[0, 1]` and
 int32 labels, for scikit-learn's bundled 8x8 digits (`"digits"`, offline)
-or any TensorFlow Datasets image-classification set by name. Then
+or any TensorFlow Datasets image-classification set by name. `rescaling`
+is the same scaling as a Keras layer, for an export that takes raw pixels
+(`keras_sft.export_saved_model(..., preprocessing=...)`). Then
 `select_classes` keeps a subset of the classes, `shift_domain` moves the
 images to another domain, and `batch` shuffles with a seed, batches and
 prefetches. Together they build the two halves of a forgetting
@@ -20,6 +22,7 @@ dataset = data.batch(new_task, batch_size=32, shuffle_seed=0)
 ```
 """
 
+import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -30,7 +33,12 @@ from keras_sft import checks
 # by a 70/30 cut gives reproducible, class-balanced "train" and "test" splits.
 DIGITS_SPLITS = {"train": 1257, "test": 540}
 _DIGITS_PERMUTATION_SEED = 0
-_DIGITS_MAX_INTENSITY = 16.0
+
+# The largest raw pixel value of each source, the one definition of the
+# scaling to [0, 1] that `load` applies and `rescaling` exports: the digits
+# count 0..16 pen pixels per 4x4 block, TFDS images are uint8.
+MAX_INTENSITY = {"digits": 16.0}
+UINT8_MAX_INTENSITY = 255.0
 
 SHIFTS = ("none", "invert", "rot90")
 
@@ -72,8 +80,54 @@ def load(name="digits", *, split="train", data_dir=None):
         as_supervised=True,
         with_info=True,
     )
-    dataset = dataset.map(_normalize_uint8, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(
+        _normalizer(max_intensity(name)), num_parallel_calls=tf.data.AUTOTUNE
+    )
     return dataset, info.features["label"].num_classes
+
+
+def max_intensity(name):
+    """The largest raw pixel value of dataset `name`, which `load` maps to 1.
+
+    Example:
+
+    ```python
+    data.max_intensity("digits")  # 16.0; 255.0 for TFDS sets
+    ```
+
+    Args:
+        name: String, a dataset name as `load` takes it.
+
+    Returns:
+        A float, `MAX_INTENSITY[name]`, or `UINT8_MAX_INTENSITY` for a name
+        without an entry (TFDS images are uint8).
+    """
+    return MAX_INTENSITY.get(name, UINT8_MAX_INTENSITY)
+
+
+def rescaling(name):
+    """The scaling `load` applies to dataset `name`'s images, as a layer.
+
+    Exported before the student (`keras_sft.export_saved_model(...,
+    preprocessing=data.rescaling(name))`), it lets a client send raw
+    pixels (0..16 for the digits, 0..255 for TFDS sets) as float32: both
+    read the same `max_intensity`, so they cannot disagree.
+
+    Example:
+
+    ```python
+    keras_sft.export_saved_model(
+        model, "serving", preprocessing=data.rescaling("digits")
+    )
+    ```
+
+    Args:
+        name: String, a dataset name as `load` takes it.
+
+    Returns:
+        A `keras.layers.Rescaling` by `1 / max_intensity(name)`.
+    """
+    return keras.layers.Rescaling(1.0 / max_intensity(name), name="rescaling")
 
 
 def select_classes(dataset, classes):
@@ -205,7 +259,7 @@ def _load_digits(split):
     order = np.random.default_rng(_DIGITS_PERMUTATION_SEED).permutation(
         len(digits.target)
     )
-    images = (digits.images[order] / _DIGITS_MAX_INTENSITY).astype("float32")
+    images = (digits.images[order] / max_intensity("digits")).astype("float32")
     labels = digits.target[order].astype("int32")
     starts = {"train": 0, "test": DIGITS_SPLITS["train"]}
     name_to_info = {
@@ -240,6 +294,10 @@ class _SplitInfo:
         self.num_examples = num_examples
 
 
-def _normalize_uint8(image, label):
-    """Scales uint8 images to float32 in [0, 1] and labels to int32."""
-    return tf.cast(image, tf.float32) / 255.0, tf.cast(label, tf.int32)
+def _normalizer(maximum):
+    """Maps uint8 images to float32 `image / maximum` and labels to int32."""
+
+    def normalize(image, label):
+        return tf.cast(image, tf.float32) / maximum, tf.cast(label, tf.int32)
+
+    return normalize

@@ -20,6 +20,7 @@ def export_saved_model(
     export_dir,
     *,
     input_signature=None,
+    preprocessing=None,
     outputs="logits",
     version=None,
     compute_dtype=None,
@@ -45,6 +46,14 @@ def export_saved_model(
       `name_probabilities`, the softmax over its last axis; with
       `outputs="both"`, `name` (logits) and `name_probabilities` side by
       side.
+
+    With `preprocessing`, a Keras layer (or model) applied to the inputs
+    before the student, the signature takes what the preprocessing takes:
+    the preprocessing the training data went through belongs in the
+    export, so a client sends raw inputs (with
+    `keras_sft.data.rescaling("digits")`, raw 0..16 pixels). The inputs keep
+    the student's names, shapes and dtypes unless `input_signature` says
+    otherwise (needed for a preprocessing that changes them).
 
     Only the student's variables are written, once each: the teacher is
     needed for training, not for serving. So are the lookup tables its
@@ -88,6 +97,11 @@ def export_saved_model(
             dict). Required for a student without symbolic inputs
             (subclassed). Defaults to `None`: the student's own inputs
             with a free batch size.
+        preprocessing: `None` or a `keras.layers.Layer` (a
+            `keras.Model` included), called with the inputs (with
+            `training=False`) and giving the student's inputs; its
+            variables and lookup tables are exported with the student's.
+            Defaults to `None`: clients send what the student takes.
         outputs: `"logits"`, `"probabilities"` or `"both"`, what the
             signature serves for each output of the student (see above).
             Defaults to `"logits"`.
@@ -108,6 +122,12 @@ def export_saved_model(
         raise checks.argument_error(
             "model", "a `keras.Model` or a `keras_sft.SFTModel`", model
         )
+    if preprocessing is not None and not isinstance(
+        preprocessing, keras.layers.Layer
+    ):
+        raise checks.argument_error(
+            "preprocessing", "None or a `keras.layers.Layer`", preprocessing
+        )
     checks.check_one_of("outputs", outputs, _OUTPUTS)
     if not (
         version is None
@@ -122,9 +142,9 @@ def export_saved_model(
             "compute_dtype", "None or 'float32'", compute_dtype
         )
     serve, concrete = serving_signature.trace(
-        student, input_signature, outputs, compute_dtype
+        student, input_signature, outputs, compute_dtype, preprocessing
     )
-    resources = _captured_resources(student, concrete)
+    resources = _captured_resources(student, preprocessing, concrete)
 
     export_dir = os.path.abspath(os.fspath(export_dir))
     if version is not None:
@@ -179,8 +199,9 @@ def export_saved_model(
         os.rename(staging_dir, export_dir)
 
 
-def _captured_resources(student, concrete):
-    """The student's resources (lookup tables) that `concrete` captures."""
+def _captured_resources(student, preprocessing, concrete):
+    """The resources (lookup tables) of the student and its preprocessing
+    that `concrete` captures."""
     # Lookup layers (`StringLookup`, `IntegerLookup`, `TextVectorization`)
     # keep their vocabulary in a table, not in variables: it must be saved
     # too, with the vocabulary file it reads as an asset. Only those the
@@ -194,7 +215,10 @@ def _captured_resources(student, concrete):
     for variable in concrete.variables:
         handles.pop(id(variable.handle), None)
     resources = []
-    for trackable in tf.train.TrackableView(student).descendants():
+    trackables = tf.train.TrackableView(student).descendants()
+    if preprocessing is not None:
+        trackables += tf.train.TrackableView(preprocessing).descendants()
+    for trackable in trackables:
         if (
             isinstance(trackable, tf.saved_model.experimental.TrackableResource)
             and handles.pop(id(trackable.resource_handle), None) is not None

@@ -8,7 +8,7 @@ import tensorflow as tf
 PROBABILITIES_SUFFIX = "_probabilities"
 
 
-def trace(student, input_signature, outputs, compute_dtype):
+def trace(student, input_signature, outputs, compute_dtype, preprocessing):
     """`(serve, concrete)`: the `tf.function` served and its trace.
 
     Traced before anything is written, so a student that does not take
@@ -19,7 +19,7 @@ def trace(student, input_signature, outputs, compute_dtype):
     else:
         names, specs, structure = _given_inputs(input_signature)
     serve = tf.function(
-        _serving_function(student, names, structure, outputs),
+        _serving_function(student, names, structure, outputs, preprocessing),
         input_signature=specs,
         autograph=False,
     )
@@ -116,7 +116,7 @@ def _given_inputs(input_signature):
     return names, specs, form
 
 
-def _serving_function(student, input_names, form, outputs):
+def _serving_function(student, input_names, form, outputs, preprocessing):
     """The function served: named tensors in, named float32 tensors out."""
 
     def serve(*tensors):
@@ -126,6 +126,8 @@ def _serving_function(student, input_names, form, outputs):
             inputs = list(tensors)
         else:
             (inputs,) = tensors
+        if preprocessing is not None:
+            inputs = preprocessing(inputs, training=False)
         results = student(inputs, training=False)
         if isinstance(results, dict):
             named = list(results.items())

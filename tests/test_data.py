@@ -75,6 +75,39 @@ def test_tfds_images_are_scaled_to_unit_range():
     )
 
 
+def test_rescaling_is_the_scaling_of_the_pipeline():
+    images, _ = _arrays(data.load("digits", split="train+test")[0])
+    raw = sklearn_datasets.load_digits().images[..., np.newaxis]
+    np.testing.assert_array_equal(
+        _sorted_rows(data.rescaling("digits")(raw).numpy()),
+        _sorted_rows(images),
+    )
+    assert data.rescaling("mnist").scale == pytest.approx(1 / 255)
+
+
+def test_pipeline_and_rescaling_read_one_constant(monkeypatch):
+    # Changing the one definition changes both what `load` gives and what
+    # the export applies.
+    monkeypatch.setitem(data.MAX_INTENSITY, "digits", 8.0)
+    monkeypatch.setattr(data, "UINT8_MAX_INTENSITY", 128.0)
+    images, _ = _arrays(data.load("digits", split="train+test")[0])
+    digits = sklearn_datasets.load_digits()
+    np.testing.assert_array_equal(
+        _sorted_rows(images), _sorted_rows(digits.images / 8.0)
+    )
+    assert data.rescaling("digits").scale == 1 / 8.0
+    with tfds.testing.mock_data(num_examples=6):
+        tfds_images, _ = _arrays(data.load("mnist", split="train")[0])
+        (raw,) = [
+            image
+            for image, _ in tfds.as_numpy(
+                tfds.load("mnist", split="train", as_supervised=True).batch(6)
+            )
+        ]
+    np.testing.assert_allclose(tfds_images, raw / 128.0, rtol=1e-6)
+    assert data.rescaling("mnist").scale == 1 / 128.0
+
+
 def _write_idx(path, array):
     """Writes `array` (uint8) as a gzipped IDX file, MNIST's format."""
     header = (

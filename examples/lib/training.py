@@ -74,6 +74,7 @@ def finetune(
     strategy,
     config,
     export_dir=None,
+    export_preprocessing=None,
     overwrite=False,
     l2_sp_alpha=None,
     anchor_x=None,
@@ -100,6 +101,10 @@ def finetune(
         config: `TrainingConfig`.
         export_dir: String, where to export the SavedModel, or `None`.
             Defaults to `None`.
+        export_preprocessing: Keras layer the export applies before the
+            student (`keras_sft.export_saved_model`'s `preprocessing`),
+            such as `keras_sft.data.rescaling(dataset)` so that clients
+            send raw pixels, or `None`. Defaults to `None`.
         overwrite: Bool, whether to replace an existing `export_dir`.
             Defaults to `False`.
         l2_sp_alpha: Float >= 0, the strength of an L2-SP penalty towards
@@ -131,7 +136,12 @@ def finetune(
     saving.save_atomically(model.student, output)
     if export_dir:
         try:
-            keras_sft.export_saved_model(model, export_dir, overwrite=overwrite)
+            keras_sft.export_saved_model(
+                model,
+                export_dir,
+                preprocessing=export_preprocessing,
+                overwrite=overwrite,
+            )
         except (OSError, tf.errors.OpError) as error:
             reason = getattr(error, "strerror", None) or str(error)
             raise OSError(

@@ -114,8 +114,12 @@ def test_finetune_writes_the_student_and_its_saved_model(tmp_path):
         for a, b in zip(before, student.get_weights(), strict=True)
     )
     images, _ = _digits_test_arrays(shift="invert")
+    # A client sends raw pixels, 0..16 (inverted: 16 minus scikit-learn's
+    # pixel); the export scales them as the pipeline scaled `images`.
+    raw = images * 16.0
+    np.testing.assert_array_equal(raw, np.rint(raw))
     served = tf.saved_model.load(export_dir).signatures["serving_default"]
-    (logits,) = served(image=tf.constant(images)).values()
+    (logits,) = served(image=tf.constant(raw)).values()
     np.testing.assert_allclose(
         logits.numpy(), student.predict(images, verbose=0), atol=1e-5
     )
