@@ -22,6 +22,7 @@ from examples.lib import run_record
 from examples.lib.run_lock import RunLock
 from examples.lib.training_config import TrainingConfig
 from keras_sft import data
+from keras_sft import distances
 from keras_sft import strategy as strategy_lib
 from keras_sft.epoch_shuffle import EpochShuffle
 
@@ -73,6 +74,14 @@ EPOCHS = flags.DEFINE_integer(
 )
 LEARNING_RATE = flags.DEFINE_float(
     "learning_rate", 1e-3, "Adam's learning rate (> 0)."
+)
+DISTANCE = flags.DEFINE_enum(
+    "distance",
+    "mse",
+    tuple(distances.DISTANCES),
+    "SFT's consistency distance between teacher and student outputs. The "
+    "examples' tables are measured with 'mse' (the --lambda values are "
+    "for it); keras_sft.SFTModel's own default is 'normalized_mse'.",
 )
 SEED = flags.DEFINE_integer(
     "seed",
@@ -357,6 +366,7 @@ def training_config(**overrides):
         jit_compile=JIT_COMPILE.value,
         log_dir=flags.FLAGS.log_dir or None,
         checkpoint_dir=CHECKPOINT_DIR.value,
+        distance=DISTANCE.value,
     )
     return dataclasses.replace(config, **overrides)
 

@@ -107,6 +107,7 @@ def run_record():
         "mixed_precision",
         "lambda",
         "cache_teacher",
+        "distance",
         "anchor_split",
         "anchor_mode",
         "anchor_count",

@@ -15,6 +15,7 @@ from absl import logging
 
 from examples import common_flags
 from examples.lib import hub_finetuning
+from examples.lib import presets
 
 PRESET = flags.DEFINE_string(
     "preset", None, "The keras-hub preset to fine-tune (a directory)."
@@ -44,9 +45,6 @@ LAMBDA = flags.DEFINE_float(
     "Weight of the teacher-consistency term (>= 0).",
     lower_bound=0.0,
 )
-DISTANCE = flags.DEFINE_enum(
-    "distance", "kl", ["mse", "squared_l2", "kl"], "The consistency distance."
-)
 flags.adopt_module_key_flags(common_flags)
 
 
@@ -59,7 +57,7 @@ def main(argv):
         output_preset=OUTPUT_PRESET.value,
         export_dir=EXPORT_DIR.value,
         lambda_=LAMBDA.value,
-        distance=DISTANCE.value,
+        distance=common_flags.DISTANCE.value,
         batch_size=common_flags.BATCH_SIZE.value,
         epochs=common_flags.EPOCHS.value,
         learning_rate=common_flags.LEARNING_RATE.value,
@@ -72,4 +70,4 @@ if __name__ == "__main__":
     flags.mark_flags_as_required(
         [PRESET.name, TRAIN_FILE.name, OUTPUT_PRESET.name]
     )
-    common_flags.run(main)
+    common_flags.run(main, preset=presets.HUB)

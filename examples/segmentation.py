@@ -19,7 +19,6 @@ from examples import experiment_flags
 from examples.lib import presets
 from examples.lib import segmentation_data
 from examples.lib import segmentation_experiment
-from keras_sft import distances
 
 DATASETS = ("digits", *segmentation_data.TFDS_SETS)
 
@@ -28,12 +27,6 @@ IMAGE_SIZE = flags.DEFINE_integer(
     None,
     "Side of the images; 16 for digits and 64 for TFDS sets when unset.",
     lower_bound=8,
-)
-DISTANCE = flags.DEFINE_enum(
-    "distance",
-    "mse",
-    tuple(distances.DISTANCES),
-    "SFT's consistency distance between teacher and student logits.",
 )
 for _flag in (*common_flags.CORE_FLAGS, common_flags.DATA_DIR):
     flags.declare_key_flag(_flag.name)
@@ -64,7 +57,7 @@ def main(argv):
         lambdas=common_flags.positive_floats(experiment_flags.LAMBDAS.value),
         pretrain_epochs=experiment_flags.PRETRAIN_EPOCHS.value,
         config=common_flags.training_config(),
-        distance=DISTANCE.value,
+        distance=common_flags.DISTANCE.value,
         strategy=strategy,
     )
     logging.info(

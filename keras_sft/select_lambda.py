@@ -118,7 +118,7 @@ def select_lambda(
         pretrained, new_x, new_y, retained=(old_x, old_y), folds=3
     )
     print(selection.to_markdown())
-    model = SFTModel(pretrained, lambda_=selection.lambda_)
+    model = SFTModel(pretrained, lambda_=selection.lambda_, distance="mse")
     ```
 
     Args:

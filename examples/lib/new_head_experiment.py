@@ -97,7 +97,10 @@ def run_new_head(
             )
             old_head, new_head = student.output_names
             model = keras_sft.SFTModel(
-                student, lambda_=lambda_, distill_outputs=[old_head]
+                student,
+                lambda_=lambda_,
+                distance=config.distance,
+                distill_outputs=[old_head],
             )
             model.compile(
                 optimizer=keras.optimizers.Adam(config.learning_rate),

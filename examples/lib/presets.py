@@ -25,6 +25,10 @@ SEGMENTATION = {
     "lambdas": ["0.03", "0.1", "0.3"],
 }
 
+# A keras-hub task: token-level SFT compares distributions over the
+# vocabulary, so KL (Learning without Forgetting's distance).
+HUB = {"distance": "kl"}
+
 # Lambda selection on the demo's data: its pretrained model saw the first
 # half of the digits' train split; the second half gives the fine-tuning
 # data (classes 0-4, inverted).

@@ -125,7 +125,9 @@ def finetune(
         student = classifiers.load_classifier(pretrained)
         if l2_sp_alpha is not None:
             keras_sft.apply_l2_sp(student, l2_sp_alpha)
-        model = keras_sft.SFTModel(student, lambda_=lambda_)
+        model = keras_sft.SFTModel(
+            student, lambda_=lambda_, distance=config.distance
+        )
         _compile(model, config)
     anchors = {}
     if anchor_x is not None:

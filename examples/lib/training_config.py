@@ -32,6 +32,9 @@ class TrainingConfig:
         backup_dir: String, the `BackupAndRestore` directory of a
             fine-tuning, or `None`. Defaults to `None`.
         verbose: As in `keras.Model.fit`. Defaults to `"auto"`.
+        distance: String, SFT's consistency distance (`SFTModel`'s
+            `distance`). Defaults to `"mse"`, with which the examples'
+            tables were measured.
     """
 
     epochs: int = 10
@@ -43,3 +46,4 @@ class TrainingConfig:
     checkpoint_dir: str | None = None
     backup_dir: str | None = None
     verbose: int | str = "auto"
+    distance: str = "mse"
