@@ -133,6 +133,12 @@ def normalized_mse(teacher_outputs, student_outputs):
     teacher_outputs, student_outputs = _as_float32(
         teacher_outputs, student_outputs
     )
+    if teacher_outputs.shape[-1] == 1:
+        raise ValueError(
+            "normalized_mse needs outputs of two or more units: "
+            "standardised over one unit, every output is 0. Use 'mse'. "
+            f"Received: outputs of shape {tuple(teacher_outputs.shape)}"
+        )
     teacher_centred = teacher_outputs - ops.mean(
         teacher_outputs, axis=-1, keepdims=True
     )

@@ -195,3 +195,23 @@ def check_output_shapes(teacher, student, distilled):
             "outputs have the student's shapes. Received: teacher output "
             f"shapes {teacher_shapes}, student output shapes {student_shapes}"
         )
+
+
+def check_output_units(student, distance, distilled):
+    """Raises `ValueError` where `"normalized_mse"` meets a one-unit output.
+
+    Standardised over its units, a one-unit output is always 0: the term
+    would vanish without a word.
+    """
+    shapes = static_shapes(student)
+    if distance != "normalized_mse" or shapes is None:
+        return
+    for name, shape in shapes.items():
+        if (distilled is None or name in distilled) and shape[-1:] == (1,):
+            raise ValueError(
+                "Invalid value for argument `distance`. Expected 'mse', "
+                "'squared_l2' or 'kl' for an output of one unit "
+                "('normalized_mse' standardises over the units, so it is "
+                "always 0 there). Received: distance='normalized_mse' with "
+                f"output {name!r} of shape {shape}"
+            )

@@ -57,7 +57,7 @@ class SFTModel(keras.Model):
 
     ```python
     pretrained = keras.models.load_model("pretrained.keras")
-    model = keras_sft.SFTModel(pretrained, lambda_=0.5)
+    model = keras_sft.SFTModel(pretrained)
     model.compile(optimizer="adam", metrics=["accuracy"])
     model.fit(new_task_dataset, epochs=5)
     keras_sft.export_saved_model(model, "/tmp/student")
@@ -75,13 +75,19 @@ class SFTModel(keras.Model):
             fine-tuning), or a schedule of the optimizer's step: a
             `keras.optimizers.schedules.LearningRateSchedule` (saved with
             the model) or a callable returning a value >= 0; its current
-            value is then logged as `lambda`. Defaults to `0.5`.
-        distance: String, the consistency distance `D`: `"mse"` (mean over
-            output units of the squared difference, as
-            `keras.losses.MeanSquaredError`), `"squared_l2"` (sum over output
-            units, the written `||f(x) - f'(x)||^2`) or `"kl"`
-            (`T^2 * KL(softmax(t/T) || softmax(s/T))`, as in Learning without
-            Forgetting). Defaults to `"mse"`.
+            value is then logged as `lambda`. Defaults to `0.3`, which
+            with the default `distance` did best without tuning across
+            the shifts of docs/forgetting.md.
+        distance: String, the consistency distance `D`: `"normalized_mse"`
+            (`"mse"` of logits centred per example and divided by the
+            teacher's standard deviation over units: invariant to the
+            scale of the logits, so one `lambda_` carries across models;
+            outputs of one unit need another distance), `"mse"` (mean
+            over output units of the squared difference, as
+            `keras.losses.MeanSquaredError`), `"squared_l2"` (sum over
+            output units, the written `||f(x) - f'(x)||^2`) or `"kl"`
+            (`T^2 * KL(softmax(t/T) || softmax(s/T))`, as in Learning
+            without Forgetting). Defaults to `"normalized_mse"`.
         temperature: Float > 0, the temperature `T` of `"kl"`. Defaults to
             `1.0`.
         distill_outputs: List of output names or `None`, the outputs kept
@@ -134,8 +140,8 @@ class SFTModel(keras.Model):
         self,
         student,
         teacher=None,
-        lambda_=0.5,
-        distance="mse",
+        lambda_=0.3,
+        distance="normalized_mse",
         temperature=1.0,
         *,
         distill_outputs=None,
@@ -169,6 +175,7 @@ class SFTModel(keras.Model):
         )
         if teacher is not None and distilled is not None:
             outputs.check_output_shapes(teacher, student, distilled)
+        outputs.check_output_units(student, distance, distilled)
         kwargs.setdefault("dtype", student.dtype_policy)
         super().__init__(**kwargs)
 
@@ -399,7 +406,7 @@ class SFTModel(keras.Model):
         Example:
 
         ```python
-        model = keras_sft.SFTModel(pretrained, lambda_=0.5)
+        model = keras_sft.SFTModel(pretrained)
         model.compile(optimizer="adam")
         model.fit(x, y, batch_size=128, epochs=10, validation_split=0.1)
         model.fit(x, y, epochs=10, anchor_x=pretraining_sample)

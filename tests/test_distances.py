@@ -5,6 +5,7 @@ import tensorflow as tf
 
 import keras_sft
 from keras_sft import distances
+from tests import helpers
 
 NAMES = ["mse", "squared_l2", "kl", "normalized_mse"]
 
@@ -159,3 +160,25 @@ def test_distance_loss_honours_sample_weight():
     np.testing.assert_allclose(
         loss(t, s, sample_weight=weights), expected, rtol=1e-6
     )
+
+
+def test_normalized_mse_refuses_outputs_of_one_unit():
+    with pytest.raises(
+        ValueError, match=r"normalized_mse needs outputs of two or more units"
+    ):
+        distances.normalized_mse(np.zeros((2, 1)), np.ones((2, 1)))
+    inputs = keras.Input((3,))
+    student = keras.Model(inputs, keras.layers.Dense(1, name="logit")(inputs))
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid value for argument `distance`. Expected 'mse', "
+        r"'squared_l2' or 'kl' for an output of one unit .*Received: "
+        r"distance='normalized_mse' with output 'logit' of shape \(None, 1\)",
+    ):
+        keras_sft.SFTModel(student)
+    keras_sft.SFTModel(student, distance="mse")
+
+
+def test_defaults_are_the_measured_ones():
+    model = keras_sft.SFTModel(helpers.mlp())
+    assert (model.lambda_, model.distance) == (0.3, "normalized_mse")
