@@ -13,8 +13,8 @@ from keras_sft import fit_cache
 from keras_sft import keras_compat
 from keras_sft import outputs
 from keras_sft import sft_loss
+from keras_sft import shared_teacher
 from keras_sft import task_preprocessing
-from keras_sft.teacher import clone_teacher
 
 
 @keras.saving.register_keras_serializable(package="keras_sft")
@@ -170,7 +170,11 @@ class SFTModel(keras.Model):
         super().__init__(**kwargs)
 
         self.student = student
-        self.teacher = clone_teacher(student) if teacher is None else teacher
+        self.teacher = (
+            shared_teacher.shared_teacher(student)
+            if teacher is None
+            else teacher
+        )
         self.teacher.trainable = False
         self.lambda_ = (
             float(lambda_) if isinstance(lambda_, numbers.Real) else lambda_
@@ -320,7 +324,19 @@ class SFTModel(keras.Model):
         # Keras's setter reaches every sublayer, the teacher included; the
         # teacher stays the frozen reference whatever the wrapper is set to.
         if getattr(self, "teacher", None) is not None:
+            shared_teacher.unshare_trained(self)
             self.teacher.trainable = False
+
+    def make_train_function(self, force=False):
+        # Layers the user unfroze since the teacher was made would train
+        # the weights the teacher shares: it gets its own copies first.
+        shared_teacher.unshare_trained(self)
+        return super().make_train_function(force=force)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        # Keras loads a LoRA layer's merged kernel into its base kernel.
+        shared_teacher.unshare_lora(self)
+        return super().load_weights(filepath, *args, **kwargs)
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
