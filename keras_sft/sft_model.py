@@ -75,9 +75,11 @@ class SFTModel(keras.Model):
             trained in place: `model.student is student`.
         teacher: `keras.Model` or `None`. The frozen reference; it is set to
             `trainable=False`. `None` takes a frozen clone of `student`
-            (`keras_sft.clone_teacher`) now, before any training. Each of
-            its outputs must have the shape of the student output of the
-            same name. Defaults to `None`.
+            (`keras_sft.clone_teacher`) now, before any training, that
+            shares the weights the student does not train (frozen
+            layers, LoRA base kernels: `keras_sft.shared_teacher`).
+            Each of its outputs must have the shape of the student
+            output of the same name. Defaults to `None`.
         lambda_: Float >= 0, weight of the consistency term (`0` is plain
             fine-tuning), or a schedule of the optimizer's step: a
             `keras.optimizers.schedules.LearningRateSchedule` (saved with
