@@ -13,6 +13,7 @@ import tensorflow as tf
 from keras import ops
 from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters import array_slicing
+from keras.src.utils import tracking
 
 
 def in_multi_worker_mode(strategy):
@@ -136,3 +137,52 @@ def output_layer(model):
     if isinstance(model, keras.Sequential):
         return model.layers[-1]
     return model.outputs[0]._keras_history.operation
+
+
+def own_weights(layer):
+    """`layer`'s own weights (not its sublayers'): `(trainable, other)`."""
+    # Keras 3.15 keeps them in these two tracker lists, in creation order,
+    # which is the order `save_own_variables` of a generic layer writes.
+    return layer._trainable_variables, layer._non_trainable_variables
+
+
+def replace_weight(layer, old, new):
+    """Makes `layer` compute with the variable `new` wherever it used `old`.
+
+    `new` takes `old`'s place in the layer's tracker list, so the layer's
+    weight order (which saving relies on) stays as it was.
+    """
+    # No public API swaps a built layer's variable. Attribute assignment
+    # outside `DotNotTrackScope` would append `new` to the tracker list.
+    with tracking.DotNotTrackScope():
+        for name, value in list(vars(layer).items()):
+            if value is old:
+                setattr(layer, name, new)
+    for weights in own_weights(layer):
+        for index, weight in enumerate(weights):
+            if weight is old:
+                weights[index] = new
+
+
+def lora_adapters(layer):
+    """The LoRA adapter variables of `layer` (`[]` where LoRA is off)."""
+    # Keras 3.15's `enable_lora` (Dense, EinsumDense, Embedding, the
+    # convolutions) adds weights named `lora_*_a` and `lora_*_b`.
+    if not getattr(layer, "lora_enabled", False):
+        return []
+    trainable, other = own_weights(layer)
+    return [w for w in trainable + other if w.name.startswith("lora_")]
+
+
+def disable_lora(layer):
+    """Removes `layer`'s LoRA adapters: it computes with its base weights."""
+    # Keras has no `disable_lora`. With `lora_rank=None` the layer's
+    # config and saving are those of a layer that never had LoRA.
+    adapters = lora_adapters(layer)
+    for name, value in list(vars(layer).items()):
+        if any(value is adapter for adapter in adapters):
+            # `Layer.__delattr__` also drops the variable from its tracker.
+            delattr(layer, name)
+    layer.lora_enabled = False
+    layer.lora_rank = None
+    layer.lora_alpha = None

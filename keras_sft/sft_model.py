@@ -14,9 +14,9 @@ from keras_sft import fit_cache
 from keras_sft import keras_compat
 from keras_sft import outputs
 from keras_sft import sft_loss
+from keras_sft import shared_teacher
 from keras_sft import step_guard
 from keras_sft import task_preprocessing
-from keras_sft.teacher import clone_teacher
 
 
 @keras.saving.register_keras_serializable(package="keras_sft")
@@ -68,9 +68,11 @@ class SFTModel(keras.Model):
             trained in place: `model.student is student`.
         teacher: `keras.Model` or `None`. The frozen reference; it is set to
             `trainable=False`. `None` takes a frozen clone of `student`
-            (`keras_sft.clone_teacher`) now, before any training. Each of
-            its outputs must have the shape of the student output of the
-            same name. Defaults to `None`.
+            (`keras_sft.clone_teacher`) now, before any training, that
+            shares the weights the student does not train (frozen
+            layers, LoRA base kernels: `keras_sft.shared_teacher`).
+            Each of its outputs must have the shape of the student
+            output of the same name. Defaults to `None`.
         lambda_: Float >= 0, weight of the consistency term (`0` is plain
             fine-tuning), or a schedule of the optimizer's step: a
             `keras.optimizers.schedules.LearningRateSchedule` (saved with
@@ -180,7 +182,11 @@ class SFTModel(keras.Model):
         super().__init__(**kwargs)
 
         self.student = student
-        self.teacher = clone_teacher(student) if teacher is None else teacher
+        self.teacher = (
+            shared_teacher.shared_teacher(student)
+            if teacher is None
+            else teacher
+        )
         self.teacher.trainable = False
         self.lambda_ = (
             float(lambda_) if isinstance(lambda_, numbers.Real) else lambda_
@@ -337,7 +343,19 @@ class SFTModel(keras.Model):
         # Keras's setter reaches every sublayer, the teacher included; the
         # teacher stays the frozen reference whatever the wrapper is set to.
         if getattr(self, "teacher", None) is not None:
+            shared_teacher.unshare_trained(self)
             self.teacher.trainable = False
+
+    def make_train_function(self, force=False):
+        # Layers the user unfroze since the teacher was made would train
+        # the weights the teacher shares: it gets its own copies first.
+        shared_teacher.unshare_trained(self)
+        return super().make_train_function(force=force)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        # Keras loads a LoRA layer's merged kernel into its base kernel.
+        shared_teacher.unshare_lora(self)
+        return super().load_weights(filepath, *args, **kwargs)
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)

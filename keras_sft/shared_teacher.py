@@ -1,0 +1,191 @@
+"""A teacher that shares the student's frozen weights instead of copying."""
+
+import keras
+from keras import ops
+
+from keras_sft import keras_compat
+from keras_sft.teacher import clone_teacher
+
+
+def shared_teacher(student):
+    """Returns a frozen teacher of `student` that reuses its frozen weights.
+
+    The teacher is `keras_sft.clone_teacher(student)`, then each of its
+    weights that training cannot change is replaced by the student's own
+    variable, so the teacher owns only the memory of what the student
+    trains:
+
+    - weights the student does not train (those of layers with
+      `trainable=False`, and the base kernels of layers with Keras LoRA
+      enabled), with the moving statistics of frozen `BatchNormalization`
+      layers, which such layers never update;
+    - a layer with LoRA enabled (`layer.enable_lora(rank)`) whose adapters
+      are still zero (as `enable_lora` makes them) gets, in the teacher, no
+      adapters: it computes with the student's frozen base weights alone,
+      exactly as the model before `enable_lora`. Where the adapters are
+      not zero (already trained), the teacher keeps a full copy of the
+      layer, with the adapters merged, as `clone_teacher` makes it.
+
+    Shared weights stop being shared when the student starts to train them
+    (`layer.trainable = True` after freezing, the usual
+    freeze-then-unfreeze recipe): `unshare_trained`, which `SFTModel`
+    calls when its `trainable` is set and before each `fit` builds its
+    training step, copies them into the teacher first, while they still
+    hold the pretrained values. What it
+    cannot see are changes made to a shared variable outside `SFTModel`'s
+    training (`assign`, `student.fit`, loading weights into the student
+    alone): those reach the teacher too.
+
+    Example:
+
+    ```python
+    student.get_layer("dense").enable_lora(4)
+    teacher = keras_sft.shared_teacher.shared_teacher(student)
+    ```
+
+    Args:
+        student: A built `keras.Model`.
+
+    Returns:
+        A `keras.Model` with `trainable=False`.
+    """
+    teacher = clone_teacher(student)
+    pairs = _layer_pairs(student, teacher)
+    if pairs is None:
+        return teacher
+    trained = {id(w) for w in student.trainable_weights}
+    for student_layer, teacher_layer in pairs:
+        adapters = keras_compat.lora_adapters(student_layer)
+        # `enable_lora` starts the `_b` factor at zero, so that the adapted
+        # layer computes what the base layer does until it trains.
+        if any(a.name.endswith("_b") and _nonzero(a) for a in adapters):
+            continue
+        if adapters:
+            keras_compat.disable_lora(teacher_layer)
+        teacher_weights = {
+            w.name: w
+            for ws in keras_compat.own_weights(teacher_layer)
+            for w in ws
+        }
+        for weight in _shareable(student_layer, trained):
+            copy = teacher_weights.get(weight.name)
+            if (
+                copy is not None
+                and copy.shape == weight.shape
+                and copy.dtype == weight.dtype
+            ):
+                keras_compat.replace_weight(teacher_layer, copy, weight)
+    return teacher
+
+
+def unshare_trained(model):
+    """Copies into the teacher the shared weights the student now trains.
+
+    `model` is an `SFTModel`. The copies take the shared variables'
+    current values, so call this before training changes them. Returns
+    whether any was copied; steps traced before then read the student's
+    variables, so they are dropped.
+    """
+    trained = {id(w) for w in model.student.trainable_weights}
+    return _unshare(
+        model,
+        lambda layer, weight: all(
+            weight is not w for w in _shareable(layer, trained)
+        ),
+    )
+
+
+def unshare_lora(model):
+    """Copies into the teacher the base weights it shares with LoRA layers.
+
+    Keras saves a LoRA layer's kernel with its adapters merged in, and
+    loads that merged kernel into the base kernel (zeroing the adapters),
+    so loading weights into `model` (an `SFTModel`) would write the
+    student's merged kernel into the teacher's; call this before loading.
+    """
+    return _unshare(
+        model, lambda layer, weight: bool(keras_compat.lora_adapters(layer))
+    )
+
+
+def owned_weights(student, teacher):
+    """The weights of `teacher` that are not `student`'s."""
+    shared = {id(w) for w in student.weights}
+    return [w for w in teacher.weights if id(w) not in shared]
+
+
+def _layer_pairs(student, teacher):
+    """Each layer of `student` with the same layer of `teacher`, or `None`
+    where the two models are not built alike."""
+    # Keras lists nested layers with `_flatten_layers`; no public
+    # equivalent.
+    student_layers = list(student._flatten_layers(include_self=True))
+    teacher_layers = list(teacher._flatten_layers(include_self=True))
+    if len(student_layers) != len(teacher_layers) or any(
+        type(s) is not type(t) or s.name != t.name
+        for s, t in zip(student_layers, teacher_layers, strict=True)
+    ):
+        return None
+    return list(zip(student_layers, teacher_layers, strict=True))
+
+
+def _shareable(layer, trained):
+    """The own weights of `layer` that training the student cannot change."""
+    weights, others = keras_compat.own_weights(layer)
+    adapters = {id(w) for w in keras_compat.lora_adapters(layer)}
+    shareable = [
+        w for w in weights if id(w) not in trained and id(w) not in adapters
+    ]
+    # A frozen BatchNormalization runs in inference mode in training too,
+    # so its moving statistics never change.
+    if isinstance(layer, keras.layers.BatchNormalization) and not (
+        layer.trainable
+    ):
+        shareable += others
+    return shareable
+
+
+def _shared(student_layer, teacher_layer):
+    """The own weights of `teacher_layer` that are `student_layer`'s."""
+    student_weights = {
+        id(w) for ws in keras_compat.own_weights(student_layer) for w in ws
+    }
+    return [
+        w
+        for ws in keras_compat.own_weights(teacher_layer)
+        for w in ws
+        if id(w) in student_weights
+    ]
+
+
+def _unshare(model, condition):
+    """Gives the teacher of `model` its own copy of each weight it shares
+    with a student layer where `condition(layer, weight)` holds."""
+    copied = False
+    for student_layer, teacher_layer in (
+        _layer_pairs(model.student, model.teacher) or []
+    ):
+        for weight in _shared(student_layer, teacher_layer):
+            if not condition(student_layer, weight):
+                continue
+            with model.distribute_strategy.scope():
+                copy = keras.Variable(
+                    ops.convert_to_tensor(weight),
+                    dtype=weight.dtype,
+                    trainable=False,
+                    name=weight.name,
+                )
+            keras_compat.replace_weight(teacher_layer, weight, copy)
+            copied = True
+    if copied:
+        # Traced functions hold the variables they read.
+        for traced in (model, model.teacher):
+            traced.train_function = None
+            traced.test_function = None
+            traced.predict_function = None
+    return copied
+
+
+def _nonzero(variable):
+    """Whether `variable` holds a value other than zero."""
+    return bool(ops.convert_to_numpy(ops.any(ops.not_equal(variable, 0))))

@@ -1,0 +1,189 @@
+"""Tests for keras_sft.shared_teacher: teachers sharing frozen weights."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sft
+from keras_sft import shared_teacher
+from tests import helpers
+
+
+def lora_model():
+    """A model with a layer of each kind Keras can adapt with LoRA."""
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    h = keras.layers.Reshape((16, 4))(h)
+    h = keras.layers.EinsumDense("abc,cd->abd", (16, 5), name="einsum")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(8, activation="relu", name="dense")(h)
+    ids = keras.ops.cast(keras.ops.abs(h[:, :3]) * 4, "int32") % 7
+    e = keras.layers.Flatten()(keras.layers.Embedding(7, 2, name="embed")(ids))
+    h = keras.layers.Concatenate()([h, e])
+    outputs = keras.layers.Dense(3, name="head")(h)
+    return keras.Model(inputs, outputs)
+
+
+ADAPTED = ("conv", "einsum", "dense", "embed")
+
+
+def images(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6, 6, 2)).astype("float32")
+    return x, rng.integers(0, 3, size=n).astype("int32")
+
+
+def with_lora(model):
+    """Enables LoRA on every adaptable layer; returns the base kernels."""
+    for name in ADAPTED:
+        model.get_layer(name).enable_lora(2)
+    return [base_kernel(model.get_layer(name)) for name in ADAPTED]
+
+
+def base_kernel(layer):
+    return getattr(layer, "_kernel", getattr(layer, "_embeddings", None))
+
+
+def frozen_backbone_cnn():
+    """A CNN whose convolutional backbone (BatchNorm included) is frozen."""
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Activation("relu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    backbone = keras.Model(inputs, h, name="backbone")
+    inputs = keras.Input((6, 6, 2))
+    outputs = keras.layers.Dense(3, name="head")(backbone(inputs))
+    model = keras.Model(inputs, outputs)
+    # Moving statistics away from their initial values, as after training.
+    bn = backbone.get_layer("bn")
+    bn.moving_mean.assign(np.linspace(-0.5, 0.5, 4).astype("float32"))
+    bn.moving_variance.assign(np.linspace(0.5, 2.0, 4).astype("float32"))
+    backbone.trainable = False
+    return model
+
+
+def outputs(model, x):
+    # `student.predict` would reuse a function traced before `enable_lora`.
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def fit(model, x, y, epochs=2):
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.fit(x, y, batch_size=8, epochs=epochs, verbose=0)
+
+
+def test_lora_teacher_shares_base_kernels_and_predicts_as_before():
+    student = lora_model()
+    x, y = images()
+    pretrained = outputs(student, x)
+    full = shared_teacher.owned_weights(
+        student, keras_sft.clone_teacher(student)
+    )
+    bases = with_lora(student)
+    model = keras_sft.SFTModel(student, lambda_=1.0, cache_teacher=False)
+
+    owned = shared_teacher.owned_weights(student, model.teacher)
+    assert all(
+        w is base_kernel(model.teacher.get_layer(n))
+        for w, n in zip(bases, ADAPTED, strict=True)
+    )
+    assert not any(w.name.startswith("lora_") for w in model.teacher.weights)
+    owned_bytes = sum(np.prod(w.shape) for w in owned)
+    full_bytes = sum(np.prod(w.shape) for w in full)
+    assert owned_bytes == full_bytes - sum(np.prod(w.shape) for w in bases)
+    np.testing.assert_array_equal(outputs(model.teacher, x), pretrained)
+
+    values = [keras.ops.convert_to_numpy(w) for w in bases]
+    fit(model, x, y)
+    assert not np.allclose(outputs(student, x), pretrained)
+    np.testing.assert_array_equal(outputs(model.teacher, x), pretrained)
+    for base, value in zip(bases, values, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(base), value)
+
+
+def test_trained_lora_adapters_give_a_full_copy():
+    student = lora_model()
+    with_lora(student)
+    dense = student.get_layer("dense")
+    dense.lora_kernel_b.assign(np.full(dense.lora_kernel_b.shape, 0.1))
+    x, _ = images()
+
+    teacher = shared_teacher.shared_teacher(student)
+
+    assert all(
+        w is not dense._kernel for w in teacher.get_layer("dense").weights
+    )
+    np.testing.assert_allclose(
+        outputs(teacher, x),
+        outputs(student, x),
+        atol=1e-6,
+    )
+
+
+def test_lora_teacher_survives_load_weights_and_saving(tmp_path):
+    student = lora_model()
+    x, y = images()
+    pretrained = outputs(student, x)
+    with_lora(student)
+    model = keras_sft.SFTModel(student, lambda_=1.0, cache_teacher=False)
+    fit(model, x, y, epochs=1)
+    trained = outputs(student, x)
+    path = str(tmp_path / "sft.weights.h5")
+    model.save_weights(path)
+    fit(model, x, y, epochs=1)
+
+    model.load_weights(path)
+
+    np.testing.assert_allclose(outputs(student, x), trained, atol=1e-5)
+    np.testing.assert_array_equal(outputs(model.teacher, x), pretrained)
+    loaded = helpers.keras_round_trip(model, tmp_path)
+    np.testing.assert_array_equal(outputs(loaded.teacher, x), pretrained)
+
+
+def test_frozen_backbone_teacher_owns_only_the_trainable_weights():
+    student = frozen_backbone_cnn()
+    x, y = images()
+    pretrained = outputs(student, x)
+    frozen = [keras.ops.convert_to_numpy(w) for w in student.weights]
+
+    model = keras_sft.SFTModel(student, lambda_=1.0, cache_teacher=False)
+
+    owned = shared_teacher.owned_weights(student, model.teacher)
+    assert sorted(w.path for w in owned) == ["head/bias", "head/kernel"]
+    fit(model, x, y)
+    np.testing.assert_array_equal(outputs(model.teacher, x), pretrained)
+    backbone = student.get_layer("backbone")
+    for weight, value in zip(backbone.weights, frozen, strict=False):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(weight), value)
+
+
+@pytest.mark.parametrize("unfreeze", ["student", "wrapper"])
+def test_unfreezing_gives_the_teacher_its_own_copies(unfreeze):
+    student = helpers.mlp()
+    x, y, _ = helpers.classification_data()
+    weights = student.get_weights()
+    student.layers[1].trainable = False
+    model = keras_sft.SFTModel(student, lambda_=1.0, cache_teacher=False)
+    fit(model, x, y, epochs=1)
+    assert student.layers[1].kernel is model.teacher.layers[1].kernel
+    model.teacher.predict(x, verbose=0)
+
+    if unfreeze == "student":
+        student.layers[1].trainable = True
+    else:
+        model.trainable = False
+        model.trainable = True
+    fit(model, x, y)
+
+    assert student.layers[1].trainable
+    assert not np.allclose(student.get_weights()[0], weights[0])
+    np.testing.assert_allclose(
+        model.teacher.predict(x, verbose=0),
+        helpers.numpy_mlp_logits(weights, x),
+        atol=1e-5,
+    )
+    assert shared_teacher.owned_weights(student, model.teacher) == (
+        model.teacher.weights
+    )
+    assert model.teacher.trainable_weights == []
