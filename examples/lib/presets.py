@@ -23,6 +23,8 @@ SEGMENTATION = {
     "pretrain_epochs": 20,
     "learning_rate": 3e-3,
     "lambdas": ["0.03", "0.1", "0.3"],
+    "l2_sp_alphas": ["0.01"],
+    "anchor_lambdas": ["0.3"],
 }
 
 # Lambda selection on the demo's data: its pretrained model saw the first
