@@ -31,31 +31,17 @@ OUTPUT_DIR = flags.DEFINE_string(
     "runs/demo",
     "Directory for the models, results.md and forgetting.png.",
 )
-L2_SP_ALPHAS = flags.DEFINE_list(
-    "l2_sp_alphas",
-    ["0.001", "0.01", "0.1"],
-    "Strengths of L2-SP (weight-space regularisation towards the "
-    "pretrained weights) to compare with SFT, one run each.",
-)
-ANCHOR_LAMBDAS = flags.DEFINE_list(
-    "anchor_lambdas",
-    ["0.03", "0.3", "1"],
-    "SFT weights of the runs with the consistency term on --anchor_count "
-    "unlabeled inputs of the pretraining split instead of on the new "
-    "inputs, one run each; none when empty.",
-)
 NEW_HEAD_LAMBDAS = flags.DEFINE_list(
     "new_head_lambdas",
     ["0.1", "1"],
     "SFT weights of the new-head experiment (Learning without Forgetting), "
     "beside lambda=0; none runs it not.",
 )
-for _flag in (L2_SP_ALPHAS, ANCHOR_LAMBDAS, NEW_HEAD_LAMBDAS):
-    flags.register_validator(
-        _flag,
-        common_flags.nonnegative_floats,
-        message=f"--{_flag.name} must be floats >= 0",
-    )
+flags.register_validator(
+    NEW_HEAD_LAMBDAS,
+    common_flags.nonnegative_floats,
+    message="--new_head_lambdas must be floats >= 0",
+)
 flags.adopt_module_key_flags(common_flags)
 flags.adopt_module_key_flags(experiment_flags)
 
@@ -71,8 +57,12 @@ def main(argv):
         strategy=strategy,
         config=common_flags.training_config(log_dir=None, checkpoint_dir=None),
         pretrain_epochs=experiment_flags.PRETRAIN_EPOCHS.value,
-        l2_sp_alphas=[float(value) for value in L2_SP_ALPHAS.value],
-        anchor_lambdas=common_flags.positive_floats(ANCHOR_LAMBDAS.value),
+        l2_sp_alphas=[
+            float(value) for value in experiment_flags.L2_SP_ALPHAS.value
+        ],
+        anchor_lambdas=common_flags.positive_floats(
+            experiment_flags.ANCHOR_LAMBDAS.value
+        ),
         anchor_count=common_flags.ANCHOR_COUNT.value,
         dataset=common_flags.DATASET.value,
         data_dir=common_flags.DATA_DIR.value,

@@ -1,5 +1,6 @@
 """Flags of the experiment binaries, `examples.demo` and
-`examples.segmentation`: each compares plain fine-tuning with SFT.
+`examples.segmentation`: each compares plain fine-tuning with SFT, L2-SP
+and SFT on anchors.
 
 Their defaults are the demo's; `examples.lib.presets` holds each binary's.
 """
@@ -20,6 +21,26 @@ PRETRAIN_EPOCHS = flags.DEFINE_integer(
     "Epochs of pretraining (--epochs is for each fine-tuning).",
     lower_bound=1,
 )
+
+L2_SP_ALPHAS = flags.DEFINE_list(
+    "l2_sp_alphas",
+    ["0.001", "0.01", "0.1"],
+    "Strengths of L2-SP (weight-space regularisation towards the "
+    "pretrained weights) to compare with SFT, one run each.",
+)
+ANCHOR_LAMBDAS = flags.DEFINE_list(
+    "anchor_lambdas",
+    ["0.03", "0.3", "1"],
+    "SFT weights of the runs with the consistency term on --anchor_count "
+    "unlabeled inputs of the pretraining split instead of on the new "
+    "inputs, one run each; none when empty.",
+)
+for _flag in (L2_SP_ALPHAS, ANCHOR_LAMBDAS):
+    flags.register_validator(
+        _flag,
+        common_flags.nonnegative_floats,
+        message=f"--{_flag.name} must be floats >= 0",
+    )
 
 
 def _valid_lambdas(values):

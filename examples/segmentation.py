@@ -1,12 +1,17 @@
 """Forgetting in semantic segmentation: plain fine-tuning against SFT.
 
 Pretrains a small fully convolutional network on an old segmentation task,
-fine-tunes it on a new one plainly and with SFT for each `--lambdas`, and
-logs a table of mean IoU and pixel accuracy on both tasks. The default,
-`--dataset=digits`, runs offline in well under a minute on two CPU cores;
-the defaults are `examples.lib.presets.SEGMENTATION`.
+fine-tunes it on a new one plainly, with SFT for each `--lambdas`, with
+L2-SP for each `--l2_sp_alphas` and with SFT on `--anchor_count` anchors
+(unlabeled pretraining scenes) for each `--anchor_lambdas`, and logs a
+table of mean IoU and pixel accuracy on both tasks. The default,
+`--dataset=digits`, runs offline in a few minutes on two CPU cores, in
+the `--scenario` given (new classes in the shared head, new classes in a
+new head, or the same classes in a new domain); the defaults are
+`examples.lib.presets.SEGMENTATION`.
 
     python -m examples.segmentation
+    python -m examples.segmentation --scenario=new_head --distance=kl
     python -m examples.segmentation --dataset=oxford_iiit_pet \
         --data_dir=/data/tfds --image_size=64 --lambdas=0.1,0.3
 """
@@ -28,7 +33,21 @@ IMAGE_SIZE = flags.DEFINE_integer(
     "Side of the images; 16 for digits and 64 for TFDS sets when unset.",
     lower_bound=8,
 )
-for _flag in (*common_flags.CORE_FLAGS, common_flags.DATA_DIR):
+SCENARIO = flags.DEFINE_enum(
+    "scenario",
+    "shared_head",
+    segmentation_experiment.SCENARIOS,
+    "With --dataset=digits: 'shared_head' (digits 5-9 after 0-4, in the "
+    "pretrained head), 'new_head' (5-9 in a new head, the consistency term "
+    "on the old head alone) or 'new_domain' (0-4 again, on inverted "
+    "scenes).",
+)
+for _flag in (
+    *common_flags.CORE_FLAGS,
+    common_flags.DATA_DIR,
+    common_flags.ANCHOR_COUNT,
+    common_flags.DISTANCE,
+):
     flags.declare_key_flag(_flag.name)
 flags.adopt_module_key_flags(experiment_flags)
 
@@ -42,10 +61,19 @@ def main(argv):
             f"(old task 0-4 and new task 5-9 of digit scenes, or cats and "
             f"dogs). Received: --dataset={dataset}"
         )
+    if dataset != "digits" and SCENARIO.value != "shared_head":
+        raise ValueError(
+            "Invalid value for flag --scenario. Expected 'shared_head' with "
+            f"--dataset={dataset} (its old and new tasks, cats and dogs, "
+            "share their classes and head). Received: "
+            f"--scenario={SCENARIO.value}"
+        )
     strategy = common_flags.set_up()
     if dataset == "digits":
         tasks = segmentation_experiment.digit_tasks(
-            image_size=IMAGE_SIZE.value or 16, seed=common_flags.SEED.value
+            image_size=IMAGE_SIZE.value or 16,
+            seed=common_flags.SEED.value,
+            scenario=SCENARIO.value,
         )
     else:
         tasks = segmentation_experiment.pet_tasks(
@@ -59,10 +87,18 @@ def main(argv):
         config=common_flags.training_config(),
         distance=common_flags.DISTANCE.value,
         strategy=strategy,
+        l2_sp_alphas=[
+            float(value) for value in experiment_flags.L2_SP_ALPHAS.value
+        ],
+        anchor_lambdas=common_flags.positive_floats(
+            experiment_flags.ANCHOR_LAMBDAS.value
+        ),
+        anchor_count=common_flags.ANCHOR_COUNT.value,
     )
     logging.info(
-        "Segmentation, %s:\n%s",
+        "Segmentation, %s, %s:\n%s",
         dataset,
+        SCENARIO.value,
         segmentation_experiment.format_table(rows),
     )
 

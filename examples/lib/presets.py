@@ -23,6 +23,8 @@ SEGMENTATION = {
     "pretrain_epochs": 20,
     "learning_rate": 3e-3,
     "lambdas": ["0.03", "0.1", "0.3"],
+    "l2_sp_alphas": ["0.001", "0.01", "0.1"],
+    "anchor_lambdas": ["0.3"],
 }
 
 # A keras-hub task: token-level SFT compares distributions over the

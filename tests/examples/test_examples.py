@@ -185,6 +185,20 @@ def test_stray_arguments_are_refused(binary):
         binary.main(["binary", "extra"])
 
 
+def test_segmentation_refuses_a_scenario_for_the_pets():
+    with (
+        flagsaver.flagsaver(dataset="oxford_iiit_pet", scenario="new_head"),
+        pytest.raises(
+            ValueError,
+            match=r"Invalid value for flag --scenario. Expected 'shared_head' "
+            r"with --dataset=oxford_iiit_pet \(its old and new tasks, cats "
+            r"and dogs, share their classes and head\). Received: "
+            r"--scenario=new_head",
+        ),
+    ):
+        segmentation.main(["segmentation"])
+
+
 @pytest.mark.parametrize(
     "argument, message",
     [
@@ -215,7 +229,16 @@ def test_bad_flag_values_give_a_one_line_error(argument, message):
         (demo, {"output_dir", "lambdas", "pretrain_epochs"}),
         (
             segmentation,
-            {"image_size", "distance", "lambdas", "deterministic"},
+            {
+                "image_size",
+                "distance",
+                "lambdas",
+                "deterministic",
+                "scenario",
+                "l2_sp_alphas",
+                "anchor_lambdas",
+                "anchor_count",
+            },
         ),
     ],
 )
