@@ -77,19 +77,18 @@ class SFTModel(keras.Model):
             fine-tuning), or a schedule of the optimizer's step: a
             `keras.optimizers.schedules.LearningRateSchedule` (saved with
             the model) or a callable returning a value >= 0; its current
-            value is then logged as `lambda`. Defaults to `0.3`, which
-            with the default `distance` did best without tuning across
-            the shifts of docs/forgetting.md.
-        distance: String, the consistency distance `D`: `"normalized_mse"`
-            (`"mse"` of logits centred per example and divided by the
-            teacher's standard deviation over units: invariant to the
-            scale of the logits, so one `lambda_` carries across models;
-            outputs of one unit need another distance), `"mse"` (mean
+            value is then logged as `lambda`. Defaults to `0.05`: with
+            `"mse"`, the best value without tuning across the shifts of
+            docs/forgetting.md (tied with `"normalized_mse"` at 0.3).
+        distance: String, the consistency distance `D`: `"mse"` (mean
             over output units of the squared difference, as
-            `keras.losses.MeanSquaredError`), `"squared_l2"` (sum over
-            output units, the written `||f(x) - f'(x)||^2`) or `"kl"`
-            (`T^2 * KL(softmax(t/T) || softmax(s/T))`, as in Learning
-            without Forgetting). Defaults to `"normalized_mse"`.
+            `keras.losses.MeanSquaredError`), `"normalized_mse"` (`"mse"`
+            of logits centred per example and divided by the teacher's
+            standard deviation over units: invariant to the scale of the
+            logits; not for outputs of one unit), `"squared_l2"` (sum
+            over output units, the written `||f(x) - f'(x)||^2`) or
+            `"kl"` (`T^2 * KL(softmax(t/T) || softmax(s/T))`, as in
+            Learning without Forgetting). Defaults to `"mse"`.
         temperature: Float > 0, the temperature `T` of `"kl"`. Defaults to
             `1.0`.
         distill_outputs: List of output names or `None`, the outputs kept
@@ -142,8 +141,8 @@ class SFTModel(keras.Model):
         self,
         student,
         teacher=None,
-        lambda_=0.3,
-        distance="normalized_mse",
+        lambda_=0.05,
+        distance="mse",
         temperature=1.0,
         *,
         distill_outputs=None,

@@ -175,10 +175,10 @@ def test_normalized_mse_refuses_outputs_of_one_unit():
         r"'squared_l2' or 'kl' for an output of one unit .*Received: "
         r"distance='normalized_mse' with output 'logit' of shape \(None, 1\)",
     ):
-        keras_sft.SFTModel(student)
-    keras_sft.SFTModel(student, distance="mse")
+        keras_sft.SFTModel(student, distance="normalized_mse")
+    keras_sft.SFTModel(student)
 
 
 def test_defaults_are_the_measured_ones():
     model = keras_sft.SFTModel(helpers.mlp())
-    assert (model.lambda_, model.distance) == (0.3, "normalized_mse")
+    assert (model.lambda_, model.distance) == (0.05, "mse")
