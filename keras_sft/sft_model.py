@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_sft import anchor_data
 from keras_sft import anchors
 from keras_sft import checks
 from keras_sft import data_checks
@@ -490,7 +491,7 @@ class SFTModel(keras.Model):
         )
 
     def train_step(self, data):
-        data, anchor_batch = anchors.unpack(data)
+        data, anchor_batch = anchor_data.unpack(data)
         x, y, sample_weight, cached = fit_cache.unpack(self, data)
         teacher = None
         if not anchors.replaces(anchor_batch):
@@ -571,7 +572,7 @@ class SFTModel(keras.Model):
             self.distribute_strategy, iterator, data_batch
         )
         if data_batch is not None:
-            data_batch = fit_cache.strip(anchors.unpack(data_batch)[0])
+            data_batch = fit_cache.strip(anchor_data.unpack(data_batch)[0])
         super()._maybe_symbolic_build(data_batch=data_batch)
 
     def get_config(self):
