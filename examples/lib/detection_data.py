@@ -104,7 +104,9 @@ def digit_scenes(
     boxes = np.zeros((count, max_digits, 4), "float32")
     classes = np.full((count, max_digits), -1, "int32")
     for scene in range(count):
-        corners = _free_corners(rng, rng.integers(1, max_digits + 1), image_size)
+        corners = _free_corners(
+            rng, rng.integers(1, max_digits + 1), image_size
+        )
         for slot, (top, left) in enumerate(corners):
             index = rng.integers(len(glyphs))
             glyph = glyphs[index]

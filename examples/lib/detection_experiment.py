@@ -119,7 +119,9 @@ def _average_precision(detections, truths, label, iou_threshold):
     for rank, (_, image, box) in enumerate(found):
         overlaps = [
             -1.0 if taken else iou(box, target)
-            for target, taken in zip(targets[image], matched[image], strict=True)
+            for target, taken in zip(
+                targets[image], matched[image], strict=True
+            )
         ]
         if overlaps and max(overlaps) >= iou_threshold:
             matched[image][int(np.argmax(overlaps))] = True
@@ -255,7 +257,9 @@ def build_detector(input_shape, *, seed=0):
             kernel_initializer=keras.initializers.GlorotUniform(seed + 4 + j),
             name=name,
         )(hidden)
-        for j, (name, units) in enumerate(((OUTPUTS[0], CLASSES), (OUTPUTS[1], 4)))
+        for j, (name, units) in enumerate(
+            ((OUTPUTS[0], CLASSES), (OUTPUTS[1], 4))
+        )
     }
     return keras.Model(inputs, heads, name="detector")
 
@@ -304,8 +308,13 @@ def digit_tasks(*, train_count=2000, test_count=500, image_size=32, seed=0):
             if domain == "new":
                 images = 1.0 - images
             truths = [
-                (scene_boxes[scene_classes >= 0], scene_classes[scene_classes >= 0])
-                for scene_boxes, scene_classes in zip(boxes, classes, strict=True)
+                (
+                    scene_boxes[scene_classes >= 0],
+                    scene_classes[scene_classes >= 0],
+                )
+                for scene_boxes, scene_classes in zip(
+                    boxes, classes, strict=True
+                )
             ]
             targets = encode_targets(boxes, classes, image_size // STRIDE)
             tasks[f"{domain}_{split}"] = (images, targets, truths)
