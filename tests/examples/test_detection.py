@@ -167,7 +167,7 @@ def test_digit_scenes_are_seeded():
         ({"labels": np.zeros(2)}, r"Received: labels.shape=\(2,\)"),
         ({"count": 0}, "Expected an int > 0. Received: count=0"),
         ({"image_size": 8}, "Expected an int >= 16. Received: image_size=8"),
-        ({"max_digits": 5}, r"in \[1, 4\]. Received: max_digits=5"),
+        ({"max_digits": 0}, "an int >= 1. Received: max_digits=0"),
         ({"noise": -1.0}, "Expected a float >= 0. Received: noise=-1.0"),
     ],
 )
