@@ -40,3 +40,14 @@ SELECT_LAMBDA = {
     "shift": "invert",
     "epochs": 80,
 }
+
+# Detection: a grid detector on 32x32 digit scenes, fine-tuned to their
+# negatives; a larger step and batch keep the run to a few minutes.
+DETECTION = {
+    "epochs": 10,
+    "pretrain_epochs": 15,
+    "batch_size": 64,
+    "learning_rate": 3e-3,
+    "lambdas": ["0.1", "1"],
+    "anchor_count": 500,
+}
