@@ -311,7 +311,8 @@ def test_keras_round_trip(tmp_path):
         (
             {"distance": "l1"},
             r"Invalid value for argument `distance`. Expected one of "
-            r"\('mse', 'squared_l2', 'kl'\). Received: distance='l1'",
+            r"\('mse', 'squared_l2', 'kl', 'normalized_mse'\). "
+            r"Received: distance='l1'",
         ),
         (
             {"temperature": 0},
