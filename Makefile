@@ -25,7 +25,10 @@ lint: install
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The slower checks too, and the keras-hub paths (the `hub` extra), which
+# the default run skips: keras-hub and tensorflow-text are large.
 test-all: lint
+	$(PY) -m pip install --quiet -e ".[examples,hub,test]"
 	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
 
 format: install
