@@ -322,6 +322,7 @@ def test_bad_numbers_are_refused(argument, message):
         FLAGS(["finetune", argument])
 
 
+@pytest.mark.slow
 def test_command_line_errors_are_one_line(tmp_path):
     path = tmp_path / "p.keras"
     path.write_text("not a model")
@@ -505,6 +506,7 @@ def test_a_second_concurrent_run_fails_at_start(tmp_path, flag):
     assert sorted(os.listdir(tmp_path)) == ["pretrained.keras"]
 
 
+@pytest.mark.slow
 def test_a_second_process_fails_at_start_with_one_line(tmp_path):
     pretrained = _save_classifier(tmp_path / "pretrained.keras")
     output = str(tmp_path / "finetuned.keras")

@@ -213,6 +213,7 @@ def test_detector_outputs_both_heads():
     }
 
 
+@pytest.mark.slow
 def test_experiment_runs():
     tasks = detection_experiment.digit_tasks(
         train_count=16, test_count=8, image_size=16

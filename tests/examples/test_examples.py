@@ -141,6 +141,7 @@ def test_evaluate_reports_overall_and_group_accuracy(tmp_path):
     assert accuracies["5-9"] == pytest.approx(correct[labels >= 5].mean())
 
 
+@pytest.mark.slow
 def test_demo_writes_its_table_and_plot(tmp_path):
     with flagsaver.flagsaver(
         output_dir=str(tmp_path),

@@ -1,11 +1,13 @@
 """The new-head experiment of the demo (Learning without Forgetting)."""
 
+import pytest
 import tensorflow as tf
 
 from examples.lib import new_head_experiment
 from examples.lib.training_config import TrainingConfig
 
 
+@pytest.mark.slow
 def test_new_head_experiment_rows():
     rows = new_head_experiment.run_new_head(
         lambdas=[1.0],

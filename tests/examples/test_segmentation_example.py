@@ -210,6 +210,7 @@ def _check_rows(rows, lambdas):
     assert len(table.splitlines()) == 2 + len(rows)
 
 
+@pytest.mark.slow
 def test_digit_experiment_runs():
     tasks = segmentation_experiment.digit_tasks(image_size=10)
     rows = segmentation_experiment.run_experiment(
@@ -221,6 +222,7 @@ def test_digit_experiment_runs():
     _check_rows(rows, [0.5])
 
 
+@pytest.mark.slow
 def test_new_head_experiment_has_rows_for_l2_sp_and_anchors():
     tasks = segmentation_experiment.digit_tasks(
         image_size=10, scenario="new_head"
@@ -252,6 +254,7 @@ def test_new_head_experiment_has_rows_for_l2_sp_and_anchors():
     assert len(table) == 2 + len(rows)
 
 
+@pytest.mark.slow
 def test_pet_experiment_runs_on_mock_data():
     # Enough mock examples that each split holds cats and dogs.
     with tfds.testing.mock_data(num_examples=16):

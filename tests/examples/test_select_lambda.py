@@ -8,6 +8,7 @@ from examples import select_lambda as binary
 from examples.lib import classifiers
 
 
+@pytest.mark.slow
 def test_binary_cross_validates_and_plots(tmp_path):
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
