@@ -121,3 +121,16 @@ def assert_step_matches_float32(deltas, deltas32, *, relative=2e-3):
         np.testing.assert_allclose(
             delta, delta32, atol=relative * np.abs(delta32).max()
         )
+
+
+def count_predicts(model, monkeypatch):
+    """Records the calls of `model.teacher.predict`."""
+    calls = []
+    predict = model.teacher.predict
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(model.teacher, "predict", counted)
+    return calls

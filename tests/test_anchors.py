@@ -250,19 +250,6 @@ def test_dataset_of_anchors_equals_arrays():
     )
 
 
-def _count_predicts(model, monkeypatch):
-    """Records the calls of `model.teacher.predict`."""
-    calls = []
-    predict = model.teacher.predict
-
-    def counted(*args, **kwargs):
-        calls.append(args)
-        return predict(*args, **kwargs)
-
-    monkeypatch.setattr(model.teacher, "predict", counted)
-    return calls
-
-
 @pytest.mark.parametrize("mode", ["replace", "both"])
 def test_cached_anchor_outputs_equal_the_live_teacher(mode, monkeypatch):
     x, y, weights = helpers.classification_data(n=24)
@@ -277,7 +264,7 @@ def test_cached_anchor_outputs_equal_the_live_teacher(mode, monkeypatch):
     results = {}
     for cache_teacher in (True, False):
         model = _model(cache_teacher=cache_teacher)
-        predicts = _count_predicts(model, monkeypatch)
+        predicts = helpers.count_predicts(model, monkeypatch)
         keras.utils.set_random_seed(1)
         logs = model.fit(x, y, **kwargs).history
         results[cache_teacher] = (model.student.get_weights(), logs, predicts)

@@ -28,19 +28,6 @@ def _model(cache_teacher, strategy=None, **kwargs):
     return model
 
 
-def _count_predicts(model, monkeypatch):
-    """Counts calls of `model.teacher.predict`."""
-    calls = []
-    predict = model.teacher.predict
-
-    def counted(*args, **kwargs):
-        calls.append(args)
-        return predict(*args, **kwargs)
-
-    monkeypatch.setattr(model.teacher, "predict", counted)
-    return calls
-
-
 def _fit(model, **kwargs):
     x, y, weights = helpers.classification_data(n=40)
     kwargs.setdefault("sample_weight", weights)
@@ -79,7 +66,7 @@ def _assert_same(cached, live):
 )
 def test_cached_fit_equals_live(kwargs, monkeypatch):
     cached_model = _model(cache_teacher=True)
-    calls = _count_predicts(cached_model, monkeypatch)
+    calls = helpers.count_predicts(cached_model, monkeypatch)
     cached = _fit(cached_model, **kwargs)
     live = _fit(_model(cache_teacher=False), **kwargs)
     _assert_same(cached, live)
@@ -94,7 +81,7 @@ def test_cached_fit_equals_live(kwargs, monkeypatch):
 def test_cached_fit_equals_live_mirrored(monkeypatch):
     mirrored = helpers.two_cpu_strategy
     cached_model = _model(cache_teacher=True, strategy=mirrored())
-    calls = _count_predicts(cached_model, monkeypatch)
+    calls = helpers.count_predicts(cached_model, monkeypatch)
     cached = _fit(cached_model)
     _assert_same(cached, _fit(_model(cache_teacher=False, strategy=mirrored())))
     # Replicas cannot scatter into one buffer: one `predict` pass instead.
@@ -105,7 +92,7 @@ def test_mirrored_validation_data_gets_its_own_pass(monkeypatch):
     cached_model = _model(
         cache_teacher=True, strategy=helpers.two_cpu_strategy()
     )
-    calls = _count_predicts(cached_model, monkeypatch)
+    calls = helpers.count_predicts(cached_model, monkeypatch)
     _fit(
         cached_model,
         validation_data=helpers.classification_data(n=12, seed=3),
@@ -134,7 +121,7 @@ def test_cache_off_outside_its_cases(monkeypatch):
     with_features.compile(optimizer="sgd")
     cases.append((with_features, {"x": x, "y": y}))
     for model, data in cases:
-        calls = _count_predicts(model, monkeypatch)
+        calls = helpers.count_predicts(model, monkeypatch)
         model.fit(**({"epochs": 2} | data), verbose=0)
         assert calls == []
 
