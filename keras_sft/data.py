@@ -6,10 +6,9 @@ int32 labels, for scikit-learn's bundled 8x8 digits (`"digits"`, offline)
 or any TensorFlow Datasets image-classification set by name. `rescaling`
 is the same scaling as a Keras layer, for an export that takes raw pixels
 (`keras_sft.export_saved_model(..., preprocessing=...)`). Then
-`select_classes` keeps a subset of the classes, `shift_domain` moves the
-images to another domain, and `batch` shuffles with a seed, batches and
-prefetches. Together they build the two halves of a forgetting
-experiment: what a model learned before, and what it learns now.
+`select_classes` keeps some classes, `shift_domain` moves the images to
+another domain, and `batch` shuffles with a seed, batches and prefetches:
+the two halves of a forgetting experiment.
 
 Example:
 
