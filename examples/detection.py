@@ -37,16 +37,6 @@ SCENES = flags.DEFINE_integer(
     "Training scenes per domain (a quarter as many test scenes).",
     lower_bound=4,
 )
-L2_SP_ALPHAS = flags.DEFINE_list(
-    "l2_sp_alphas",
-    ["0.01"],
-    "L2-SP strengths (floats > 0), one fine-tuning each.",
-)
-flags.register_validator(
-    L2_SP_ALPHAS,
-    common_flags.nonnegative_floats,
-    message="--l2_sp_alphas must be floats >= 0",
-)
 for _flag in (*common_flags.CORE_FLAGS, common_flags.ANCHOR_COUNT):
     flags.declare_key_flag(_flag.name)
 flags.adopt_module_key_flags(experiment_flags)
@@ -70,7 +60,9 @@ def main(argv):
     rows = detection_experiment.run_experiment(
         tasks,
         lambdas=common_flags.positive_floats(experiment_flags.LAMBDAS.value),
-        alphas=common_flags.positive_floats(L2_SP_ALPHAS.value),
+        alphas=common_flags.positive_floats(
+            experiment_flags.L2_SP_ALPHAS.value
+        ),
         anchor_count=common_flags.ANCHOR_COUNT.value,
         pretrain_epochs=experiment_flags.PRETRAIN_EPOCHS.value,
         config=common_flags.training_config(),
