@@ -395,14 +395,21 @@ def load_test_split():
     return test
 
 
+def load_unshifted(split):
+    """The unbatched `--dataset` split as it is, without `--classes` or
+    `--shift` (the pretraining distribution).
+
+    Returns `(dataset, num_classes)`.
+    """
+    return data.load(DATASET.value, split=split, data_dir=DATA_DIR.value)
+
+
 def load_split(split):
     """The unbatched `--dataset` split with `--classes` and `--shift`.
 
     Returns `(dataset, num_classes)`.
     """
-    dataset, num_classes = data.load(
-        DATASET.value, split=split, data_dir=DATA_DIR.value
-    )
+    dataset, num_classes = load_unshifted(split)
     if CLASSES.value:
         dataset = data.select_classes(dataset, parse_classes(CLASSES.value))
     return data.shift_domain(dataset, SHIFT.value), num_classes

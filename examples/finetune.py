@@ -147,11 +147,7 @@ def train():
     train, epoch_shuffle = common_flags.training_batches(train)
     anchor_x = None
     if ANCHOR_SPLIT.value:
-        anchor_set, _ = data.load(
-            common_flags.DATASET.value,
-            split=ANCHOR_SPLIT.value,
-            data_dir=common_flags.DATA_DIR.value,
-        )
+        anchor_set, _ = common_flags.load_unshifted(ANCHOR_SPLIT.value)
         anchor_x = arrays.sample_inputs(
             anchor_set,
             common_flags.ANCHOR_COUNT.value,

@@ -66,11 +66,7 @@ def select():
     train, _ = common_flags.load_split(common_flags.TRAIN_SPLIT.value)
     retained = None
     if RETAINED_CLASSES.value:
-        sample, _ = data.load(
-            common_flags.DATASET.value,
-            split=RETAINED_SPLIT.value,
-            data_dir=common_flags.DATA_DIR.value,
-        )
+        sample, _ = common_flags.load_unshifted(RETAINED_SPLIT.value)
         classes = common_flags.parse_classes(RETAINED_CLASSES.value)
         retained = data.select_classes(sample, classes)
     return lambda_selection.cross_validate(

@@ -1,5 +1,8 @@
 """Tiny models and data shared by the tests."""
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -134,3 +137,13 @@ def count_predicts(model, monkeypatch):
 
     monkeypatch.setattr(model.teacher, "predict", counted)
     return calls
+
+
+def run_binary(module, *args, timeout=300):
+    """Runs `python -m module *args` and returns its completed process."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

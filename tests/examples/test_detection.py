@@ -1,12 +1,10 @@
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from examples.lib import detection_data
 from examples.lib import detection_experiment
 from examples.lib.training_config import TrainingConfig
+from tests import helpers
 
 
 @pytest.mark.parametrize(
@@ -241,12 +239,7 @@ def test_experiment_runs():
 
 
 def _binary(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "examples.detection", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return helpers.run_binary("examples.detection", *args)
 
 
 @pytest.mark.slow

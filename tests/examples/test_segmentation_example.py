@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
@@ -11,6 +8,7 @@ import keras_sft
 from examples.lib import segmentation_data
 from examples.lib import segmentation_experiment
 from examples.lib.training_config import TrainingConfig
+from tests import helpers
 
 TINY = TrainingConfig(epochs=1, batch_size=64, learning_rate=3e-3)
 
@@ -270,12 +268,7 @@ def test_pet_experiment_runs_on_mock_data():
 
 
 def _binary(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "examples.segmentation", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return helpers.run_binary("examples.segmentation", *args)
 
 
 @pytest.mark.slow
