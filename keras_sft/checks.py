@@ -185,6 +185,7 @@ def check_sft_arguments(
     distill_weights,
     distill_features,
     cache_teacher,
+    guard_nonfinite,
 ):
     """Raises `ValueError` unless `SFTModel`'s arguments are valid alone
     (checks against the models' outputs come after)."""
@@ -200,6 +201,7 @@ def check_sft_arguments(
     check_one_of("distance", distance, distances.DISTANCES)
     check_float("temperature", temperature, positive=True)
     check_bool("cache_teacher", cache_teacher)
+    check_bool("guard_nonfinite", guard_nonfinite)
     check_distill_outputs(distill_outputs)
     check_distill_weights(distill_weights)
     check_distill_features(distill_features, distance, distill_outputs)

@@ -64,6 +64,24 @@ def expand_sample_weight(sample_weight, output):
     return ops.reshape(flat, positions)
 
 
+def resolve(student, teacher, distance, distill):
+    """`(student_names, teacher_names, distilled)` of an `SFTModel`'s models.
+
+    `distill` is `(distill_outputs, distill_weights, distill_features)`;
+    raises `ValueError` where they, the distance or the teacher's output
+    shapes do not fit the models' outputs.
+    """
+    distill_outputs, distill_weights, distill_features = distill
+    student_names = output_names(student)
+    teacher_names = student_names if teacher is None else output_names(teacher)
+    distilled = distilled_names(student_names, teacher_names, distill_outputs)
+    check_distill_weight_names(distill_weights, distilled, distill_features)
+    if teacher is not None and distilled is not None:
+        check_output_shapes(teacher, student, distilled)
+    check_output_units(student, distance, distilled)
+    return student_names, teacher_names, distilled
+
+
 def check_distill_weight_names(distill_weights, distilled, features):
     """Raises `ValueError` if `distill_weights` names an output or feature
     that is not distilled (`distilled` is `None` while still unknown)."""

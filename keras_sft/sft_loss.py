@@ -19,6 +19,21 @@ def means(names, term):
     return {name: keras.metrics.Mean(name=f"{name}_{term}") for name in names}
 
 
+def trackers(student_names, distilled, features):
+    """The trackers of `SFTModel`'s loss terms, made with the model (so
+    inside a strategy's scope): `task_loss`, `distill_loss`, then by name
+    the per-output task and distill terms (for several outputs) and the
+    per-feature distill terms."""
+    several = student_names is not None and len(student_names) > 1
+    return (
+        keras.metrics.Mean(name="task_loss"),
+        keras.metrics.Mean(name="distill_loss"),
+        means(student_names if several else [], "task_loss"),
+        means(distilled if several else [], "distill_loss"),
+        means(features or [], "distill_loss"),
+    )
+
+
 def track(loss_tracker, trackers, x, total, terms):
     """Adds a step's `total` and `terms` (by log name) to their trackers.
 

@@ -1,0 +1,136 @@
+"""TeacherStudentModel: a `keras.Model` that behaves as the student it trains.
+
+`SFTModel` wraps the user's model with a frozen teacher. Everywhere a user
+touches a `keras.Model` (building, `trainable`, `export`, `evaluate` and
+`predict` on a keras-hub task's raw inputs, loading a compiled model,
+distributed training), the wrapper must act as its student would alone,
+and the teacher must stay the frozen reference. This base class holds
+that plumbing, so that `SFTModel` holds the method: its arguments, its
+step and its config.
+"""
+
+import keras
+
+from keras_sft import anchor_data
+from keras_sft import data_checks
+from keras_sft import fit_cache
+from keras_sft import keras_compat
+from keras_sft import sft_loss
+from keras_sft import shared_teacher
+from keras_sft import task_preprocessing
+
+
+class TeacherStudentModel(keras.Model):
+    """A `keras.Model` holding a trained `student` and a frozen `teacher`.
+
+    Subclasses set `self.student`, `self.teacher` (shared with the student
+    by `keras_sft.shared_teacher` or given by the user) and
+    `self._student_names` (`keras_sft.outputs.output_names`) in their
+    constructor, and define the steps. The model is then built when its
+    student is, calls and exports the student, keeps the teacher frozen
+    whatever `trainable` is set to, gives the teacher its own copies of
+    shared weights before they train, applies a keras-hub task's
+    preprocessor in `evaluate` and `predict` as the task does, and builds
+    Keras's compiled loss from one replica's batch under any strategy.
+
+    Example:
+
+    ```python
+    class Model(TeacherStudentModel):
+        def __init__(self, student, **kwargs):
+            super().__init__(**kwargs)
+            self.student = student
+            self.teacher = keras_sft.clone_teacher(student)
+            self._student_names = None
+    ```
+
+    Reference:
+        - Keras, "Customizing what happens in `fit()`"
+          (https://keras.io/guides/custom_train_step_in_tensorflow/).
+    """
+
+    def compile_from_config(self, config):
+        keras_compat.restore_compile(self, config)
+
+    @property
+    def built(self):
+        # The wrapper has no weights of its own, so it is built when its
+        # student is: at construction, or for a subclassed student on the
+        # first batch, which the steps pass to the student directly.
+        student = getattr(self, "student", None)
+        return self._wrapper_built or (student is not None and student.built)
+
+    @built.setter
+    def built(self, value):
+        self._wrapper_built = value
+
+    @keras.Model.trainable.setter
+    def trainable(self, value):
+        keras.Model.trainable.fset(self, value)
+        # Keras's setter reaches every sublayer, the teacher included; the
+        # teacher stays the frozen reference whatever the wrapper is set to.
+        if getattr(self, "teacher", None) is not None:
+            shared_teacher.unshare_trained(self)
+            self.teacher.trainable = False
+
+    def make_train_function(self, force=False):
+        # Layers the user unfroze since the teacher was made would train
+        # the weights the teacher shares: it gets its own copies first.
+        shared_teacher.unshare_trained(self)
+        return super().make_train_function(force=force)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        # Keras loads a LoRA layer's merged kernel into its base kernel.
+        shared_teacher.unshare_lora(self)
+        return super().load_weights(filepath, *args, **kwargs)
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    def export(self, filepath, **kwargs):
+        """Exports the student alone, as `keras.Model.export` does; takes its
+        arguments (see also `keras_sft.export_saved_model`)."""
+        return self.student.export(filepath, **kwargs)
+
+    # Keras builds its compiled loss through `compute_loss` with the raw
+    # sample weights; both hooks broadcast them over dense outputs as the
+    # step does.
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        weights = self._sample_weights(y_pred, sample_weight)
+        return super().compute_loss(x, y, y_pred, weights, training=training)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        weights = self._sample_weights(y_pred, sample_weight)
+        return super().compute_metrics(x, y, y_pred, weights)
+
+    def _sample_weights(self, y_pred, sample_weight):
+        return sft_loss.structured_sample_weight(
+            y_pred, sample_weight, self._student_names
+        )
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Builds from one replica's batch (`keras_compat.first_replica_batch`)
+        # and, as Keras builds from 3-tuples, without cached outputs.
+        if self._distribute_strategy is not None:
+            batch = keras_compat.first_replica_batch(
+                self.distribute_strategy, iterator, data_batch
+            )
+            if batch is not None:
+                batch = fit_cache.strip(anchor_data.unpack(batch)[0])
+            super()._maybe_symbolic_build(data_batch=batch)
+
+    def evaluate(self, *args, **kwargs):
+        arguments = task_preprocessing.inference_arguments(
+            self.student, keras.Model.evaluate, self, args, kwargs
+        )
+        with data_checks.one_line_label_errors():
+            return super().evaluate(**arguments)
+
+    def predict(self, *args, **kwargs):
+        return super().predict(
+            **task_preprocessing.inference_arguments(
+                self.student, keras.Model.predict, self, args, kwargs
+            )
+        )
