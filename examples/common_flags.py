@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from absl import app
 from absl import flags
 
+from examples.lib import arrays
 from examples.lib import output_paths
 from examples.lib import run_record
 from examples.lib.run_lock import RunLock
@@ -356,6 +357,21 @@ def set_up():
         ) from None
 
 
+# The shared flags that change what training computes (see
+# `claimed_outputs`): the data, the optimisation and the seed.
+TRAINING_FLAGS = (
+    "dataset",
+    "train_split",
+    "classes",
+    "shift",
+    "batch_size",
+    "epochs",
+    "learning_rate",
+    "seed",
+    "mixed_precision",
+)
+
+
 def training_config(**overrides):
     """The `TrainingConfig` the shared flags describe, with `overrides`."""
     config = TrainingConfig(
@@ -404,6 +420,13 @@ def load_unshifted(split):
     return data.load(DATASET.value, split=split, data_dir=DATA_DIR.value)
 
 
+def sample_unshifted(split):
+    """`--anchor_count` inputs of `load_unshifted(split)`, drawn by
+    `--seed`."""
+    dataset, _ = load_unshifted(split)
+    return arrays.sample_inputs(dataset, ANCHOR_COUNT.value, seed=SEED.value)
+
+
 def load_split(split):
     """The unbatched `--dataset` split with `--classes` and `--shift`.
 
@@ -436,7 +459,12 @@ def evaluation_batches(dataset):
 
 @contextlib.contextmanager
 def claimed_outputs(
-    *, files=(), directories=(), backup_dir=None, run=None, written=()
+    *,
+    files=(),
+    directories=(),
+    backup_dir=None,
+    training_flags=(),
+    written=(),
 ):
     """Makes the outputs of a run its own, before it trains.
 
@@ -446,14 +474,16 @@ def claimed_outputs(
     locked (`RunLock`) while inside, so a concurrent run with the same
     paths fails at start; temporary files a killed run left beside them are
     removed; and `backup_dir` is accepted only as the backup of the same
-    `run` (`run_record.claim_backup`).
+    run: one whose `--pretrained` file and `training_flags` are the same
+    (`run_record.claim_backup`).
 
     Args:
         files: Sequence of flag holders of output files (`OUTPUT`).
         directories: Sequence of flag holders of directories the run writes
             whole (`--export_dir`).
         backup_dir: Flag holder of the backup directory, or `None`.
-        run: Dict, the backup's run record (see `run_record.claim_backup`).
+        training_flags: Sequence of the names of the flags that change
+            what training computes, recorded in the backup.
         written: Sequence of flag holders of other directories the run
             writes into (`--cache_dir`): checked, not locked.
     """
@@ -476,7 +506,11 @@ def claimed_outputs(
                 stack.enter_context(RunLock(holder.value, flag=flag))
                 output_paths.remove_stale_temporaries(holder.value)
         if backup_dir is not None and backup_dir.value:
+            record = {
+                "pretrained_sha256": run_record.file_sha256(PRETRAINED.value),
+                **{name: flags.FLAGS[name].value for name in training_flags},
+            }
             run_record.claim_backup(
-                backup_dir.value, run, flag=f"--{backup_dir.name}"
+                backup_dir.value, record, flag=f"--{backup_dir.name}"
             )
         yield

@@ -4,23 +4,12 @@ r"""Fine-tunes a pretrained `.keras` classifier with `keras_sft.SFTModel`.
         --lambda=0.03 --classes=0-4 --shift=invert \
         --output=runs/finetuned.keras --export_dir=runs/serving
 
-The teacher is a frozen clone of the pretrained model; `--lambda=0` is plain
-fine-tuning. The fine-tuned student is validated on `--test_split` (with the
-same `--classes` and `--shift`) and, after training, written to `--output` and,
-with `--export_dir`, exported as a SavedModel, each whole or not at all. The
-SavedModel scales its inputs as the training data was scaled
-(`keras_sft.data.rescaling`): clients send raw float32 pixels (0..16 for the
-digits, 0..255 for TFDS sets) of the domain `--shift` describes (inverted
-pixels are the maximum minus the pixel). With `--backup_dir`, a run killed
-midway and started again with the same command resumes from its last finished
-epoch (`AtomicBackupAndRestore`) and ends with the weights of an uninterrupted
-run; a backup made by another run (another `--pretrained` file, `--lambda`,
-data, seed...) is refused, and a second run with the same `--output`,
-`--export_dir` or `--backup_dir` fails at start while the first runs.
-With `--anchor_split` (for example the pretraining split), the consistency
-term is computed on `--anchor_count` unlabeled inputs of that split, as
-they were, instead of (or, with `--anchor_mode=both`, as well as) on the
-new inputs.
+`--lambda=0` is plain fine-tuning. The student is validated on `--test_split`,
+then written to `--output` and, with `--export_dir`, exported as a SavedModel
+that takes raw pixels; each file is whole or not written. `--backup_dir`
+resumes an interrupted run (only the same run), `--cache_teacher` computes
+the teacher's outputs once, `--anchor_split` computes the consistency term
+on unlabeled inputs of another split. Every flag: examples/README.md.
 """
 
 import math
@@ -29,8 +18,6 @@ from absl import flags
 from absl import logging
 
 from examples import common_flags
-from examples.lib import arrays
-from examples.lib import run_record as run_record_lib
 from examples.lib import training
 from keras_sft import data
 
@@ -92,33 +79,16 @@ common_flags.refuse_existing(EXPORT_DIR)
 flags.adopt_module_key_flags(common_flags)
 
 
-def run_record():
-    """What makes this run's training what it is: a backup made by a run
-    with another record is not resumed from."""
-    names = (
-        "dataset",
-        "train_split",
-        "classes",
-        "shift",
-        "batch_size",
-        "epochs",
-        "learning_rate",
-        "seed",
-        "mixed_precision",
-        "lambda",
-        "cache_teacher",
-        "distance",
-        "anchor_split",
-        "anchor_mode",
-        "anchor_count",
-    )
-    return {
-        "program": "finetune",
-        "pretrained_sha256": run_record_lib.file_sha256(
-            common_flags.PRETRAINED.value
-        ),
-        **{name: flags.FLAGS[name].value for name in names},
-    }
+# The flags that change what training computes: a backup made by a run
+# that differs in one of them (or in the pretrained file) is not resumed.
+TRAINING_FLAGS = common_flags.TRAINING_FLAGS + (
+    "lambda",
+    "cache_teacher",
+    "distance",
+    "anchor_split",
+    "anchor_mode",
+    "anchor_count",
+)
 
 
 def main(argv):
@@ -127,7 +97,7 @@ def main(argv):
         files=[common_flags.OUTPUT],
         directories=[EXPORT_DIR],
         backup_dir=BACKUP_DIR,
-        run=run_record() if BACKUP_DIR.value else None,
+        training_flags=TRAINING_FLAGS,
         written=[CACHE_DIR],
     ):
         train()
@@ -147,12 +117,7 @@ def train():
     train, epoch_shuffle = common_flags.training_batches(train)
     anchor_x = None
     if ANCHOR_SPLIT.value:
-        anchor_set, _ = common_flags.load_unshifted(ANCHOR_SPLIT.value)
-        anchor_x = arrays.sample_inputs(
-            anchor_set,
-            common_flags.ANCHOR_COUNT.value,
-            seed=common_flags.SEED.value,
-        )
+        anchor_x = common_flags.sample_unshifted(ANCHOR_SPLIT.value)
     model = training.finetune(
         pretrained=common_flags.PRETRAINED.value,
         train=train,

@@ -5,10 +5,9 @@ float32 images of shape `(height, width, channels)` scaled to `[0, 1]` and
 int32 labels, for scikit-learn's bundled 8x8 digits (`"digits"`, offline)
 or any TensorFlow Datasets image-classification set by name. `rescaling`
 is the same scaling as a Keras layer, for an export that takes raw pixels
-(`keras_sft.export_saved_model(..., preprocessing=...)`). Then
-`select_classes` keeps some classes, `shift_domain` moves the images to
-another domain, and `batch` shuffles with a seed, batches and prefetches:
-the two halves of a forgetting experiment.
+(`keras_sft.export_saved_model(..., preprocessing=...)`).
+`select_classes`, `shift_domain` and `batch` make the two halves of a
+forgetting experiment.
 
 Example:
 
@@ -20,6 +19,8 @@ new_task = data.shift_domain(
 dataset = data.batch(new_task, batch_size=32, shuffle_seed=0)
 ```
 """
+
+import collections
 
 import keras
 import numpy as np
@@ -286,11 +287,8 @@ def _load_digits(split):
     )
 
 
-class _SplitInfo:
-    """The one attribute of a TFDS split info that `ReadInstruction` reads."""
-
-    def __init__(self, num_examples):
-        self.num_examples = num_examples
+# The one attribute of a TFDS split info that `ReadInstruction` reads.
+_SplitInfo = collections.namedtuple("_SplitInfo", ["num_examples"])
 
 
 def _normalizer(maximum):
