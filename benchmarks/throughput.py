@@ -168,6 +168,12 @@ def _prepare(model_name, variant):
     return model, {"x": dataset}, cache_s
 
 
+def _weight_bytes(model):
+    """`variants.weight_bytes(model)`, or None for a model without a
+    teacher."""
+    return variants.weight_bytes(model) if hasattr(model, "teacher") else None
+
+
 def _torch_command(model_name, variant):
     """The command line of `torch_loop.py` for a PyTorch variant."""
     return [
@@ -252,11 +258,7 @@ def _run(model_name, variants, rounds):
                 "jit_compile": prepared[variant][0].jit_compile,
                 "steps_per_execution": prepared[variant][0].steps_per_execution,
                 "cache_s": prepared[variant][2],
-                "weight_bytes": (
-                    variants.weight_bytes(prepared[variant][0])
-                    if hasattr(prepared[variant][0], "teacher")
-                    else None
-                ),
+                "weight_bytes": _weight_bytes(prepared[variant][0]),
             }
         )
         for variant in variants
