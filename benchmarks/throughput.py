@@ -15,9 +15,12 @@ Times, on the same data and the same model:
    without the teacher (`benchmarks/torch_loop.py`);
 
 on the MLP 784-256-10 of the textbook example and on a small CNN (32x32x3)
-(both built by `variants.py`), batch 128, and prints samples per second
-(median over the timed epochs), each ratio to `plain`, and each variant's
-peak memory.
+(both built by `variants.py`; `--models=frozen_cnn` adds a CNN whose
+frozen backbone holds almost every FLOP under a trainable head), batch
+128, and prints samples per second (median over the timed epochs), each
+ratio to `plain`, and each variant's peak memory; then, for the models
+with a teacher, the bytes of the weights the teacher holds apart from the
+student's, against those of the student's trainable weights.
 
 Throughput: one process per model builds every variant, trains each one
 untimed epoch (tracing, compilation), then times `--rounds` epochs of each,
@@ -64,7 +67,7 @@ MODELS = ("mlp", "cnn")
 BATCH_SIZE = 128
 # Steps per epoch: enough for a stable epoch time, few enough for a run of
 # a few minutes on two cores.
-STEPS = {"mlp": 200, "cnn": 24}
+STEPS = {"mlp": 200, "cnn": 24, "frozen_cnn": 24}
 
 _MODELS = flags.DEFINE_list("models", list(MODELS), "Models to time.")
 _VARIANTS = flags.DEFINE_list(
@@ -165,6 +168,12 @@ def _prepare(model_name, variant):
     return model, {"x": dataset}, cache_s
 
 
+def _weight_bytes(model):
+    """`variants.weight_bytes(model)`, or None for a model without a
+    teacher."""
+    return variants.weight_bytes(model) if hasattr(model, "teacher") else None
+
+
 def _torch_command(model_name, variant):
     """The command line of `torch_loop.py` for a PyTorch variant."""
     return [
@@ -249,6 +258,7 @@ def _run(model_name, variants, rounds):
                 "jit_compile": prepared[variant][0].jit_compile,
                 "steps_per_execution": prepared[variant][0].steps_per_execution,
                 "cache_s": prepared[variant][2],
+                "weight_bytes": _weight_bytes(prepared[variant][0]),
             }
         )
         for variant in variants
@@ -324,6 +334,8 @@ def main(argv):
         "| vs plain | peak RSS MiB | cache_s |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    # Printed after the table, which a line between rows would end.
+    notes = []
     for model_name in _MODELS.value:
         timings, _ = _spawn(model_name, _VARIANTS.value, _ROUNDS.value)
         # Peak memory: one process per variant, one timed epoch.
@@ -331,6 +343,14 @@ def main(argv):
             v: _variant_peak_rss(model_name, v) for v in _VARIANTS.value
         }
         print("\n".join(_rows(model_name, timings, peak_rss)), flush=True)
+        notes += [
+            f"{model_name} {variant}: the teacher's own weights take "
+            f"{result['weight_bytes'][0]:,} bytes, the student's trainable "
+            f"weights {result['weight_bytes'][1]:,}"
+            for variant, result in timings.items()
+            if result.get("weight_bytes")
+        ]
+    print("\n".join(["", *notes]))
 
 
 if __name__ == "__main__":

@@ -18,14 +18,22 @@ import time
 LAMBDA = 0.5
 # Widths of the three stages of `resnet`'s residual blocks.
 RESNET_WIDTHS = (64, 128, 256)
-INPUT_SHAPES = {"mlp": (784,), "cnn": (32, 32, 3), "resnet": (32, 32, 3)}
+INPUT_SHAPES = {
+    "mlp": (784,),
+    "cnn": (32, 32, 3),
+    "resnet": (32, 32, 3),
+    "frozen_cnn": (32, 32, 3),
+}
+# Widths of `frozen_cnn`'s backbone convolutions.
+FROZEN_CNN_WIDTHS = (32, 64, 128)
 
 
 def build(model_name, seed=0):
     """The pretrained classifier (random weights: speed does not care).
 
     `mlp` is the textbook example's 784-256-10, `cnn` a small two-layer
-    CNN on 32x32x3, `resnet` the residual CNN of `resnet()`. The head is
+    CNN on 32x32x3, `resnet` the residual CNN of `resnet()`,
+    `frozen_cnn` the transfer-learning case of `frozen_cnn()`. The head is
     float32 so that under a mixed precision policy the logits, the loss
     and the teacher's cached outputs stay float32; under the float32
     policy this changes nothing.
@@ -34,6 +42,8 @@ def build(model_name, seed=0):
 
     if model_name == "resnet":
         return resnet()
+    if model_name == "frozen_cnn":
+        return frozen_cnn()
     init = keras.initializers.GlorotUniform
     if model_name == "mlp":
         inputs = keras.Input(INPUT_SHAPES["mlp"])
@@ -89,6 +99,45 @@ def resnet(widths=RESNET_WIDTHS):
     x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Dense(10, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="resnet")
+
+
+def frozen_cnn(widths=FROZEN_CNN_WIDTHS):
+    """A frozen convolutional backbone under a trainable Dense head.
+
+    Three 3x3 convolutions with batch normalization (the last two at half
+    the resolution of the one before), global pooling, then the head: the
+    backbone holds almost every FLOP (10M multiply-adds per example
+    forward, the head 1.3k) and has `trainable=False`, as when a
+    pretrained model's new head is trained alone.
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(INPUT_SHAPES["frozen_cnn"])
+    x = inputs
+    for stage, filters in enumerate(widths):
+        x = layers.Conv2D(
+            filters, 3, 1 if stage == 0 else 2, padding="same", use_bias=False
+        )(x)
+        x = layers.Activation("relu")(layers.BatchNormalization()(x))
+    features = layers.GlobalAveragePooling2D()(x)
+    backbone = keras.Model(inputs, features, name="backbone")
+    backbone.trainable = False
+    outputs = layers.Dense(10, dtype="float32")(backbone(inputs))
+    return keras.Model(inputs, outputs, name="frozen_cnn")
+
+
+def weight_bytes(model):
+    """`(teacher_owned, trainable)`: the bytes of the variables the
+    teacher of `model` (an `SFTModel` or a Distiller) holds apart from
+    its student's, and of the student's trainable variables."""
+    from keras_sft import shared_teacher
+
+    def size(weights):
+        return sum(w.numpy().nbytes for w in weights)
+
+    owned = shared_teacher.owned_weights(model.student, model.teacher)
+    return size(owned), size(model.student.trainable_weights)
 
 
 def arrays(model_name, count, seed=0):

@@ -12,6 +12,7 @@ from keras_sft import checks
 from keras_sft import data_checks
 from keras_sft import features
 from keras_sft import fit_cache
+from keras_sft import frozen_prefix
 from keras_sft import keras_compat
 from keras_sft import outputs
 from keras_sft import sft_loss
@@ -339,14 +340,22 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         data, anchor_batch = anchor_data.unpack(data)
         x, y, sample_weight, cached = fit_cache.unpack(self, data)
         teacher = None
-        if not anchors.replaces(anchor_batch):
+        # Frozen leading layers the teacher shares run once, for both.
+        prefix = frozen_prefix.split(self, cached, anchor_batch)
+        if prefix is not None:
+            frontier, teacher = prefix.teacher_forward(x)
+        elif not anchors.replaces(anchor_batch):
             teacher = features.teacher_forward(
                 self.teacher, self._teacher_extractor, x, cached
             )
         anchor_teacher = anchors.teacher_forward(self, anchor_batch)
         with tf.GradientTape() as tape:
-            student = features.student_forward(
-                self.student, self._student_extractor, x, training=True
+            student = (
+                features.student_forward(
+                    self.student, self._student_extractor, x, training=True
+                )
+                if prefix is None
+                else prefix.student_forward(frontier)
             )
             total, terms = self._loss_terms(
                 y,

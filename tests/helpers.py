@@ -25,6 +25,25 @@ def mlp(input_dim=6, hidden=8, classes=3, seed=0, dropout=None, name="mlp"):
     return keras.Model(inputs, outputs, name=name)
 
 
+def frozen_backbone_cnn():
+    """A CNN whose convolutional backbone (BatchNorm included) is frozen."""
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Activation("relu")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    backbone = keras.Model(inputs, h, name="backbone")
+    inputs = keras.Input((6, 6, 2))
+    outputs = keras.layers.Dense(3, name="head")(backbone(inputs))
+    model = keras.Model(inputs, outputs)
+    # Moving statistics away from their initial values, as after training.
+    bn = backbone.get_layer("bn")
+    bn.moving_mean.assign(np.linspace(-0.5, 0.5, 4).astype("float32"))
+    bn.moving_variance.assign(np.linspace(0.5, 2.0, 4).astype("float32"))
+    backbone.trainable = False
+    return model
+
+
 def perturbed_copy(model, scale=0.3, seed=1):
     """A copy of `model` whose weights differ by Gaussian noise."""
     copy = keras.models.clone_model(model)

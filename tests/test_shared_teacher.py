@@ -44,25 +44,6 @@ def base_kernel(layer):
     return getattr(layer, "_kernel", getattr(layer, "_embeddings", None))
 
 
-def frozen_backbone_cnn():
-    """A CNN whose convolutional backbone (BatchNorm included) is frozen."""
-    inputs = keras.Input((6, 6, 2))
-    h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
-    h = keras.layers.BatchNormalization(name="bn")(h)
-    h = keras.layers.Activation("relu")(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    backbone = keras.Model(inputs, h, name="backbone")
-    inputs = keras.Input((6, 6, 2))
-    outputs = keras.layers.Dense(3, name="head")(backbone(inputs))
-    model = keras.Model(inputs, outputs)
-    # Moving statistics away from their initial values, as after training.
-    bn = backbone.get_layer("bn")
-    bn.moving_mean.assign(np.linspace(-0.5, 0.5, 4).astype("float32"))
-    bn.moving_variance.assign(np.linspace(0.5, 2.0, 4).astype("float32"))
-    backbone.trainable = False
-    return model
-
-
 def outputs(model, x):
     # `student.predict` would reuse a function traced before `enable_lora`.
     return keras.ops.convert_to_numpy(model(x, training=False))
@@ -142,7 +123,7 @@ def test_lora_teacher_survives_load_weights_and_saving(tmp_path):
 
 
 def test_frozen_backbone_teacher_owns_only_the_trainable_weights():
-    student = frozen_backbone_cnn()
+    student = helpers.frozen_backbone_cnn()
     x, y = images()
     pretrained = outputs(student, x)
     frozen = [keras.ops.convert_to_numpy(w) for w in student.weights]

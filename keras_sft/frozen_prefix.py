@@ -1,0 +1,236 @@
+"""Private: the frozen layers that a student and its teacher compute once.
+
+In transfer learning the student's leading layers are often frozen (a
+pretrained backbone with `trainable=False`), and `keras_sft.shared_teacher`
+gives the teacher the very same variables for them. Both models then
+compute the same values there, so `SFTModel`'s training step runs that
+prefix once, outside the gradient tape, and feeds its outputs to the rest
+of the student (inside the tape) and to the rest of the teacher.
+
+A layer joins the prefix when its inputs all come from the model's inputs
+or from prefix layers, it has no trainable weight, its teacher
+counterpart holds exactly its variables, it has no activity regularizer,
+and it computes the same in training as in inference: no layer drawing
+random numbers (`Dropout`, `GaussianNoise`, random augmentation), no
+`BatchNormalization` still trainable (a frozen one runs in inference
+mode), no layer of another library whose `call` takes `training`.
+"""
+
+import weakref
+
+import keras
+from keras import ops
+
+from keras_sft import anchors
+
+# The split of each `SFTModel`, with the layer trainability it was made
+# for: kept off the model, whose attributes Keras would track and save.
+_SPLITS = weakref.WeakKeyDictionary()
+
+
+class FrozenPrefix:
+    """A student and its shared teacher, split where their frozen layers end.
+
+    Args:
+        prefix: `keras.Model` from the student's inputs to the frontier,
+            the prefix outputs that later layers read.
+        student_suffix: `keras.Model` from the frontier to the student's
+            outputs.
+        teacher_suffix: `keras.Model` from the frontier to the teacher's
+            outputs.
+    """
+
+    def __init__(self, prefix, student_suffix, teacher_suffix):
+        self.prefix = prefix
+        self.student_suffix = student_suffix
+        self.teacher_suffix = teacher_suffix
+
+    def teacher_forward(self, x):
+        """`(frontier, (teacher outputs, {}))`, without gradient."""
+        # The prefix computes what the student computes in training; its
+        # layers compute the same in inference, as the teacher runs.
+        frontier = self.prefix(x, training=True)
+        frontier = keras.tree.map_structure(ops.stop_gradient, frontier)
+        teacher = self.teacher_suffix(frontier, training=False)
+        return frontier, (
+            keras.tree.map_structure(ops.stop_gradient, teacher),
+            {},
+        )
+
+    def student_forward(self, frontier):
+        """Student `(outputs, {})` from the prefix's outputs, in training."""
+        return self.student_suffix(frontier, training=True), {}
+
+
+def split(model, cached, anchor_batch):
+    """The `FrozenPrefix` of `model` (an `SFTModel`) for this step, or `None`.
+
+    `None` where the teacher does not run on the step's inputs (`cached`
+    outputs, anchors replacing them), with `distill_features`, or where
+    no layer can be shared.
+    """
+    if (
+        cached is not None
+        or model.distill_features is not None
+        or anchors.replaces(anchor_batch)
+    ):
+        return None
+    key = _trainability(model)
+    stored = _SPLITS.get(model)
+    if stored is None or stored[0] != key:
+        stored = (key, _build(model.student, model.teacher))
+        _SPLITS[model] = stored
+    return stored[1]
+
+
+def _trainability(model):
+    """What the split depends on: each student layer's `trainable`, and
+    which variables the teacher holds (they change when it unshares)."""
+    return (
+        tuple(layer.trainable for layer in model.student._flatten_layers()),
+        tuple(id(w) for w in model.teacher.weights),
+    )
+
+
+def _build(student, teacher):
+    """The `FrozenPrefix` of `student` and `teacher`, or `None`."""
+    student_graph, teacher_graph = _graph(student), _graph(teacher)
+    if student_graph is None or teacher_graph is None:
+        return None
+    shared = {id(w) for w in student.weights}
+    if not any(id(w) in shared for w in teacher.weights):
+        # A teacher given explicitly: its layers may compute otherwise.
+        return None
+    pairs = _pair_tensors(student_graph, teacher_graph)
+    if pairs is None:
+        return None
+    prefix = _prefix_tensors(student_graph, pairs)
+    outputs = keras.tree.flatten(student_graph._outputs_struct)
+    if prefix is None or any(id(t) in prefix for t in outputs):
+        return None
+    frontier = _frontier(student_graph, prefix)
+    if any(getattr(t, "_keras_mask", None) is not None for t in frontier):
+        return None
+    return FrozenPrefix(
+        keras.Model(student_graph._inputs_struct, frontier),
+        keras.Model(frontier, student_graph._outputs_struct),
+        keras.Model(
+            [pairs[id(t)] for t in frontier], teacher_graph._outputs_struct
+        ),
+    )
+
+
+def _graph(model):
+    """The Functional graph of `model` (a Sequential's inner one), or
+    `None` for a subclassed model."""
+    graph = getattr(model, "_functional", None) or model
+    if not hasattr(graph, "_nodes_by_depth"):
+        return None
+    return graph
+
+
+def _node(tensor):
+    """The node that produced `tensor`, and the tensor's index there."""
+    operation, node_index, tensor_index = tensor._keras_history
+    return operation._inbound_nodes[node_index], tensor_index
+
+
+def _pair_tensors(student_graph, teacher_graph):
+    """Maps `id` of each student tensor to the teacher tensor in the same
+    place, or `None` where the two graphs are not built alike."""
+    student_outputs = keras.tree.flatten(student_graph._outputs_struct)
+    teacher_outputs = keras.tree.flatten(teacher_graph._outputs_struct)
+    if len(student_outputs) != len(teacher_outputs):
+        return None
+    pairs = dict(zip(map(id, student_outputs), teacher_outputs, strict=True))
+    # Consumers before producers: a node's depth exceeds its consumers'.
+    for depth in sorted(student_graph._nodes_by_depth):
+        for node in student_graph._nodes_by_depth[depth]:
+            paired = [t for t in node.output_tensors if id(t) in pairs]
+            if not paired:
+                return None
+            student_node, index = _node(paired[0])
+            teacher_node, teacher_index = _node(pairs[id(paired[0])])
+            operation = teacher_node.operation
+            tensors = [*node.output_tensors, *node.input_tensors]
+            teacher_tensors = [
+                *teacher_node.output_tensors,
+                *teacher_node.input_tensors,
+            ]
+            if (
+                student_node is not node
+                or index != teacher_index
+                or type(operation) is not type(node.operation)
+                or operation.name != node.operation.name
+                or len(tensors) != len(teacher_tensors)
+            ):
+                return None
+            for tensor, teacher_tensor in zip(
+                tensors, teacher_tensors, strict=True
+            ):
+                if pairs.setdefault(id(tensor), teacher_tensor) is not (
+                    teacher_tensor
+                ):
+                    return None
+    return pairs
+
+
+def _prefix_tensors(student_graph, pairs):
+    """The `id`s of the student tensors the prefix computes (the model's
+    inputs among them), or `None` where it holds no layer."""
+    prefix = {id(t) for t in keras.tree.flatten(student_graph._inputs_struct)}
+    layers = 0
+    for depth in sorted(student_graph._nodes_by_depth, reverse=True):
+        for node in student_graph._nodes_by_depth[depth]:
+            if node.is_input or not all(
+                id(t) in prefix for t in node.input_tensors
+            ):
+                continue
+            teacher_node, _ = _node(pairs[id(node.output_tensors[0])])
+            if _shareable(node.operation, teacher_node.operation):
+                prefix.update(id(t) for t in node.output_tensors)
+                layers += 1
+    return prefix if layers else None
+
+
+def _frontier(student_graph, prefix):
+    """The prefix tensors that layers outside the prefix read."""
+    frontier = {}
+    for nodes in student_graph._nodes_by_depth.values():
+        for node in nodes:
+            if any(id(t) in prefix for t in node.output_tensors):
+                continue
+            for tensor in node.input_tensors:
+                if id(tensor) in prefix:
+                    frontier.setdefault(id(tensor), tensor)
+    return list(frontier.values())
+
+
+def _shareable(layer, teacher_layer):
+    """Whether `layer` computes, in training, what `teacher_layer` does."""
+    if not isinstance(layer, keras.layers.Layer):
+        return False
+    weights = [id(w) for w in layer.weights]
+    return (
+        not layer.trainable_weights
+        and weights == [id(w) for w in teacher_layer.weights]
+        and all(map(_deterministic, layer._flatten_layers()))
+    )
+
+
+def _deterministic(layer):
+    """Whether `layer`'s own computation ignores training mode and
+    randomness, and adds no activity loss."""
+    if getattr(layer, "activity_regularizer", None) is not None or getattr(
+        layer, "_seed_generators", None
+    ):
+        return False
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return not layer.trainable
+    if type(layer).__module__.startswith("keras."):
+        return True
+    # Another library's layer may read `training` in ways not seen here;
+    # its nested Functional models are checked layer by layer instead.
+    return hasattr(layer, "_nodes_by_depth") or not getattr(
+        layer, "_call_has_training_arg", True
+    )
