@@ -490,6 +490,19 @@ class SFTModel(keras.Model):
             )
         )
 
+    def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        batch = task_preprocessing.batch(self.student, x, y, sample_weight)
+        return super().train_on_batch(*batch, **kwargs)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        batch = task_preprocessing.batch(self.student, x, y, sample_weight)
+        return super().test_on_batch(*batch, **kwargs)
+
+    def predict_on_batch(self, x):
+        return super().predict_on_batch(
+            task_preprocessing.batch(self.student, x)[0]
+        )
+
     def train_step(self, data):
         data, anchor_batch = anchor_data.unpack(data)
         x, y, sample_weight, cached = fit_cache.unpack(self, data)
