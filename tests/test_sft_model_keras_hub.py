@@ -96,6 +96,7 @@ def test_causal_lm_batch_losses_weigh_tokens_by_padding():
     )
 
 
+@pytest.mark.slow
 def test_text_classifier_trains_evaluates_and_predicts_raw_strings():
     task = hub_tasks.bert_text_classifier()
     strings = np.array(
@@ -134,6 +135,7 @@ def test_image_classifier_trains_on_raw_images():
     assert np.abs(after - before).max() > 0
 
 
+@pytest.mark.slow
 def test_causal_lm_token_level_sft_weighs_tokens_by_padding(tmp_path):
     task = hub_tasks.gpt2_causal_lm()
     # Of different lengths, so the padding mask has zeros to weigh.
