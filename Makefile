@@ -9,10 +9,10 @@ PYTEST_ARGS ?=
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[examples,test]"
+	$(PY) -m pip install --quiet -e ".[examples,hub,test]"
 	touch $@
 
 demo: install
@@ -25,10 +25,8 @@ lint: install
 test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The slower checks too, and the keras-hub paths (the `hub` extra), which
-# the default run skips: keras-hub and tensorflow-text are large.
+# The slower checks too.
 test-all: lint
-	$(PY) -m pip install --quiet -e ".[examples,hub,test]"
 	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
 
 format: install

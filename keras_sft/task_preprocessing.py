@@ -3,8 +3,10 @@
 A `keras_hub.models.Task` with a `preprocessor` turns raw samples (strings,
 images) into model inputs in its own `fit`, `evaluate` and `predict`, not in
 `call`: it batches the data into a `tf.data.Dataset` and maps its
-`preprocess_samples` over the batches. `SFTModel` calls the student
-directly, so it does the same with the student's `preprocess_samples`.
+`preprocess_samples` over the batches. Its `train_on_batch`,
+`test_on_batch` and `predict_on_batch` apply `preprocess_samples` to the
+one batch, eagerly. `SFTModel` calls the student directly, so it does the
+same with the student's `preprocess_samples`.
 Tasks are recognised by that method and a `preprocessor`, so keras-hub
 need not be installed.
 """
@@ -73,6 +75,22 @@ def inference_arguments(student, method, model, args, kwargs):
         arguments.pop("batch_size", None),
     )
     return arguments
+
+
+def batch(student, x, y=None, sample_weight=None):
+    """`(x, y, sample_weight)` of one batch, preprocessed as the student's
+    own `train_on_batch` preprocesses it: eagerly, then made tensors."""
+    preprocess = preprocess_samples(student)
+    if preprocess is None:
+        return x, y, sample_weight
+    return tuple(
+        None
+        if value is None
+        else keras.tree.map_structure(keras.ops.convert_to_tensor, value)
+        for value in keras.utils.unpack_x_y_sample_weight(
+            preprocess(x, y, sample_weight)
+        )
+    )
 
 
 def fit_arguments(student, arguments):

@@ -1,12 +1,12 @@
 """TeacherStudentModel: a `keras.Model` that behaves as the student it trains.
 
 `SFTModel` wraps the user's model with a frozen teacher. Everywhere a user
-touches a `keras.Model` (building, `trainable`, `export`, `evaluate` and
-`predict` on a keras-hub task's raw inputs, loading a compiled model,
-distributed training), the wrapper must act as its student would alone,
-and the teacher must stay the frozen reference. This base class holds
-that plumbing, so that `SFTModel` holds the method: its arguments, its
-step and its config.
+touches a `keras.Model` (building, `trainable`, `export`, `evaluate`,
+`predict` and `*_on_batch` on a keras-hub task's raw inputs, loading a
+compiled model, distributed training), the wrapper must act as its student
+would alone, and the teacher must stay the frozen reference. This base
+class holds that plumbing, so that `SFTModel` holds the method: its
+arguments, its step and its config.
 """
 
 import keras
@@ -30,7 +30,8 @@ class TeacherStudentModel(keras.Model):
     student is, calls and exports the student, keeps the teacher frozen
     whatever `trainable` is set to, gives the teacher its own copies of
     shared weights before they train, applies a keras-hub task's
-    preprocessor in `evaluate` and `predict` as the task does, and builds
+    preprocessor in `evaluate`, `predict` and the `*_on_batch` methods
+    as the task does, and builds
     Keras's compiled loss from one replica's batch under any strategy.
 
     Example:
@@ -133,4 +134,17 @@ class TeacherStudentModel(keras.Model):
             **task_preprocessing.inference_arguments(
                 self.student, keras.Model.predict, self, args, kwargs
             )
+        )
+
+    def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        batch = task_preprocessing.batch(self.student, x, y, sample_weight)
+        return super().train_on_batch(*batch, **kwargs)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        batch = task_preprocessing.batch(self.student, x, y, sample_weight)
+        return super().test_on_batch(*batch, **kwargs)
+
+    def predict_on_batch(self, x):
+        return super().predict_on_batch(
+            task_preprocessing.batch(self.student, x)[0]
         )

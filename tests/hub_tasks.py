@@ -1,4 +1,8 @@
-"""Tiny random-init keras-hub tasks shared by the tests (offline)."""
+"""Tiny random-init keras-hub tasks shared by the tests (offline).
+
+Without dropout, so that a training step's logged losses can be computed
+a second way from the task's outputs.
+"""
 
 import keras_hub
 
@@ -17,6 +21,7 @@ def gpt2_causal_lm():
         hidden_dim=8,
         intermediate_dim=16,
         max_sequence_length=16,
+        dropout=0.0,
     )
     preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
         tokenizer=tokenizer, sequence_length=8
@@ -39,12 +44,16 @@ def bert_text_classifier():
         hidden_dim=8,
         intermediate_dim=16,
         max_sequence_length=12,
+        dropout=0.0,
     )
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
         tokenizer=tokenizer, sequence_length=12
     )
     return keras_hub.models.BertTextClassifier(
-        backbone=backbone, num_classes=3, preprocessor=preprocessor
+        backbone=backbone,
+        num_classes=3,
+        preprocessor=preprocessor,
+        dropout=0.0,
     )
 
 
@@ -66,5 +75,8 @@ def resnet_image_classifier():
         )
     )
     return keras_hub.models.ResNetImageClassifier(
-        backbone=backbone, num_classes=3, preprocessor=preprocessor
+        backbone=backbone,
+        num_classes=3,
+        preprocessor=preprocessor,
+        dropout=0.0,
     )

@@ -24,6 +24,79 @@ def _numpy_cross_entropy(logits, labels, weights):
     return (ce * weights).sum() / ce.size
 
 
+def _numpy_kl(teacher_logits, student_logits, weights):
+    """The weighted mean of KL(teacher || student) over every position."""
+    teacher = helpers.log_softmax(teacher_logits.astype("float64"))
+    student = helpers.log_softmax(student_logits.astype("float64"))
+    kl = (np.exp(teacher) * (teacher - student)).sum(axis=-1)
+    return (kl * weights).sum() / kl.size
+
+
+def _to_numpy(outputs):
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
+
+
+def test_train_on_batch_preprocesses_raw_strings_as_the_task_does():
+    task = hub_tasks.bert_text_classifier()
+    strings = ["the quick fox", "brown jumps", "the fox", "quick brown the"]
+    labels = np.array([0, 1, 2, 0])
+    logits = _to_numpy(task(task.preprocessor(strings)))
+    before = task.get_weights()
+    model = keras_sft.SFTModel(task, lambda_=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+
+    logs = model.train_on_batch(strings, labels, return_dict=True)
+
+    # The losses of the step are those of the task before its update.
+    np.testing.assert_allclose(
+        logs["task_loss"],
+        _numpy_cross_entropy(logits, labels, np.ones(len(labels))),
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(logs["distill_loss"], 0.0, atol=1e-6)
+    moved = [
+        np.abs(a - b).max()
+        for a, b in zip(task.get_weights(), before, strict=True)
+    ]
+    assert max(moved) > 0
+    np.testing.assert_array_equal(
+        model.predict_on_batch(strings),
+        _to_numpy(task(task.preprocessor(strings))),
+    )
+
+
+def test_causal_lm_batch_losses_weigh_tokens_by_padding():
+    task = hub_tasks.gpt2_causal_lm()
+    # Of different lengths, so the padding mask has zeros to weigh.
+    strings = ["a b", "ab a b ab", "b", "a ab"]
+    model = keras_sft.SFTModel(task, lambda_=0.5, distance="kl")
+    model.compile(optimizer="adam")
+    # The student moves away from its teacher, as in fine-tuning.
+    rng = np.random.default_rng(0)
+    for variable in task.trainable_weights:
+        noise = rng.normal(scale=0.3, size=variable.shape)
+        variable.assign(variable + noise.astype(variable.dtype))
+
+    logs = model.test_on_batch(strings, return_dict=True)
+
+    x, labels, padding = _to_numpy(task.preprocessor(strings))
+    padding = padding.astype("float32")
+    assert 0 < padding.sum() < padding.size
+    student, teacher = _to_numpy(task(x)), _to_numpy(model.teacher(x))
+    task_loss = _numpy_cross_entropy(student, labels, padding)
+    distill_loss = _numpy_kl(teacher, student, padding)
+    assert distill_loss > 1e-3
+    np.testing.assert_allclose(logs["task_loss"], task_loss, rtol=1e-5)
+    np.testing.assert_allclose(logs["distill_loss"], distill_loss, rtol=1e-4)
+    np.testing.assert_allclose(
+        logs["loss"], task_loss + 0.5 * distill_loss, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        model.predict_on_batch(strings), student, rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.slow
 def test_text_classifier_trains_evaluates_and_predicts_raw_strings():
     task = hub_tasks.bert_text_classifier()
     strings = np.array(
@@ -62,6 +135,7 @@ def test_image_classifier_trains_on_raw_images():
     assert np.abs(after - before).max() > 0
 
 
+@pytest.mark.slow
 def test_causal_lm_token_level_sft_weighs_tokens_by_padding(tmp_path):
     task = hub_tasks.gpt2_causal_lm()
     # Of different lengths, so the padding mask has zeros to weigh.

@@ -31,6 +31,7 @@ def test_unknown_task_is_refused():
         )
 
 
+@pytest.mark.slow
 def test_causal_lm_is_fine_tuned_from_its_preset_and_exported(tmp_path):
     hub_tasks.gpt2_causal_lm().save_to_preset(str(tmp_path / "preset"))
     train_file = tmp_path / "train.txt"
