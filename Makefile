@@ -22,8 +22,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# One pytest worker per CPU (pytest-xdist), at most four: the tests are
+# mostly single-threaded TensorFlow tracing of tiny models.
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n logical --maxprocesses=4 $(PYTEST_ARGS)
 
 # The slower checks too.
 test-all: lint
