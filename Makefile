@@ -29,7 +29,7 @@ test: lint
 
 # The slower checks too.
 test-all: lint
-	$(PY) -m pytest --run-slow $(PYTEST_ARGS)
+	$(PY) -m pytest -n logical --maxprocesses=4 --run-slow $(PYTEST_ARGS)
 
 format: install
 	$(VENV)/bin/ruff format .
