@@ -55,11 +55,8 @@ def test_cached_equals_live(use_weights, arrays):
 
 @pytest.mark.parametrize("arrays", [False, True])
 def test_cached_equals_live_mirrored(arrays):
-    mirrored = lambda: tf.distribute.MirroredStrategy(  # noqa: E731
-        ["/cpu:0", "/cpu:1"]
-    )
-    live, _ = _fit(mirrored(), False)
-    cached, _ = _fit(mirrored(), True, arrays=arrays)
+    live, _ = _fit(helpers.two_cpu_strategy(), False)
+    cached, _ = _fit(helpers.two_cpu_strategy(), True, arrays=arrays)
     for a, b in zip(cached, live, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
