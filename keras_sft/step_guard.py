@@ -33,6 +33,9 @@ _VALUES = (
     "loss",
     "gradients",
 )
+# `lambda_`, the first of the values, must also be >= 0.
+_LAMBDA_MASK = (True, False, False, False)
+_BITS = tuple(float(2**i) for i in range(len(_INPUTS + _VALUES)))
 
 
 class StepGuard:
@@ -69,25 +72,35 @@ class StepGuard:
             values: List of scalars in the order of `_VALUES` but the
                 gradients: `lambda_`, `task_loss`, `distill_loss`, loss.
         """
-        checks = [ops.logical_not(ops.isfinite(v)) for v in values]
-        checks[0] = ops.logical_or(checks[0], ops.less(values[0], 0.0))
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            checks.append(ops.convert_to_tensor(False))
-        else:
-            checks.append(ops.logical_not(_all_finite(gradients)))
-        bad = ops.stack(checks)
-        # Only a step that is already refused pays for looking at its
-        # inputs, to name the cause; no collective runs inside the cond.
-        inputs_bad = tf.cond(
-            ops.any(bad),
-            lambda: ops.stack([ops.logical_not(_all_finite(d)) for d in data]),
-            lambda: ops.zeros((len(_INPUTS),), "bool"),
+        values = ops.stack([ops.cast(v, "float32") for v in values])
+        bad = ops.logical_or(
+            ops.logical_not(ops.isfinite(values)),
+            ops.logical_and(ops.less(values, 0.0), _LAMBDA_MASK),
         )
-        flags = ops.cast(ops.concatenate([inputs_bad, bad]), "float32")
+        checked = gradients
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            checked = []
+        # One pass over each gradient, with no temporary: a sum is finite
+        # only if every element is. A sum that is not (or that overflows)
+        # makes the step a suspect, looked at exactly in the cond below,
+        # which no finite step runs; no collective runs inside it.
+        suspect = ops.logical_or(
+            ops.any(bad), ops.logical_not(ops.isfinite(_sum(checked)))
+        )
+        exact = tf.cond(
+            suspect,
+            lambda: ops.logical_not(
+                ops.stack([_all_finite(t) for t in (*data, checked)])
+            ),
+            lambda: ops.zeros((len(_INPUTS) + 1,), "bool"),
+        )
+        flags = ops.cast(
+            ops.concatenate([exact[:-1], bad, exact[-1:]]), "float32"
+        )
         context = tf.distribute.get_replica_context()
-        flags = context.all_reduce("sum", flags)
-        code = ops.sum(ops.where(flags > 0, 2 ** ops.arange(flags.shape[0]), 0))
-        code = ops.cast(code, "int64")
+        if context.num_replicas_in_sync > 1:
+            flags = context.all_reduce("sum", flags)
+        code = ops.cast(ops.sum(ops.sign(flags) * _BITS), "int64")
         state = ops.convert_to_tensor(self.state)
         refused_before = state[1] != 0
         apply = ops.logical_and(code == 0, ops.logical_not(refused_before))
@@ -110,15 +123,26 @@ class StepGuard:
         }
 
 
-def _all_finite(tensors):
-    """Whether every element of `tensors` (a structure, `None`s skipped) is
-    finite; a scalar, with one reduction per tensor."""
+def _floats(tensors):
+    """The floating tensors of `tensors` (a structure, `None`s skipped)."""
     leaves = [
         t.values if isinstance(t, tf.IndexedSlices) else t
         for t in keras.tree.flatten(tensors)
         if t is not None
     ]
-    leaves = [t for t in leaves if t.dtype.is_floating]
+    return [t for t in leaves if t.dtype.is_floating]
+
+
+def _sum(tensors):
+    """The float32 sum of all the elements of `tensors`."""
+    sums = [ops.cast(ops.sum(t), "float32") for t in _floats(tensors)]
+    return ops.sum(ops.stack(sums)) if sums else ops.zeros(())
+
+
+def _all_finite(tensors):
+    """Whether every element of `tensors` is finite; a scalar, with one
+    reduction per tensor."""
+    leaves = _floats(tensors)
     if not leaves:
         return ops.convert_to_tensor(True)
     return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in leaves]))
@@ -158,7 +182,16 @@ def _apply_if(apply, optimizer, gradients, variables):
 
 
 class _StopAtRefusedStep(keras.callbacks.Callback):
-    """Resets the guard when training begins; raises at its first refusal."""
+    """Resets the guard when training begins; raises at its first refusal.
+
+    Safe for Keras's asynchronous dispatch: it reads the guard's state off
+    the training thread, so no step waits for it. Keras raises its error
+    at a later batch's end or at the epoch's end, before any other
+    callback's `on_epoch_end`; the steps in between are refused, and the
+    state, frozen at the first refusal, still names it.
+    """
+
+    async_safe = True
 
     def __init__(self, guard):
         super().__init__()
