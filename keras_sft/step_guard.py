@@ -17,6 +17,8 @@ non-finite gradients are routine: the optimizer skips such steps and
 lowers its scale. There only the loss (computed in float32) is checked.
 """
 
+import contextlib
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -35,6 +37,7 @@ _VALUES = (
 )
 # `lambda_`, the first of the values, must also be >= 0.
 _LAMBDA_MASK = (True, False, False, False)
+_REFUSED = "StepGuard refused a step"
 _BITS = tuple(float(2**i) for i in range(len(_INPUTS + _VALUES)))
 
 
@@ -60,6 +63,9 @@ class StepGuard:
             aggregation="only_first_replica",
             name="step_guard_state",
         )
+        # Where the current epoch of `fit` began, for the error's message.
+        self.epoch = 0
+        self.applied_before_epoch = 0
 
     def apply_gradients(self, optimizer, gradients, variables, data, values):
         """Applies `gradients` with `optimizer` unless the step is refused.
@@ -112,6 +118,36 @@ class StepGuard:
             )
         )
         _apply_if(apply, optimizer, gradients, variables)
+        # Stops the execution at once, with no per-step read on the host;
+        # the read orders it after the assignment. XLA drops asserts: there
+        # the callback stops `fit` at the epoch's end, every later step
+        # refused.
+        tf.debugging.Assert(
+            ops.convert_to_tensor(self.state)[1] == 0, [_REFUSED]
+        )
+
+    @contextlib.contextmanager
+    def stopping_fit(self):
+        """Turns the step's own stop into the guard's `NonFiniteLossError`."""
+        try:
+            yield
+        except tf.errors.InvalidArgumentError as error:
+            if _REFUSED not in error.message:
+                raise
+            raise self._error() from None
+
+    def _error(self):
+        applied, code = (int(v) for v in self.state.numpy())
+        names = [
+            name for i, name in enumerate(_INPUTS + _VALUES) if code & (1 << i)
+        ]
+        return terminate_on_nan.non_finite_error(
+            self.epoch,
+            applied - self.applied_before_epoch,
+            ", ".join(names),
+            "the step was not applied and training stopped; the student "
+            "keeps the weights of the last finite step",
+        )
 
     def with_callback(self, arguments):
         """`fit`'s `arguments` with, after the user's callbacks, one that
@@ -182,41 +218,22 @@ def _apply_if(apply, optimizer, gradients, variables):
 
 
 class _StopAtRefusedStep(keras.callbacks.Callback):
-    """Resets the guard when training begins; raises at its first refusal.
-
-    Safe for Keras's asynchronous dispatch: it reads the guard's state off
-    the training thread, so no step waits for it. Keras raises its error
-    at a later batch's end or at the epoch's end, before any other
-    callback's `on_epoch_end`; the steps in between are refused, and the
-    state, frozen at the first refusal, still names it.
-    """
-
-    async_safe = True
+    """Resets the guard when training begins, notes where each epoch
+    starts, and raises at the epoch's end if a step was refused (where
+    XLA dropped the step's own stop). It has no per-batch hook, so Keras
+    keeps dispatching batches asynchronously."""
 
     def __init__(self, guard):
         super().__init__()
         self._guard = guard
-        self._epoch = 0
-        self._applied_before_epoch = 0
 
     def on_train_begin(self, logs=None):
         self._guard.state.assign([0, 0])
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._applied_before_epoch = int(self._guard.state.numpy()[0])
+        self._guard.epoch = epoch
+        self._guard.applied_before_epoch = int(self._guard.state.numpy()[0])
 
-    def on_train_batch_end(self, batch, logs=None):
-        applied, code = (int(v) for v in self._guard.state.numpy())
-        if not code:
-            return
-        names = [
-            name for i, name in enumerate(_INPUTS + _VALUES) if code & (1 << i)
-        ]
-        raise terminate_on_nan.non_finite_error(
-            self._epoch,
-            applied - self._applied_before_epoch,
-            ", ".join(names),
-            "the step was not applied and training stopped; the student "
-            "keeps the weights of the last finite step",
-        )
+    def on_epoch_end(self, epoch, logs=None):
+        if int(self._guard.state.numpy()[1]):
+            raise self._guard._error()
