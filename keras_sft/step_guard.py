@@ -5,14 +5,13 @@ never applied.
 copy they hold, so one NaN batch must not reach its weights. The guard
 checks each step in one fused test (the loss, its terms, `lambda_` and the
 gradients), agrees on the result across replicas with one all-reduce
-(none on one device), and
-applies the gradients only if every replica's step is finite and no
-earlier step of this `fit` was refused. A refused step changes nothing:
-neither weights nor optimizer state (moments, `iterations`). A refusal is
-kept in a variable, so that the later steps of the same execution
-(`steps_per_execution > 1`) are refused too, and the step stops the
-execution at once; `fit` raises a `NonFiniteLossError` naming the epoch,
-the step and what was not finite.
+(none on one device), and applies the gradients only if every replica's
+step is finite and no earlier step of this `fit` was refused. A refused
+step changes nothing: neither weights nor optimizer state (moments,
+`iterations`). A refusal is kept in a variable, so that the later steps
+of the same execution (`steps_per_execution > 1`) are refused too, and
+the step stops the execution at once; `fit` raises a
+`NonFiniteLossError` naming the epoch, the step and what was not finite.
 
 Under a `keras.optimizers.LossScaleOptimizer` (`mixed_float16`),
 non-finite gradients are routine: the optimizer skips such steps and
