@@ -1,5 +1,6 @@
 """SFTModel: fine-tuning with a frozen-teacher consistency term."""
 
+import contextlib
 import numbers
 
 import keras
@@ -324,6 +325,9 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
                 self, arguments, enabled=caching
             ) as arguments,
             data_checks.one_line_label_errors(),
+            self._step_guard.stopping_fit()
+            if self._step_guard is not None
+            else contextlib.nullcontext(),
         ):
             arguments = anchors.fit_arguments(
                 self,

@@ -4,18 +4,21 @@ never applied.
 `SFTModel` trains the user's pretrained model in place, often the only
 copy they hold, so one NaN batch must not reach its weights. The guard
 checks each step in one fused test (the loss, its terms, `lambda_` and the
-gradients), agrees on the result across replicas with one all-reduce, and
-applies the gradients only if every replica's step is finite and no
-earlier step of this `fit` was refused. A refused step changes nothing:
-neither weights nor optimizer state (moments, `iterations`). A refusal is
-kept in a variable, so that the later steps of the same execution
-(`steps_per_execution > 1`) are refused too, and `fit` then stops with a
+gradients), agrees on the result across replicas with one all-reduce
+(none on one device), and applies the gradients only if every replica's
+step is finite and no earlier step of this `fit` was refused. A refused
+step changes nothing: neither weights nor optimizer state (moments,
+`iterations`). A refusal is kept in a variable, so that the later steps
+of the same execution (`steps_per_execution > 1`) are refused too, and
+the step stops the execution at once; `fit` raises a
 `NonFiniteLossError` naming the epoch, the step and what was not finite.
 
 Under a `keras.optimizers.LossScaleOptimizer` (`mixed_float16`),
 non-finite gradients are routine: the optimizer skips such steps and
 lowers its scale. There only the loss (computed in float32) is checked.
 """
+
+import contextlib
 
 import keras
 import tensorflow as tf
@@ -33,6 +36,10 @@ _VALUES = (
     "loss",
     "gradients",
 )
+# `lambda_`, the first of the values, must also be >= 0.
+_LAMBDA_MASK = (True, False, False, False)
+_REFUSED = "StepGuard refused a step"
+_BITS = tuple(float(2**i) for i in range(len(_INPUTS + _VALUES)))
 
 
 class StepGuard:
@@ -57,6 +64,9 @@ class StepGuard:
             aggregation="only_first_replica",
             name="step_guard_state",
         )
+        # Where the current epoch of `fit` began, for the error's message.
+        self.epoch = 0
+        self.applied_before_epoch = 0
 
     def apply_gradients(self, optimizer, gradients, variables, data, values):
         """Applies `gradients` with `optimizer` unless the step is refused.
@@ -69,25 +79,35 @@ class StepGuard:
             values: List of scalars in the order of `_VALUES` but the
                 gradients: `lambda_`, `task_loss`, `distill_loss`, loss.
         """
-        checks = [ops.logical_not(ops.isfinite(v)) for v in values]
-        checks[0] = ops.logical_or(checks[0], ops.less(values[0], 0.0))
-        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            checks.append(ops.convert_to_tensor(False))
-        else:
-            checks.append(ops.logical_not(_all_finite(gradients)))
-        bad = ops.stack(checks)
-        # Only a step that is already refused pays for looking at its
-        # inputs, to name the cause; no collective runs inside the cond.
-        inputs_bad = tf.cond(
-            ops.any(bad),
-            lambda: ops.stack([ops.logical_not(_all_finite(d)) for d in data]),
-            lambda: ops.zeros((len(_INPUTS),), "bool"),
+        values = ops.stack([ops.cast(v, "float32") for v in values])
+        bad = ops.logical_or(
+            ops.logical_not(ops.isfinite(values)),
+            ops.logical_and(ops.less(values, 0.0), _LAMBDA_MASK),
         )
-        flags = ops.cast(ops.concatenate([inputs_bad, bad]), "float32")
+        checked = gradients
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            checked = []
+        # One pass over each gradient, with no temporary: a sum is finite
+        # only if every element is. A sum that is not (or that overflows)
+        # makes the step a suspect, looked at exactly in the cond below,
+        # which no finite step runs; no collective runs inside it.
+        suspect = ops.logical_or(
+            ops.any(bad), ops.logical_not(ops.isfinite(_sum(checked)))
+        )
+        exact = tf.cond(
+            suspect,
+            lambda: ops.logical_not(
+                ops.stack([_all_finite(t) for t in (*data, checked)])
+            ),
+            lambda: ops.zeros((len(_INPUTS) + 1,), "bool"),
+        )
+        flags = ops.cast(
+            ops.concatenate([exact[:-1], bad, exact[-1:]]), "float32"
+        )
         context = tf.distribute.get_replica_context()
-        flags = context.all_reduce("sum", flags)
-        code = ops.sum(ops.where(flags > 0, 2 ** ops.arange(flags.shape[0]), 0))
-        code = ops.cast(code, "int64")
+        if context.num_replicas_in_sync > 1:
+            flags = context.all_reduce("sum", flags)
+        code = ops.cast(ops.sum(ops.sign(flags) * _BITS), "int64")
         state = ops.convert_to_tensor(self.state)
         refused_before = state[1] != 0
         apply = ops.logical_and(code == 0, ops.logical_not(refused_before))
@@ -99,6 +119,36 @@ class StepGuard:
             )
         )
         _apply_if(apply, optimizer, gradients, variables)
+        # Stops the execution at once, with no per-step read on the host;
+        # the read orders it after the assignment. XLA drops asserts: there
+        # the callback stops `fit` at the epoch's end, every later step
+        # refused.
+        tf.debugging.Assert(
+            ops.convert_to_tensor(self.state)[1] == 0, [_REFUSED]
+        )
+
+    @contextlib.contextmanager
+    def stopping_fit(self):
+        """Turns the step's own stop into the guard's `NonFiniteLossError`."""
+        try:
+            yield
+        except tf.errors.InvalidArgumentError as error:
+            if _REFUSED not in error.message:
+                raise
+            raise self._error() from None
+
+    def _error(self):
+        applied, code = (int(v) for v in self.state.numpy())
+        names = [
+            name for i, name in enumerate(_INPUTS + _VALUES) if code & (1 << i)
+        ]
+        return terminate_on_nan.non_finite_error(
+            self.epoch,
+            applied - self.applied_before_epoch,
+            ", ".join(names),
+            "the step was not applied and training stopped; the student "
+            "keeps the weights of the last finite step",
+        )
 
     def with_callback(self, arguments):
         """`fit`'s `arguments` with, after the user's callbacks, one that
@@ -110,15 +160,26 @@ class StepGuard:
         }
 
 
-def _all_finite(tensors):
-    """Whether every element of `tensors` (a structure, `None`s skipped) is
-    finite; a scalar, with one reduction per tensor."""
+def _floats(tensors):
+    """The floating tensors of `tensors` (a structure, `None`s skipped)."""
     leaves = [
         t.values if isinstance(t, tf.IndexedSlices) else t
         for t in keras.tree.flatten(tensors)
         if t is not None
     ]
-    leaves = [t for t in leaves if t.dtype.is_floating]
+    return [t for t in leaves if t.dtype.is_floating]
+
+
+def _sum(tensors):
+    """The float32 sum of all the elements of `tensors`."""
+    sums = [ops.cast(ops.sum(t), "float32") for t in _floats(tensors)]
+    return ops.sum(ops.stack(sums)) if sums else ops.zeros(())
+
+
+def _all_finite(tensors):
+    """Whether every element of `tensors` is finite; a scalar, with one
+    reduction per tensor."""
+    leaves = _floats(tensors)
     if not leaves:
         return ops.convert_to_tensor(True)
     return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in leaves]))
@@ -158,32 +219,22 @@ def _apply_if(apply, optimizer, gradients, variables):
 
 
 class _StopAtRefusedStep(keras.callbacks.Callback):
-    """Resets the guard when training begins; raises at its first refusal."""
+    """Resets the guard when training begins, notes where each epoch
+    starts, and raises at the epoch's end if a step was refused (where
+    XLA dropped the step's own stop). It has no per-batch hook, so Keras
+    keeps dispatching batches asynchronously."""
 
     def __init__(self, guard):
         super().__init__()
         self._guard = guard
-        self._epoch = 0
-        self._applied_before_epoch = 0
 
     def on_train_begin(self, logs=None):
         self._guard.state.assign([0, 0])
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-        self._applied_before_epoch = int(self._guard.state.numpy()[0])
+        self._guard.epoch = epoch
+        self._guard.applied_before_epoch = int(self._guard.state.numpy()[0])
 
-    def on_train_batch_end(self, batch, logs=None):
-        applied, code = (int(v) for v in self._guard.state.numpy())
-        if not code:
-            return
-        names = [
-            name for i, name in enumerate(_INPUTS + _VALUES) if code & (1 << i)
-        ]
-        raise terminate_on_nan.non_finite_error(
-            self._epoch,
-            applied - self._applied_before_epoch,
-            ", ".join(names),
-            "the step was not applied and training stopped; the student "
-            "keeps the weights of the last finite step",
-        )
+    def on_epoch_end(self, epoch, logs=None):
+        if int(self._guard.state.numpy()[1]):
+            raise self._guard._error()
