@@ -1,6 +1,5 @@
 """SFTModel: fine-tuning with a frozen-teacher consistency term."""
 
-import contextlib
 import numbers
 
 import keras
@@ -325,9 +324,7 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
                 self, arguments, enabled=caching
             ) as arguments,
             data_checks.one_line_label_errors(),
-            self._step_guard.stopping_fit()
-            if self._step_guard is not None
-            else contextlib.nullcontext(),
+            step_guard.stopping(self._step_guard),
         ):
             arguments = anchors.fit_arguments(
                 self,
@@ -339,6 +336,10 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
             return super().fit(**arguments)
 
     fit.__signature__ = anchors.FIT_SIGNATURE
+
+    def train_on_batch(self, *args, **kwargs):
+        with step_guard.stopping(self._step_guard):
+            return super().train_on_batch(*args, **kwargs)
 
     def train_step(self, data):
         data, anchor_batch = anchor_data.unpack(data)
@@ -371,18 +372,13 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
             scaled_total = self.optimizer.scale_loss(total)
         trainable_weights = self.student.trainable_weights
         gradients = tape.gradient(scaled_total, trainable_weights)
-        if self._step_guard is None or not trainable_weights:
-            keras_compat.apply_gradients(
-                self.optimizer, gradients, trainable_weights
-            )
-        else:
-            self._step_guard.apply_gradients(
-                self.optimizer,
-                gradients,
-                trainable_weights,
-                (x, y, sample_weight),
-                [self._current_lambda(), *_terms(terms), total],
-            )
+        step_guard.apply_gradients(
+            self._step_guard,
+            self.optimizer,
+            (gradients, trainable_weights),
+            (x, y, sample_weight),
+            (self._current_lambda(), terms, total),
+        )
         return self._step_logs(x, y, sample_weight, student[0], total, terms)
 
     def test_step(self, data):
@@ -457,11 +453,3 @@ _CONFIG += ("distill_outputs", "distill_weights", "distill_features")
 def _copy(kind, value):
     """`kind(value)`, a copy the caller cannot change, or `None`."""
     return None if value is None else kind(value)
-
-
-def _terms(terms):
-    """`task_loss` and `distill_loss` of a step's `terms`, as float32."""
-    return [
-        ops.cast(terms[name], "float32")
-        for name in ("task_loss", "distill_loss")
-    ]

@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_sft import keras_compat
 from keras_sft import terminate_on_nan
 
 # What the guard checks, in the order its message names them: the inputs
@@ -40,6 +41,38 @@ _VALUES = (
 _LAMBDA_MASK = (True, False, False, False)
 _REFUSED = "StepGuard refused a step"
 _BITS = tuple(float(2**i) for i in range(len(_INPUTS + _VALUES)))
+
+
+def apply_gradients(guard, optimizer, update, data, values):
+    """Applies `SFTModel`'s step through `guard`, or, with `guard=None` or
+    nothing to train, as Keras does.
+
+    Args:
+        guard: `StepGuard` or `None`.
+        optimizer: The model's optimizer.
+        update: `(gradients, variables)`.
+        data: `(x, y, sample_weight)` of the step.
+        values: `(lambda_, terms, loss)`, `terms` the step's loss terms
+            by log name (`task_loss`, `distill_loss`, ...).
+    """
+    gradients, variables = update
+    if guard is None or not variables:
+        keras_compat.apply_gradients(optimizer, gradients, variables)
+        return
+    lambda_, terms, loss = values
+    guard.apply_gradients(
+        optimizer,
+        gradients,
+        variables,
+        data,
+        [lambda_, terms["task_loss"], terms["distill_loss"], loss],
+    )
+
+
+def stopping(guard):
+    """`guard.stopping_fit()`, or a context that does nothing without a
+    guard."""
+    return contextlib.nullcontext() if guard is None else guard.stopping_fit()
 
 
 class StepGuard:

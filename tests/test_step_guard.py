@@ -55,6 +55,18 @@ def test_nan_input_is_never_applied():
     )
 
 
+def test_train_on_batch_refuses_a_nan_batch_with_the_guards_error():
+    x, y, _ = helpers.classification_data(n=8)
+    model = _model()
+    model.train_on_batch(x, y)
+    before = _state(model)
+    x[3, 0] = np.nan
+    with pytest.raises(NonFiniteLossError, match=r"Non-finite inputs `x`"):
+        model.train_on_batch(x, y)
+    for a, b in zip(_state(model), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_one_nan_sample_weight_is_never_applied():
     x, y, weights = helpers.classification_data(n=32)
     weights[17] = np.nan
