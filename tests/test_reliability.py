@@ -343,8 +343,8 @@ def test_diverging_loss_stops_without_writing_the_output(tmp_path):
     backup_dir = str(tmp_path / "backup")
     with pytest.raises(
         RuntimeError,
-        match=r"Non-finite loss at epoch \d+, step \d+: loss=\S+, "
-        r"task_loss=\S+, distill_loss=\S+\. Training stopped",
+        match=r"Non-finite [a-z_, ]*loss[a-z_, ]* at epoch \d+, step \d+: "
+        r"the step was not applied and training stopped",
     ):
         _finetune(
             tmp_path,
