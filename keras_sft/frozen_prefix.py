@@ -22,6 +22,7 @@ import keras
 from keras import ops
 
 from keras_sft import anchors
+from keras_sft import keras_compat
 
 # The split of each `SFTModel`, with the layer trainability it was made
 # for: kept off the model, whose attributes Keras would track and save.
@@ -87,14 +88,17 @@ def _trainability(model):
     """What the split depends on: each student layer's `trainable`, and
     which variables the teacher holds (they change when it unshares)."""
     return (
-        tuple(layer.trainable for layer in model.student._flatten_layers()),
+        tuple(
+            layer.trainable for layer in keras_compat.all_layers(model.student)
+        ),
         tuple(id(w) for w in model.teacher.weights),
     )
 
 
 def _build(student, teacher):
     """The `FrozenPrefix` of `student` and `teacher`, or `None`."""
-    student_graph, teacher_graph = _graph(student), _graph(teacher)
+    student_graph = keras_compat.functional_graph(student)
+    teacher_graph = keras_compat.functional_graph(teacher)
     if student_graph is None or teacher_graph is None:
         return None
     shared = {id(w) for w in student.weights}
@@ -105,52 +109,38 @@ def _build(student, teacher):
     if pairs is None:
         return None
     prefix = _prefix_tensors(student_graph, pairs)
-    outputs = keras.tree.flatten(student_graph._outputs_struct)
+    outputs = keras.tree.flatten(student_graph[1])
     if prefix is None or any(id(t) in prefix for t in outputs):
         return None
     frontier = _frontier(student_graph, prefix)
     if any(getattr(t, "_keras_mask", None) is not None for t in frontier):
         return None
     return FrozenPrefix(
-        keras.Model(student_graph._inputs_struct, frontier),
-        keras.Model(frontier, student_graph._outputs_struct),
-        keras.Model(
-            [pairs[id(t)] for t in frontier], teacher_graph._outputs_struct
-        ),
+        keras.Model(student_graph[0], frontier),
+        keras.Model(frontier, student_graph[1]),
+        keras.Model([pairs[id(t)] for t in frontier], teacher_graph[1]),
     )
-
-
-def _graph(model):
-    """The Functional graph of `model` (a Sequential's inner one), or
-    `None` for a subclassed model."""
-    graph = getattr(model, "_functional", None) or model
-    if not hasattr(graph, "_nodes_by_depth"):
-        return None
-    return graph
-
-
-def _node(tensor):
-    """The node that produced `tensor`, and the tensor's index there."""
-    operation, node_index, tensor_index = tensor._keras_history
-    return operation._inbound_nodes[node_index], tensor_index
 
 
 def _pair_tensors(student_graph, teacher_graph):
     """Maps `id` of each student tensor to the teacher tensor in the same
     place, or `None` where the two graphs are not built alike."""
-    student_outputs = keras.tree.flatten(student_graph._outputs_struct)
-    teacher_outputs = keras.tree.flatten(teacher_graph._outputs_struct)
+    student_outputs = keras.tree.flatten(student_graph[1])
+    teacher_outputs = keras.tree.flatten(teacher_graph[1])
     if len(student_outputs) != len(teacher_outputs):
         return None
     pairs = dict(zip(map(id, student_outputs), teacher_outputs, strict=True))
     # Consumers before producers: a node's depth exceeds its consumers'.
-    for depth in sorted(student_graph._nodes_by_depth):
-        for node in student_graph._nodes_by_depth[depth]:
+    nodes_by_depth = student_graph[2]
+    for depth in sorted(nodes_by_depth):
+        for node in nodes_by_depth[depth]:
             paired = [t for t in node.output_tensors if id(t) in pairs]
             if not paired:
                 return None
-            student_node, index = _node(paired[0])
-            teacher_node, teacher_index = _node(pairs[id(paired[0])])
+            student_node, index = keras_compat.producing_node(paired[0])
+            teacher_node, teacher_index = keras_compat.producing_node(
+                pairs[id(paired[0])]
+            )
             operation = teacher_node.operation
             tensors = [*node.output_tensors, *node.input_tensors]
             teacher_tensors = [
@@ -178,15 +168,18 @@ def _pair_tensors(student_graph, teacher_graph):
 def _prefix_tensors(student_graph, pairs):
     """The `id`s of the student tensors the prefix computes (the model's
     inputs among them), or `None` where it holds no layer."""
-    prefix = {id(t) for t in keras.tree.flatten(student_graph._inputs_struct)}
+    inputs, _, nodes_by_depth = student_graph
+    prefix = {id(t) for t in keras.tree.flatten(inputs)}
     layers = 0
-    for depth in sorted(student_graph._nodes_by_depth, reverse=True):
-        for node in student_graph._nodes_by_depth[depth]:
+    for depth in sorted(nodes_by_depth, reverse=True):
+        for node in nodes_by_depth[depth]:
             if node.is_input or not all(
                 id(t) in prefix for t in node.input_tensors
             ):
                 continue
-            teacher_node, _ = _node(pairs[id(node.output_tensors[0])])
+            teacher_node, _ = keras_compat.producing_node(
+                pairs[id(node.output_tensors[0])]
+            )
             if _shareable(node.operation, teacher_node.operation):
                 prefix.update(id(t) for t in node.output_tensors)
                 layers += 1
@@ -196,7 +189,7 @@ def _prefix_tensors(student_graph, pairs):
 def _frontier(student_graph, prefix):
     """The prefix tensors that layers outside the prefix read."""
     frontier = {}
-    for nodes in student_graph._nodes_by_depth.values():
+    for nodes in student_graph[2].values():
         for node in nodes:
             if any(id(t) in prefix for t in node.output_tensors):
                 continue
@@ -214,23 +207,17 @@ def _shareable(layer, teacher_layer):
     return (
         not layer.trainable_weights
         and weights == [id(w) for w in teacher_layer.weights]
-        and all(map(_deterministic, layer._flatten_layers()))
+        and all(map(_deterministic, keras_compat.all_layers(layer)))
     )
 
 
 def _deterministic(layer):
     """Whether `layer`'s own computation ignores training mode and
     randomness, and adds no activity loss."""
-    if getattr(layer, "activity_regularizer", None) is not None or getattr(
-        layer, "_seed_generators", None
-    ):
+    if getattr(layer, "activity_regularizer", None) is not None:
         return False
     if isinstance(layer, keras.layers.BatchNormalization):
         return not layer.trainable
-    if type(layer).__module__.startswith("keras."):
-        return True
     # Another library's layer may read `training` in ways not seen here;
     # its nested Functional models are checked layer by layer instead.
-    return hasattr(layer, "_nodes_by_depth") or not getattr(
-        layer, "_call_has_training_arg", True
-    )
+    return not keras_compat.is_random_or_training_dependent(layer)

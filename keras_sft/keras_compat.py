@@ -186,3 +186,43 @@ def disable_lora(layer):
     layer.lora_enabled = False
     layer.lora_rank = None
     layer.lora_alpha = None
+
+
+def all_layers(layer, include_self=True):
+    """`layer` and every layer nested in it, in Keras's own order."""
+    # Keras lists nested layers with the private `_flatten_layers`; the
+    # public `layers` stops at the first level.
+    return list(layer._flatten_layers(include_self=include_self))
+
+
+def functional_graph(model):
+    """`(inputs, outputs, nodes_by_depth)` of a Functional model's graph (a
+    Sequential model's inner one): the input and output structures, and
+    the nodes by depth, consumers before producers. `None` for a
+    subclassed model. Keras keeps all three in private attributes."""
+    graph = getattr(model, "_functional", None) or model
+    if not hasattr(graph, "_nodes_by_depth"):
+        return None
+    return graph._inputs_struct, graph._outputs_struct, graph._nodes_by_depth
+
+
+def producing_node(tensor):
+    """The graph node that made the symbolic `tensor`, and the tensor's
+    index among its outputs (from the tensor's private history)."""
+    operation, node_index, tensor_index = tensor._keras_history
+    return operation._inbound_nodes[node_index], tensor_index
+
+
+def is_random_or_training_dependent(layer):
+    """Whether `layer`'s own computation may differ between training and
+    inference beyond `BatchNormalization`: it draws random numbers (Keras
+    layers keep their seed generators privately), or it is another
+    library's layer (not a nested Functional model) whose `call` takes
+    `training`."""
+    if getattr(layer, "_seed_generators", None):
+        return True
+    if type(layer).__module__.startswith("keras."):
+        return False
+    return not hasattr(layer, "_nodes_by_depth") and getattr(
+        layer, "_call_has_training_arg", True
+    )

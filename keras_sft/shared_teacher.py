@@ -117,10 +117,8 @@ def owned_weights(student, teacher):
 def _layer_pairs(student, teacher):
     """Each layer of `student` with the same layer of `teacher`, or `None`
     where the two models are not built alike."""
-    # Keras lists nested layers with `_flatten_layers`; no public
-    # equivalent.
-    student_layers = list(student._flatten_layers(include_self=True))
-    teacher_layers = list(teacher._flatten_layers(include_self=True))
+    student_layers = keras_compat.all_layers(student)
+    teacher_layers = keras_compat.all_layers(teacher)
     if len(student_layers) != len(teacher_layers) or any(
         type(s) is not type(t) or s.name != t.name
         for s, t in zip(student_layers, teacher_layers, strict=True)

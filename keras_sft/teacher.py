@@ -7,6 +7,8 @@ import warnings
 
 import keras
 
+from keras_sft import keras_compat
+
 
 def clone_teacher(model):
     """Returns a frozen copy of `model` that predicts exactly as `model` does.
@@ -66,9 +68,7 @@ def copy_model(model):
             f"or call it on a batch first. Received: model={model.name!r} "
             "(not built)"
         )
-    # Keras lists nested layers with `_flatten_layers` itself; it has no
-    # public equivalent.
-    layers = list(model._flatten_layers(include_self=True))
+    layers = keras_compat.all_layers(model)
     try:
         _check_configs(layers)
         with tempfile.TemporaryDirectory() as directory:
