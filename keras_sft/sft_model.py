@@ -32,16 +32,11 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
 
     where `teacher` is a frozen copy of the pretrained model taken before
     fine-tuning and `student` starts from the same weights and is trained.
-    The teacher runs with `training=False` outside the gradient tape; both
-    terms are reduced like Keras losses and scaled so that any
-    `tf.distribute` strategy and `mixed_float16` give the one-device
-    float32 gradient (docs/design.md).
-
-    Logs `loss`, `task_loss`, `distill_loss` (the weighted sum of the
-    distances, before `lambda_`), for several outputs `<output>_task_loss`
-    and `<output>_distill_loss`, `<layer>_distill_loss` per distilled
-    feature, then the compiled metrics. `predict` and `call` return the
-    student's outputs.
+    Any `tf.distribute` strategy and `mixed_float16` give the one-device
+    float32 gradient (docs/design.md). Logs `loss`, `task_loss`,
+    `distill_loss` (before `lambda_`), per-output and per-feature terms
+    (docs/user_guide.md), then the compiled metrics. `predict` and `call`
+    return the student's outputs.
 
     Example:
 
