@@ -8,10 +8,10 @@ gradients), agrees on the result across replicas with one all-reduce
 (none on one device), and applies the gradients only if every replica's
 step is finite and no earlier step of this `fit` was refused. A refused
 step changes nothing: neither weights nor optimizer state (moments,
-`iterations`). A refusal is kept in a variable, so that the later steps
-of the same execution (`steps_per_execution > 1`) are refused too, and
-the step stops the execution at once; `fit` raises a
+`iterations`); it stops the execution, and `fit` raises a
 `NonFiniteLossError` naming the epoch, the step and what was not finite.
+Under XLA, which drops that stop, every later step of the epoch is
+refused and `fit` stops at the epoch's end.
 
 Under a `keras.optimizers.LossScaleOptimizer` (`mixed_float16`),
 non-finite gradients are routine: the optimizer skips such steps and
@@ -88,18 +88,14 @@ class StepGuard:
     """
 
     def __init__(self):
-        # [steps applied in this `fit`, bits of what made a step not
-        # finite]; all replicas agree on it, so the first one's is kept.
-        self.state = keras.Variable(
-            [0, 0],
-            dtype="int64",
-            trainable=False,
-            aggregation="only_first_replica",
-            name="step_guard_state",
-        )
+        # The steps this `fit` ran, and once one is refused: the bits of
+        # what made it not finite, and its index. All replicas agree on
+        # them, so the first one's are kept.
+        self.steps = _state("step_guard_steps", 0)
+        self.refusal = _state("step_guard_refusal", [0, 0])
         # Where the current epoch of `fit` began, for the error's message.
         self.epoch = 0
-        self.applied_before_epoch = 0
+        self.steps_before_epoch = 0
 
     def apply_gradients(self, optimizer, gradients, variables, data, values):
         """Applies `gradients` with `optimizer` unless the step is refused.
@@ -112,72 +108,77 @@ class StepGuard:
             values: List of scalars in the order of `_VALUES` but the
                 gradients: `lambda_`, `task_loss`, `distill_loss`, loss.
         """
-        values = ops.stack([ops.cast(v, "float32") for v in values])
-        bad = ops.logical_or(
-            ops.logical_not(ops.isfinite(values)),
-            ops.logical_and(ops.less(values, 0.0), _LAMBDA_MASK),
-        )
+        values = [ops.cast(v, "float32") for v in values]
         checked = gradients
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             checked = []
-        # One pass over each gradient, with no temporary: a sum is finite
-        # only if every element is. A sum that is not (or that overflows)
-        # makes the step a suspect, looked at exactly in the cond below,
-        # which no finite step runs; no collective runs inside it.
-        suspect = ops.logical_or(
-            ops.any(bad), ops.logical_not(ops.isfinite(_sum(checked)))
+        # One scalar, finite only if every value and every gradient
+        # element is and `lambda_` >= 0 (the square root of a negative is
+        # NaN): one pass over each gradient, no temporary. A sum that is
+        # not finite (or that overflows) makes the step a suspect, looked
+        # at exactly in the cond, which no finite step runs; no collective
+        # runs inside it.
+        lambda_, *losses = values
+        total = ops.sum(
+            ops.stack([ops.sqrt(lambda_), *losses, *_sums(checked)])
         )
-        exact = tf.cond(
-            suspect,
-            lambda: ops.logical_not(
-                ops.stack([_all_finite(t) for t in (*data, checked)])
-            ),
-            lambda: ops.zeros((len(_INPUTS) + 1,), "bool"),
-        )
-        flags = ops.cast(
-            ops.concatenate([exact[:-1], bad, exact[-1:]]), "float32"
+        flags = ops.cond(
+            ops.isfinite(total),
+            lambda: ops.zeros((len(_BITS),)),
+            lambda: _flags(data, values, checked),
         )
         context = tf.distribute.get_replica_context()
         if context.num_replicas_in_sync > 1:
             flags = context.all_reduce("sum", flags)
+        apply = ops.logical_and(
+            ops.max(flags) == 0, ops.convert_to_tensor(self.refusal)[0] == 0
+        )
+        _apply_if(apply, optimizer, gradients, variables, self._refuse, flags)
+        self.steps.assign_add(1)
+
+    def _refuse(self, flags):
+        """Keeps the first refusal of this `fit` and stops the execution,
+        with no per-step read on the host."""
+        refusal = ops.convert_to_tensor(self.refusal)
         code = ops.cast(ops.sum(ops.sign(flags) * _BITS), "int64")
-        state = ops.convert_to_tensor(self.state)
-        refused_before = state[1] != 0
-        apply = ops.logical_and(code == 0, ops.logical_not(refused_before))
-        self.state.assign(
+        self.refusal.assign(
             ops.where(
-                refused_before,
-                state,
-                ops.stack([state[0] + ops.cast(apply, "int64"), code]),
+                refusal[0] == 0,
+                ops.stack([code, self.steps.value]),
+                refusal,
             )
         )
-        _apply_if(apply, optimizer, gradients, variables)
-        # Stops the execution at once, with no per-step read on the host;
-        # the read orders it after the assignment. XLA drops asserts: there
-        # the callback stops `fit` at the epoch's end, every later step
-        # refused.
+        # The read orders the stop after the assignment. XLA drops
+        # asserts: there the callback stops `fit` at the epoch's end,
+        # every later step refused.
         tf.debugging.Assert(
-            ops.convert_to_tensor(self.state)[1] == 0, [_REFUSED]
+            ops.convert_to_tensor(self.refusal)[0] == 0, [_REFUSED]
         )
 
     @contextlib.contextmanager
     def stopping_fit(self):
-        """Turns the step's own stop into the guard's `NonFiniteLossError`."""
+        """Turns a refusal into the guard's `NonFiniteLossError`: the
+        step's own stop or, under XLA, which drops it, the refusal found
+        after `train_on_batch`."""
         try:
             yield
         except tf.errors.InvalidArgumentError as error:
             if _REFUSED not in error.message:
                 raise
-            raise self._error() from None
+        if int(self.refusal.numpy()[0]):
+            error = self._error()
+            # A later `train_on_batch` is not refused for this step.
+            self.refusal.assign([0, 0])
+            raise error
 
     def _error(self):
-        applied, code = (int(v) for v in self.state.numpy())
+        code, step = (int(v) for v in self.refusal.numpy())
         names = [
             name for i, name in enumerate(_INPUTS + _VALUES) if code & (1 << i)
         ]
         return terminate_on_nan.non_finite_error(
             self.epoch,
-            applied - self.applied_before_epoch,
+            step - self.steps_before_epoch,
             ", ".join(names),
             "the step was not applied and training stopped; the student "
             "keeps the weights of the last finite step",
@@ -203,23 +204,48 @@ def _floats(tensors):
     return [t for t in leaves if t.dtype.is_floating]
 
 
-def _sum(tensors):
-    """The float32 sum of all the elements of `tensors`."""
-    sums = [ops.cast(ops.sum(t), "float32") for t in _floats(tensors)]
-    return ops.sum(ops.stack(sums)) if sums else ops.zeros(())
+def _state(name, value):
+    """An int64 variable of the guard."""
+    return keras.Variable(
+        value,
+        dtype="int64",
+        trainable=False,
+        aggregation="only_first_replica",
+        name=name,
+    )
+
+
+def _sums(tensors):
+    """The float32 sums of the elements of each tensor of `tensors`."""
+    return [ops.cast(ops.sum(t), "float32") for t in _floats(tensors)]
+
+
+def _flags(data, values, gradients):
+    """What is not finite, exactly, in the order of `_INPUTS + _VALUES`:
+    1.0 for each that is not, else 0.0."""
+    values = ops.stack(values)
+    bad_values = ops.logical_or(
+        ops.logical_not(ops.isfinite(values)),
+        ops.logical_and(ops.less(values, 0.0), _LAMBDA_MASK),
+    )
+    bad_inputs = ops.stack([ops.logical_not(_all_finite(t)) for t in data])
+    bad_gradients = ops.logical_not(_all_finite(gradients))[None]
+    return ops.cast(
+        ops.concatenate([bad_inputs, bad_values, bad_gradients]), "float32"
+    )
 
 
 def _all_finite(tensors):
-    """Whether every element of `tensors` is finite; a scalar, with one
-    reduction per tensor."""
+    """Whether every element of `tensors` is finite (a scalar)."""
     leaves = _floats(tensors)
     if not leaves:
         return ops.convert_to_tensor(True)
     return ops.all(ops.stack([ops.all(ops.isfinite(t)) for t in leaves]))
 
 
-def _apply_if(apply, optimizer, gradients, variables):
-    """Applies the gradients where `apply` (equal on all replicas) holds.
+def _apply_if(apply, optimizer, gradients, variables, refuse, flags):
+    """Applies the gradients where `apply` (equal on all replicas) holds,
+    else calls `refuse(flags)`.
 
     As `keras.optimizers.LossScaleOptimizer` does: a cond in the replica
     context where the strategy needs no merge call, else a cond in the
@@ -231,23 +257,23 @@ def _apply_if(apply, optimizer, gradients, variables):
         optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
     if tf.__internal__.distribute.strategy_supports_no_merge_call():
-        ops.cond(apply, lambda: apply_fn(gradients), lambda: None)
+        ops.cond(apply, lambda: apply_fn(gradients), lambda: refuse(flags))
         return
 
     # Each replica's gradients go through `merge_call`'s arguments, so that
     # each replica applies its own (a closure would hold the first's).
-    def cross_replica(strategy, apply, gradients):
-        apply = strategy.experimental_local_results(apply)[0]
+    def cross_replica(strategy, apply, gradients, flags):
+        first = strategy.experimental_local_results
         ops.cond(
-            apply,
+            first(apply)[0],
             lambda: strategy.extended.call_for_each_replica(
                 apply_fn, args=(gradients,)
             ),
-            lambda: None,
+            lambda: refuse(first(flags)[0]),
         )
 
     tf.distribute.get_replica_context().merge_call(
-        cross_replica, args=(apply, gradients)
+        cross_replica, args=(apply, gradients, flags)
     )
 
 
@@ -262,12 +288,13 @@ class _StopAtRefusedStep(keras.callbacks.Callback):
         self._guard = guard
 
     def on_train_begin(self, logs=None):
-        self._guard.state.assign([0, 0])
+        self._guard.steps.assign(0)
+        self._guard.refusal.assign([0, 0])
 
     def on_epoch_begin(self, epoch, logs=None):
         self._guard.epoch = epoch
-        self._guard.applied_before_epoch = int(self._guard.state.numpy()[0])
+        self._guard.steps_before_epoch = int(self._guard.steps.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
-        if int(self._guard.state.numpy()[1]):
+        if int(self._guard.refusal.numpy()[0]):
             raise self._guard._error()

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 import keras_sft
+from keras_sft.step_guard import StepGuard
 from keras_sft.terminate_on_nan import NonFiniteLossError
 from tests import helpers
 
@@ -14,9 +15,9 @@ _REFUSED = (
 )
 
 
-def _model(lambda_=1.0, **kwargs):
+def _model(lambda_=1.0, jit_compile="auto", **kwargs):
     model = keras_sft.SFTModel(helpers.mlp(), lambda_=lambda_, **kwargs)
-    model.compile(optimizer="adam")
+    model.compile(optimizer="adam", jit_compile=jit_compile)
     return model
 
 
@@ -33,13 +34,15 @@ def _batches(*arrays):
     return tf.data.Dataset.from_tensor_slices(arrays).batch(8)
 
 
-def _assert_refused_third_step(arrays, *, lambda_=1.0, what):
+def _assert_refused_third_step(
+    arrays, *, lambda_=1.0, what, jit_compile="auto"
+):
     """Training on 32 examples in batches of 8 stops at step 3 and keeps
     the state of a run stopped after step 2 (Adam's moments and
     iterations included)."""
-    reference = _model(lambda_)
+    reference = _model(lambda_, jit_compile)
     reference.fit(_batches(*arrays).take(2), epochs=1, shuffle=False, verbose=0)
-    model = _model(lambda_)
+    model = _model(lambda_, jit_compile)
     with pytest.raises(NonFiniteLossError, match=_REFUSED.format(what=what)):
         model.fit(_batches(*arrays), epochs=2, shuffle=False, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 2
@@ -55,16 +58,72 @@ def test_nan_input_is_never_applied():
     )
 
 
-def test_train_on_batch_refuses_a_nan_batch_with_the_guards_error():
+def test_xla_drops_the_stop_and_refuses_every_later_step_of_the_epoch():
+    x, y, _ = helpers.classification_data(n=32)
+    x[20, 0] = np.nan
+    _assert_refused_third_step(
+        (x, y),
+        what=r"inputs `x`, task_loss, distill_loss, loss, gradients",
+        jit_compile=True,
+    )
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_train_on_batch_refuses_a_nan_batch_with_the_guards_error(
+    jit_compile,
+):
     x, y, _ = helpers.classification_data(n=8)
-    model = _model()
+    model = _model(jit_compile=jit_compile)
     model.train_on_batch(x, y)
     before = _state(model)
-    x[3, 0] = np.nan
+    nan_x = x.copy()
+    nan_x[3, 0] = np.nan
     with pytest.raises(NonFiniteLossError, match=r"Non-finite inputs `x`"):
-        model.train_on_batch(x, y)
+        model.train_on_batch(nan_x, y)
     for a, b in zip(_state(model), before, strict=True):
         np.testing.assert_array_equal(a, b)
+    # The refusal belonged to that batch: the next one trains.
+    model.train_on_batch(x, y)
+    assert int(model.optimizer.iterations.numpy()) == 2
+
+
+def _guarded_step(variable, gradient):
+    """One `StepGuard` step of SGD(1.0) on `variable`, as `fit` runs it."""
+    optimizer = keras.optimizers.SGD(1.0)
+    optimizer.build([variable])
+    guard = StepGuard()
+    data = (tf.zeros((1, 2)), tf.zeros((1,), "int32"), None)
+
+    @tf.function
+    def step():
+        guard.apply_gradients(
+            optimizer,
+            [tf.constant(gradient, "float32")],
+            [variable],
+            data,
+            [1.0, 0.5, 0.5, 1.0],
+        )
+
+    with guard.stopping_fit():
+        step()
+
+
+def test_a_finite_step_whose_gradient_sum_overflows_is_applied():
+    variable = keras.Variable(np.zeros(2, "float32"))
+    # 3e38 + 3e38 overflows float32; each element is finite.
+    _guarded_step(variable, [3e38, 3e38])
+    np.testing.assert_array_equal(
+        variable.numpy(), np.full(2, -3e38, "float32")
+    )
+
+
+def test_a_gradient_with_one_nan_is_refused_and_named():
+    variable = keras.Variable(np.zeros(2, "float32"))
+    with pytest.raises(
+        NonFiniteLossError, match=r"^Non-finite gradients at epoch 1, step 1:"
+    ):
+        _guarded_step(variable, [np.nan, 0.0])
+    np.testing.assert_array_equal(variable.numpy(), [0.0, 0.0])
 
 
 def test_one_nan_sample_weight_is_never_applied():
