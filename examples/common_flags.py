@@ -425,6 +425,15 @@ def load_unshifted(split):
     return data.load(DATASET.value, split=split, data_dir=DATA_DIR.value)
 
 
+def load_classes(split, classes):
+    """`load_unshifted(split)` restricted to `classes` (labels or ranges,
+    as `--classes`), or `None` if `classes` is empty."""
+    if not classes:
+        return None
+    dataset, _ = load_unshifted(split)
+    return data.select_classes(dataset, parse_classes(classes))
+
+
 def sample_unshifted(split):
     """`--anchor_count` inputs of `load_unshifted(split)`, drawn by
     `--seed`; `None` if `split` is unset."""
