@@ -20,12 +20,12 @@ from absl import flags
 from examples.lib import arrays
 from examples.lib import output_paths
 from examples.lib import run_record
+from examples.lib import training
 from examples.lib.run_lock import RunLock
 from examples.lib.training_config import TrainingConfig
 from keras_sft import data
 from keras_sft import distances
 from keras_sft import strategy as strategy_lib
-from keras_sft.epoch_shuffle import EpochShuffle
 
 PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 
@@ -339,8 +339,7 @@ def refuse_arguments(argv):
 
 def set_up():
     """Seeds Keras, sets determinism and dtype policy, returns the strategy."""
-    if DETERMINISTIC.value:
-        tf.config.experimental.enable_op_determinism()
+    set_determinism()
     keras.utils.set_random_seed(SEED.value)
     keras.config.set_dtype_policy(
         "float32" if MIXED_PRECISION.value == "none" else MIXED_PRECISION.value
@@ -355,6 +354,12 @@ def set_up():
             f"--strategy=tpu: no TPU at --tpu={TPU.value or 'local'} "
             f"({reason}); run on a TPU VM or pass --tpu=grpc://ADDRESS"
         ) from None
+
+
+def set_determinism():
+    """Turns on TensorFlow's op determinism if `--deterministic` says so."""
+    if DETERMINISTIC.value:
+        tf.config.experimental.enable_op_determinism()
 
 
 # The shared flags that change what training computes (see
@@ -420,9 +425,20 @@ def load_unshifted(split):
     return data.load(DATASET.value, split=split, data_dir=DATA_DIR.value)
 
 
+def load_classes(split, classes):
+    """`load_unshifted(split)` restricted to `classes` (labels or ranges,
+    as `--classes`), or `None` if `classes` is empty."""
+    if not classes:
+        return None
+    dataset, _ = load_unshifted(split)
+    return data.select_classes(dataset, parse_classes(classes))
+
+
 def sample_unshifted(split):
     """`--anchor_count` inputs of `load_unshifted(split)`, drawn by
-    `--seed`."""
+    `--seed`; `None` if `split` is unset."""
+    if not split:
+        return None
     dataset, _ = load_unshifted(split)
     return arrays.sample_inputs(dataset, ANCHOR_COUNT.value, seed=SEED.value)
 
@@ -439,16 +455,10 @@ def load_split(split):
 
 
 def training_batches(dataset):
-    """`--batch_size` batches, reshuffled each epoch in an order fixed by
-    `--seed` and the epoch number, so that a run resumed from a backup sees
-    the batches of an uninterrupted run.
-
-    Returns `(batches, epoch_shuffle)`; pass `epoch_shuffle` to `fit`.
-    """
-    epoch_shuffle = EpochShuffle(SEED.value)
-    return (
-        data.batch(epoch_shuffle(dataset), batch_size=BATCH_SIZE.value),
-        epoch_shuffle,
+    """`training.shuffled_batches` of `dataset` by `--seed` and
+    `--batch_size`: returns `(batches, epoch_shuffle)`."""
+    return training.shuffled_batches(
+        dataset, seed=SEED.value, batch_size=BATCH_SIZE.value
     )
 
 

@@ -26,11 +26,6 @@ from examples.lib import forgetting_experiment
 from examples.lib import new_head_experiment
 from examples.lib import presets
 
-OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir",
-    "runs/demo",
-    "Directory for the models, results.md and forgetting.png.",
-)
 NEW_HEAD_LAMBDAS = flags.DEFINE_list(
     "new_head_lambdas",
     ["0.1", "1"],
@@ -43,14 +38,15 @@ flags.register_validator(
     message="--new_head_lambdas must be floats >= 0",
 )
 flags.adopt_module_key_flags(common_flags)
-flags.adopt_module_key_flags(experiment_flags)
+for _flag in (*experiment_flags.COMPARISON_FLAGS, experiment_flags.OUTPUT_DIR):
+    flags.declare_key_flag(_flag.name)
 
 
 def main(argv):
     common_flags.refuse_arguments(argv)
     strategy = common_flags.set_up()
     forgetting_experiment.run_demo(
-        output_dir=OUTPUT_DIR.value,
+        output_dir=experiment_flags.OUTPUT_DIR.value,
         lambdas=common_flags.positive_floats(experiment_flags.LAMBDAS.value),
         classes=common_flags.parse_classes(common_flags.CLASSES.value),
         shift=common_flags.SHIFT.value,
@@ -75,7 +71,7 @@ def main(argv):
                 new_head_experiment.TRAINING, seed=common_flags.SEED.value
             ),
         )
-        new_head_experiment.write_table(rows, OUTPUT_DIR.value)
+        new_head_experiment.write_table(rows, experiment_flags.OUTPUT_DIR.value)
 
 
 if __name__ == "__main__":

@@ -20,16 +20,10 @@ from examples import experiment_flags
 from examples.lib import detection_experiment
 from examples.lib import presets
 
-IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size",
-    32,
-    "Side of the scenes, a multiple of 8 (one grid cell per 8x8 patch).",
-    lower_bound=16,
-)
 flags.register_validator(
-    IMAGE_SIZE,
-    lambda size: size % 8 == 0,
-    message="--image_size must be a multiple of 8",
+    experiment_flags.IMAGE_SIZE,
+    lambda size: size is None or (size >= 16 and size % 8 == 0),
+    message="--image_size must be a multiple of 8, at least 16",
 )
 SCENES = flags.DEFINE_integer(
     "scenes",
@@ -37,9 +31,13 @@ SCENES = flags.DEFINE_integer(
     "Training scenes per domain (a quarter as many test scenes).",
     lower_bound=4,
 )
-for _flag in (*common_flags.CORE_FLAGS, common_flags.ANCHOR_COUNT):
+for _flag in (
+    *common_flags.CORE_FLAGS,
+    common_flags.ANCHOR_COUNT,
+    *experiment_flags.COMPARISON_FLAGS,
+    experiment_flags.IMAGE_SIZE,
+):
     flags.declare_key_flag(_flag.name)
-flags.adopt_module_key_flags(experiment_flags)
 
 
 def main(argv):
@@ -54,7 +52,7 @@ def main(argv):
     tasks = detection_experiment.digit_tasks(
         train_count=SCENES.value,
         test_count=max(SCENES.value // 4, 1),
-        image_size=IMAGE_SIZE.value,
+        image_size=experiment_flags.IMAGE_SIZE.value,
         seed=common_flags.SEED.value,
     )
     rows = detection_experiment.run_experiment(

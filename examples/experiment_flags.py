@@ -1,6 +1,7 @@
-"""Flags of the experiment binaries, `examples.demo` and
-`examples.segmentation`: each compares plain fine-tuning with SFT, L2-SP
-and SFT on anchors.
+"""Flags of the experiment binaries, `examples.demo`,
+`examples.segmentation`, `examples.detection` and
+`examples.forgetting_benchmark`: each compares plain fine-tuning with SFT,
+L2-SP and SFT on anchors. Each binary declares the ones it reads.
 
 Their defaults are the demo's; `examples.lib.presets` holds each binary's.
 """
@@ -20,6 +21,20 @@ PRETRAIN_EPOCHS = flags.DEFINE_integer(
     30,
     "Epochs of pretraining (--epochs is for each fine-tuning).",
     lower_bound=1,
+)
+OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir",
+    "runs/demo",
+    "Directory of the results: the demo's models, results.md and "
+    "forgetting.png; the forgetting benchmark's tables, plot and rows.json.",
+)
+IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size",
+    None,
+    "Side of the images: of segmentation's scenes (16 for digits and 64 for "
+    "TFDS sets when unset), of detection's (a multiple of 8, one grid cell "
+    "per 8x8 patch).",
+    lower_bound=8,
 )
 
 L2_SP_ALPHAS = flags.DEFINE_list(
@@ -55,3 +70,7 @@ def _valid_lambdas(values):
 
 
 flags.register_validator(LAMBDAS, _valid_lambdas)
+
+# What the binaries that compare the methods read (the demo, segmentation
+# and detection).
+COMPARISON_FLAGS = (LAMBDAS, PRETRAIN_EPOCHS, L2_SP_ALPHAS, ANCHOR_LAMBDAS)

@@ -14,6 +14,7 @@ from absl import flags
 from absl import logging
 
 from examples import common_flags
+from examples import finetune_flags
 from examples.lib import hub_finetuning
 from examples.lib import presets
 
@@ -34,18 +35,8 @@ OUTPUT_PRESET = flags.DEFINE_string(
     None,
     "Directory the fine-tuned task is saved to with save_to_preset.",
 )
-EXPORT_DIR = flags.DEFINE_string(
-    "export_dir",
-    None,
-    "Directory to export the student to (SFTModel.export); none when unset.",
-)
-LAMBDA = flags.DEFINE_float(
-    "lambda",
-    0.5,
-    "Weight of the teacher-consistency term (>= 0).",
-    lower_bound=0.0,
-)
 flags.adopt_module_key_flags(common_flags)
+flags.adopt_module_key_flags(finetune_flags)
 
 
 def main(argv):
@@ -55,8 +46,8 @@ def main(argv):
         TRAIN_FILE.value,
         task=TASK.value,
         output_preset=OUTPUT_PRESET.value,
-        export_dir=EXPORT_DIR.value,
-        lambda_=LAMBDA.value,
+        export_dir=finetune_flags.EXPORT_DIR.value,
+        lambda_=finetune_flags.LAMBDA.value,
         distance=common_flags.DISTANCE.value,
         batch_size=common_flags.BATCH_SIZE.value,
         epochs=common_flags.EPOCHS.value,

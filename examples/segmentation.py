@@ -4,11 +4,9 @@ Pretrains a small fully convolutional network on an old segmentation task,
 fine-tunes it on a new one plainly, with SFT for each `--lambdas`, with
 L2-SP for each `--l2_sp_alphas` and with SFT on `--anchor_count` anchors
 (unlabeled pretraining scenes) for each `--anchor_lambdas`, and logs a
-table of mean IoU and pixel accuracy on both tasks. The default,
-`--dataset=digits`, runs offline in a few minutes on two CPU cores, in
-the `--scenario` given (new classes in the shared head, new classes in a
-new head, or the same classes in a new domain); the defaults are
-`examples.lib.presets.SEGMENTATION`.
+table of mean IoU and pixel accuracy on both tasks. `--dataset=digits`
+runs offline in a few minutes on two CPU cores, in the `--scenario` given;
+the defaults are `examples.lib.presets.SEGMENTATION`.
 
     python -m examples.segmentation
     python -m examples.segmentation --scenario=new_head --distance=kl
@@ -22,17 +20,8 @@ from absl import logging
 from examples import common_flags
 from examples import experiment_flags
 from examples.lib import presets
-from examples.lib import segmentation_data
 from examples.lib import segmentation_experiment
 
-DATASETS = ("digits", *segmentation_data.TFDS_SETS)
-
-IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size",
-    None,
-    "Side of the images; 16 for digits and 64 for TFDS sets when unset.",
-    lower_bound=8,
-)
 SCENARIO = flags.DEFINE_enum(
     "scenario",
     "shared_head",
@@ -47,39 +36,22 @@ for _flag in (
     common_flags.DATA_DIR,
     common_flags.ANCHOR_COUNT,
     common_flags.DISTANCE,
+    *experiment_flags.COMPARISON_FLAGS,
+    experiment_flags.IMAGE_SIZE,
 ):
     flags.declare_key_flag(_flag.name)
-flags.adopt_module_key_flags(experiment_flags)
 
 
 def main(argv):
     common_flags.refuse_arguments(argv)
-    dataset = common_flags.DATASET.value
-    if dataset not in DATASETS:
-        raise ValueError(
-            f"Invalid value for flag --dataset. Expected one of {DATASETS} "
-            f"(old task 0-4 and new task 5-9 of digit scenes, or cats and "
-            f"dogs). Received: --dataset={dataset}"
-        )
-    if dataset != "digits" and SCENARIO.value != "shared_head":
-        raise ValueError(
-            "Invalid value for flag --scenario. Expected 'shared_head' with "
-            f"--dataset={dataset} (its old and new tasks, cats and dogs, "
-            "share their classes and head). Received: "
-            f"--scenario={SCENARIO.value}"
-        )
     strategy = common_flags.set_up()
-    if dataset == "digits":
-        tasks = segmentation_experiment.digit_tasks(
-            image_size=IMAGE_SIZE.value or 16,
-            seed=common_flags.SEED.value,
-            scenario=SCENARIO.value,
-        )
-    else:
-        tasks = segmentation_experiment.pet_tasks(
-            image_size=IMAGE_SIZE.value or 64,
-            data_dir=common_flags.DATA_DIR.value,
-        )
+    tasks = segmentation_experiment.tasks(
+        common_flags.DATASET.value,
+        scenario=SCENARIO.value,
+        image_size=experiment_flags.IMAGE_SIZE.value,
+        seed=common_flags.SEED.value,
+        data_dir=common_flags.DATA_DIR.value,
+    )
     rows = segmentation_experiment.run_experiment(
         tasks,
         lambdas=common_flags.positive_floats(experiment_flags.LAMBDAS.value),
@@ -97,7 +69,7 @@ def main(argv):
     )
     logging.info(
         "Segmentation, %s, %s:\n%s",
-        dataset,
+        common_flags.DATASET.value,
         SCENARIO.value,
         segmentation_experiment.format_table(rows),
     )

@@ -2,16 +2,9 @@ r"""Chooses lambda by k-fold cross-validation on the fine-tuning data.
 
     python -m examples.select_lambda --pretrained=runs/demo/pretrained.keras
 
-For each value of `--lambda_grid` and each of `--folds` folds, fine-tunes a
-fresh copy of `--pretrained` with `keras_sft.SFTModel` on the other folds
-of the fine-tuning data (`--train_split`, `--classes`, `--shift`), and
-scores new-task accuracy on the held-out fold and retained accuracy on a
-held-out sample of the pretraining distribution (`--retained_split`
-restricted to `--retained_classes`, in its original domain). Picks, among
-the values within `--tolerance` of the best new-task accuracy, the one with
-the best retained accuracy (`keras_sft.select_lambda`), prints the table
-and writes the trade-off curve to `--plot`. The defaults
-(`examples.lib.presets.SELECT_LAMBDA`) match `make demo`'s data.
+For each of `--lambda_grid`, picks the best retained accuracy within
+`--tolerance` of the best new-task accuracy (`keras_sft.select_lambda`).
+The defaults (`examples.lib.presets.SELECT_LAMBDA`) match `make demo`'s.
 """
 
 from absl import flags
@@ -19,7 +12,6 @@ from absl import flags
 from examples import common_flags
 from examples.lib import lambda_selection
 from examples.lib import presets
-from keras_sft import data
 
 LAMBDA_GRID = flags.DEFINE_list(
     "lambda_grid",
@@ -37,15 +29,13 @@ FOLDS = flags.DEFINE_integer(
 TOLERANCE = flags.DEFINE_float(
     "tolerance",
     0.02,
-    "New-task accuracy (a fraction) that may be given up for retained "
-    "accuracy.",
+    "New-task accuracy (a fraction) to give up for retained accuracy.",
     lower_bound=0.0,
 )
 RETAINED_SPLIT = flags.DEFINE_string(
     "retained_split",
     "train[50%:]",
-    "Split of --dataset that gives the retained sample (not used for "
-    "pretraining).",
+    "Split of --dataset giving the retained sample (unseen in pretraining).",
 )
 RETAINED_CLASSES = flags.DEFINE_list(
     "retained_classes",
@@ -64,15 +54,12 @@ def select():
     """Runs the cross-validation the flags describe; returns the selection."""
     strategy = common_flags.set_up()
     train, _ = common_flags.load_split(common_flags.TRAIN_SPLIT.value)
-    retained = None
-    if RETAINED_CLASSES.value:
-        sample, _ = common_flags.load_unshifted(RETAINED_SPLIT.value)
-        classes = common_flags.parse_classes(RETAINED_CLASSES.value)
-        retained = data.select_classes(sample, classes)
     return lambda_selection.cross_validate(
         pretrained=common_flags.PRETRAINED.value,
         train=train,
-        retained=retained,
+        retained=common_flags.load_classes(
+            RETAINED_SPLIT.value, RETAINED_CLASSES.value
+        ),
         lambdas=[float(value) for value in LAMBDA_GRID.value],
         folds=FOLDS.value,
         tolerance=TOLERANCE.value,

@@ -64,6 +64,15 @@ VALIDATION_FRACTION = 0.2
 # As `examples.demo`: long enough for plain fine-tuning to fit the new data.
 TRAINING = TrainingConfig(epochs=80, verbose=0)
 PRETRAIN_EPOCHS = 30
+# What `examples.forgetting_benchmark --quick` runs: one seed, two shifts,
+# two methods, few epochs.
+QUICK = {
+    "seeds": (0,),
+    "shifts": ("invert", "new_head"),
+    "methods": ("plain", "SFT normalized_mse"),
+    "epochs": 3,
+    "pretrain_epochs": 3,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +261,39 @@ def run_benchmark(
         "Results in %s (%.0f s)", output_dir, time.perf_counter() - start
     )
     return rows, sweep
+
+
+def run_grid(*, quick=False, epochs=TRAINING.epochs, **grid):
+    """`run_benchmark` of a grid given as the binary's flags give it.
+
+    Args:
+        quick: Bool, whether `QUICK` replaces the grid's settings (`seeds`,
+            `shifts`, `methods`, `epochs`, `pretrain_epochs`). Defaults to
+            `False`.
+        epochs: Int, the epochs of each fine-tuning (the `epochs` of
+            `TRAINING`). Defaults to `TRAINING.epochs`.
+        **grid: The other arguments of `run_benchmark`, but `config`.
+
+    Returns:
+        What `run_benchmark` returns.
+    """
+    settings = {**grid, "epochs": epochs, **(QUICK if quick else {})}
+    epochs = settings.pop("epochs")
+    config = dataclasses.replace(TRAINING, epochs=epochs)
+    return run_benchmark(config=config, **settings)
+
+
+def merge_reports(directories, output_dir):
+    """Writes the reports of the `rows.json` of `directories` together
+    (`write_reports`) to `output_dir`: separate runs, one per seed, say."""
+    rows, sweep = [], []
+    for directory in directories:
+        with open(os.path.join(directory, "rows.json")) as file:
+            saved = json.load(file)
+        rows += saved["rows"]
+        sweep += saved["sweep"]
+    os.makedirs(output_dir, exist_ok=True)
+    write_reports(rows, sweep, output_dir)
 
 
 def write_reports(rows, sweep, output_dir):

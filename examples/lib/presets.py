@@ -29,7 +29,7 @@ SEGMENTATION = {
 
 # A keras-hub task: token-level SFT compares distributions over the
 # vocabulary, so KL (Learning without Forgetting's distance).
-HUB = {"distance": "kl"}
+HUB = {"distance": "kl", "lambda": 0.5}
 
 # Lambda selection on the demo's data: its pretrained model saw the first
 # half of the digits' train split; the second half gives the fine-tuning
@@ -51,4 +51,13 @@ DETECTION = {
     "lambdas": ["0.1", "1"],
     "l2_sp_alphas": ["0.01"],
     "anchor_count": 500,
+    "image_size": 32,
+}
+
+# The forgetting benchmark: as the demo, long enough for plain fine-tuning
+# to fit the new data (`examples.lib.forgetting_benchmark.TRAINING`).
+FORGETTING_BENCHMARK = {
+    "output_dir": "runs/forgetting",
+    "epochs": 80,
+    "pretrain_epochs": 30,
 }

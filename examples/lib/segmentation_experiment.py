@@ -36,6 +36,7 @@ from keras_sft.teacher import copy_model
 OLD_DIGITS = (0, 1, 2, 3, 4)
 NEW_DIGITS = (5, 6, 7, 8, 9)
 SCENARIOS = ("shared_head", "new_head", "new_domain")
+DATASETS = ("digits", *segmentation_data.TFDS_SETS)
 # The name of the new head's layer and output in the `new_head` scenario.
 NEW_HEAD = "new_segmentation"
 
@@ -168,6 +169,47 @@ def pet_tasks(*, image_size=64, data_dir=None):
                 tf.data.experimental.assert_cardinality(size)
             )
     return tasks
+
+
+def tasks(dataset, *, scenario, image_size=None, seed=0, data_dir=None):
+    """`digit_tasks` or `pet_tasks`, as `examples.segmentation` names them.
+
+    Args:
+        dataset: String, one of `DATASETS`.
+        scenario: String, one of `SCENARIOS`; `"shared_head"` for a TFDS set
+            (its old and new tasks share their classes and head).
+        image_size: Int, the side of the images, or `None`: `16` for the
+            digits and `64` for a TFDS set. Defaults to `None`.
+        seed: Int, the seed of the digit scenes. Defaults to `0`.
+        data_dir: String or `None`, the TFDS data directory. Defaults to
+            `None`.
+
+    Returns:
+        A dict as `digit_tasks` returns.
+
+    Raises:
+        ValueError: for a `dataset` outside `DATASETS`, or a `scenario`
+            other than `"shared_head"` with a TFDS set; the message names
+            the binary's flags.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(
+            f"Invalid value for flag --dataset. Expected one of {DATASETS} "
+            f"(old task 0-4 and new task 5-9 of digit scenes, or cats and "
+            f"dogs). Received: --dataset={dataset}"
+        )
+    if dataset == "digits":
+        return digit_tasks(
+            image_size=image_size or 16, seed=seed, scenario=scenario
+        )
+    if scenario != "shared_head":
+        raise ValueError(
+            "Invalid value for flag --scenario. Expected 'shared_head' with "
+            f"--dataset={dataset} (its old and new tasks, cats and dogs, "
+            "share their classes and head). Received: "
+            f"--scenario={scenario}"
+        )
+    return pet_tasks(image_size=image_size or 64, data_dir=data_dir)
 
 
 def _batches(dataset, batch_size, *, seed=None):

@@ -9,11 +9,14 @@ import os
 
 import keras
 import tensorflow as tf
+from absl import logging
 
 import keras_sft
 from examples.lib import classifiers
 from examples.lib import saving
 from examples.lib.atomic_backup_and_restore import AtomicBackupAndRestore
+from keras_sft import data
+from keras_sft.epoch_shuffle import EpochShuffle
 
 
 def pretrain(
@@ -152,6 +155,87 @@ def finetune(
                 f"if any, is unchanged and the student is saved in {output!r}"
             ) from error
     return model
+
+
+def finetune_splits(
+    *,
+    pretrained,
+    train,
+    test,
+    dataset,
+    cache=False,
+    cache_dir=None,
+    **finetune_args,
+):
+    """`finetune` on unbatched splits of `dataset`, as `examples.finetune`
+    runs it, logging where the student went.
+
+    Args:
+        pretrained: String, the pretrained `.keras` file.
+        train: Unbatched `tf.data.Dataset` of `(image, label)`, batched and
+            reshuffled each epoch by `shuffled_batches`.
+        test: Unbatched `tf.data.Dataset` of `(image, label)` to validate
+            on.
+        dataset: String, the name of the dataset (`keras_sft.data.load`'s):
+            the export scales raw pixels as `data.load` does, so clients
+            send raw pixels.
+        cache: Bool, whether to compute the teacher's outputs on `train`
+            once, before training (`cache_teacher`). Defaults to `False`.
+        cache_dir: String, where `cache` keeps the cache on disk, or `None`
+            for memory. Defaults to `None`.
+        **finetune_args: `finetune`'s other arguments (`lambda_`,
+            `output`, `strategy` and `config` at least), but `train`,
+            `validation`, `export_preprocessing` and `callbacks`.
+
+    Returns:
+        The trained `keras_sft.SFTModel`.
+    """
+    config = finetune_args["config"]
+    if cache:
+        train = cache_teacher(
+            pretrained,
+            train,
+            strategy=finetune_args["strategy"],
+            directory=cache_dir,
+        )
+    train, epoch_shuffle = shuffled_batches(
+        train, seed=config.seed, batch_size=config.batch_size
+    )
+    model = finetune(
+        pretrained=pretrained,
+        train=train,
+        validation=data.batch(test, batch_size=config.batch_size),
+        export_preprocessing=data.rescaling(dataset),
+        callbacks=[epoch_shuffle],
+        **finetune_args,
+    )
+    export_dir = finetune_args.get("export_dir")
+    logging.info(
+        "Fine-tuned with lambda=%g; student saved to %s",
+        model.lambda_,
+        finetune_args["output"],
+    )
+    if export_dir:
+        logging.info(
+            "SavedModel exported to %s (it takes raw pixels, 0..%g)",
+            export_dir,
+            data.max_intensity(dataset),
+        )
+    return model
+
+
+def shuffled_batches(dataset, *, seed, batch_size):
+    """`batch_size` batches of `dataset`, reshuffled each epoch in an order
+    fixed by `seed` and the epoch number, so that a run resumed from a
+    backup sees the batches of an uninterrupted run.
+
+    Returns `(batches, epoch_shuffle)`; pass `epoch_shuffle` to `fit`.
+    """
+    epoch_shuffle = EpochShuffle(seed)
+    return (
+        data.batch(epoch_shuffle(dataset), batch_size=batch_size),
+        epoch_shuffle,
+    )
 
 
 def cache_teacher(pretrained, dataset, *, strategy, directory=None):

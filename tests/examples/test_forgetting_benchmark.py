@@ -1,5 +1,6 @@
 """The forgetting benchmark: its aggregation by hand, a quick run."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -8,6 +9,8 @@ import sys
 import pytest
 
 from examples.lib import forgetting_benchmark
+from examples.lib import presets
+from examples.lib.training_config import TrainingConfig
 
 _ROOT = pathlib.Path(__file__).parent.parent.parent
 
@@ -87,6 +90,64 @@ def test_run_benchmark_refuses_unknown_names():
         forgetting_benchmark.run_benchmark(
             output_dir="x", methods=("WiSE-FT of plain",)
         )
+
+
+def test_run_grid_passes_the_grid_and_quick_replaces_it(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        forgetting_benchmark, "run_benchmark", lambda **kw: calls.append(kw)
+    )
+    grid = {
+        "output_dir": "x",
+        "seeds": (4, 5),
+        "shifts": ("rotate",),
+        "methods": ("plain",),
+        "pretrain_epochs": 7,
+    }
+    forgetting_benchmark.run_grid(epochs=9, **grid)
+    forgetting_benchmark.run_grid(quick=True, epochs=9, **grid)
+    full, quick = calls
+    assert full.pop("config") == TrainingConfig(epochs=9, verbose=0)
+    assert full == grid
+    assert quick.pop("config").epochs == 3
+    assert quick == {
+        "output_dir": "x",
+        "seeds": (0,),
+        "shifts": ("invert", "new_head"),
+        "methods": ("plain", "SFT normalized_mse"),
+        "pretrain_epochs": 3,
+    }
+
+
+def test_merge_reports_concatenates_the_rows_of_each_run(tmp_path):
+    rows = _rows()
+    for index, name in enumerate(("a", "b")):
+        (tmp_path / name).mkdir()
+        part = [
+            dict(row, seed=index) for row in rows[2 * index : 2 * index + 2]
+        ]
+        sweep = [dict(row, distance="mse", **{"lambda": 0.1}) for row in part]
+        with open(tmp_path / name / "rows.json", "w") as file:
+            json.dump({"rows": part, "sweep": sweep}, file)
+    merged = tmp_path / "merged"
+    forgetting_benchmark.merge_reports(
+        [str(tmp_path / "a"), str(tmp_path / "b")], str(merged)
+    )
+    table = (merged / "forgetting.md").read_text()
+    # The four rows of two seeds: group a from both files, b from one.
+    summary = forgetting_benchmark.aggregate(
+        [dict(row, seed=0) for row in rows], ("shift", "method")
+    )
+    assert table == forgetting_benchmark.markdown_table(
+        summary, ("shift", "method"), 2
+    )
+    assert "| mse | 0.1 |" in (merged / "sweep.md").read_text()
+
+
+def test_binary_defaults_are_the_librarys():
+    preset = presets.FORGETTING_BENCHMARK
+    assert preset["epochs"] == forgetting_benchmark.TRAINING.epochs
+    assert preset["pretrain_epochs"] == forgetting_benchmark.PRETRAIN_EPOCHS
 
 
 @pytest.mark.slow

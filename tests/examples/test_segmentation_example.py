@@ -126,6 +126,28 @@ def test_digit_tasks_refuse_an_unknown_scenario():
         segmentation_experiment.digit_tasks(scenario="new_classes")
 
 
+def test_tasks_refuse_an_unknown_dataset():
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid value for flag --dataset. Expected one of "
+        r"\('digits', 'oxford_iiit_pet'\) \(old task 0-4 and new task 5-9 of "
+        r"digit scenes, or cats and dogs\). Received: --dataset=mnist",
+    ):
+        segmentation_experiment.tasks("mnist", scenario="shared_head")
+
+
+def test_tasks_of_the_digits_are_their_digit_tasks():
+    tasks = segmentation_experiment.tasks("digits", scenario="new_head")
+    expected = segmentation_experiment.digit_tasks(
+        image_size=16, scenario="new_head"
+    )
+    assert tasks["input_shape"] == expected["input_shape"]
+    assert tasks["input_shape"][:2] == (16, 16)
+    np.testing.assert_array_equal(
+        _arrays(tasks["new_train"])[1], _arrays(expected["new_train"])[1]
+    )
+
+
 def _pretrained(tasks):
     return segmentation_experiment.build_segmenter(
         tasks["input_shape"], tasks["classes"]
