@@ -5,6 +5,8 @@ model and settings) are compared with the row of each reference variant
 in that group.
 """
 
+import statistics
+
 
 def with_ratios(rows, *, value, group, references, lower_is_better=False):
     """`rows` with a `vs <reference>` key added to each row.
@@ -42,6 +44,33 @@ def with_ratios(rows, *, value, group, references, lower_is_better=False):
                 ratios[f"vs {reference}"] = row[value] / base
         result.append(row | ratios)
     return result
+
+
+def paired_ratio(times, reference_times):
+    """How fast a variant runs against a reference, paired by round.
+
+    Each round's ratio is `reference_times[i] / times[i]`: the two epochs
+    of a round ran back to back, so a slow spell of the machine falls on
+    both, which the ratio of two medians does not ensure.
+
+    Args:
+        times: list of float, the variant's epoch times, one per round.
+        reference_times: list of float, the reference's, in the same
+            rounds.
+
+    Returns:
+        `(median, first quartile, third quartile)` of the ratios; the
+        quartiles are the median for a single round.
+    """
+    ratios = [
+        reference / time
+        for time, reference in zip(times, reference_times, strict=True)
+    ]
+    median = statistics.median(ratios)
+    if len(ratios) == 1:
+        return median, median, median
+    first, _, third = statistics.quantiles(ratios, n=4)
+    return median, first, third
 
 
 def markdown(rows, columns):

@@ -20,7 +20,8 @@ frozen backbone holds almost every FLOP under a trainable head), batch
 128, and prints samples per second (median over the timed epochs), each
 ratio to `plain`, and each variant's peak memory; then, for the models
 with a teacher, the bytes of the weights the teacher holds apart from the
-student's, against those of the student's trainable weights.
+student's, against those of the student's trainable weights, and the
+step guard's speed, paired by round (`sft_live` over `sft_unguarded`).
 
 Throughput: one process per model builds every variant, trains each one
 untimed epoch (tracing, compilation), then times `--rounds` epochs of each,
@@ -52,6 +53,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from benchmarks import variants  # noqa: E402
 
 VARIANTS = (
@@ -350,7 +352,21 @@ def main(argv):
             for variant, result in timings.items()
             if result.get("weight_bytes")
         ]
+        if {"sft_live", "sft_unguarded"} <= timings.keys():
+            notes.append(_guard_note(model_name, timings))
     print("\n".join(["", *notes]))
+
+
+def _guard_note(model_name, timings):
+    """The step guard's speed: `sft_live` against `sft_unguarded`, paired
+    by round (`report.paired_ratio`)."""
+    median, first, third = report.paired_ratio(
+        timings["sft_live"]["epoch_s"], timings["sft_unguarded"]["epoch_s"]
+    )
+    return (
+        f"{model_name} guard: sft_live runs at {median:.3f}x sft_unguarded's "
+        f"speed, paired by round (quartiles {first:.3f} to {third:.3f})"
+    )
 
 
 if __name__ == "__main__":

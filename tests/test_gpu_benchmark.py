@@ -8,11 +8,25 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import report
 
 _ROOT = pathlib.Path(__file__).parent.parent
+
+
+def test_paired_ratio_divides_the_reference_by_the_variant_in_each_round():
+    times = [2.0, 4.0, 1.0, 3.0, 5.0]
+    reference = [1.0, 3.0, 1.0, 3.3, 4.0]
+    ratios = np.array(reference) / np.array(times)
+    median, first, third = report.paired_ratio(times, reference)
+    assert median == pytest.approx(np.median(ratios))
+    # Exclusive quartiles, as `statistics.quantiles` computes them.
+    assert (first, third) == pytest.approx(
+        np.percentile(ratios, [25, 75], method="weibull")
+    )
+    assert report.paired_ratio([2.0], [1.0]) == (0.5, 0.5, 0.5)
 
 
 def test_ratios_compare_each_row_with_its_groups_references():
