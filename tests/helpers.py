@@ -9,12 +9,20 @@ import pytest
 import tensorflow as tf
 
 
-def mlp(input_dim=6, hidden=8, classes=3, seed=0, dropout=None, name="mlp"):
+def mlp(
+    input_dim=6,
+    hidden=8,
+    classes=3,
+    seed=0,
+    dropout=None,
+    name="mlp",
+    activation="relu",
+):
     """A small built Functional classifier with logits output."""
     inputs = keras.Input((input_dim,))
     h = keras.layers.Dense(
         hidden,
-        activation="relu",
+        activation=activation,
         kernel_initializer=keras.initializers.GlorotUniform(seed),
     )(inputs)
     if dropout:
@@ -55,6 +63,34 @@ def perturbed_copy(model, scale=0.3, seed=1):
         ]
     )
     return copy
+
+
+def assert_close_across_op_orders(actual, expected, *, dtype, terms):
+    """Asserts that two computations of the same values in `dtype` agree
+    to within what a different order of their operations can change.
+
+    Two graphs (eager and traced, oneDNN on and off, XLA, another
+    instruction set) may sum the same products in another order. Each
+    sum of `terms` values in `dtype` is then off by at most `terms` times
+    the dtype's machine epsilon, relative to the sum of the magnitudes
+    (Higham, "Accuracy and Stability of Numerical Algorithms", 4.2): the
+    tolerance is that bound, relative to the largest value compared. Use
+    it only where the computations differ; where the very same one runs
+    twice, results are bit-identical and `assert_array_equal` applies.
+
+    Args:
+        actual, expected: Arrays (or structures of arrays) of equal shape.
+        dtype: The computation's dtype, e.g. `"float32"`.
+        terms: Int, the longest chain of additions in the computation (for
+            a stack of layers, the sum of each layer's reduction length).
+    """
+    tolerance = terms * float(np.finfo(dtype).eps)
+    for a, e in zip(
+        keras.tree.flatten(actual), keras.tree.flatten(expected), strict=True
+    ):
+        a, e = np.asarray(a), np.asarray(e)
+        scale = max(float(np.max(np.abs(e), initial=0.0)), 1.0)
+        np.testing.assert_allclose(a, e, rtol=0, atol=tolerance * scale)
 
 
 def classification_data(n=32, input_dim=6, classes=3, seed=0):

@@ -59,9 +59,14 @@ def test_train_on_batch_preprocesses_raw_strings_as_the_task_does():
         for a, b in zip(task.get_weights(), before, strict=True)
     ]
     assert max(moved) > 0
-    np.testing.assert_array_equal(
+    # The traced predict function and the eager call may order their sums
+    # differently: one BERT layer (hidden 8, intermediate 16, 12 tokens)
+    # then the classifier, whose longest reductions add up to 8 + 16 + 12.
+    helpers.assert_close_across_op_orders(
         model.predict_on_batch(strings),
         _to_numpy(task(task.preprocessor(strings))),
+        dtype="float32",
+        terms=8 + 16 + 12 + 8,
     )
 
 
