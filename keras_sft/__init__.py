@@ -3,6 +3,7 @@
 from keras_sft.data_checks import check_dataset
 from keras_sft.epoch_shuffle import EpochShuffle
 from keras_sft.export import export_saved_model
+from keras_sft.forgetting_monitor import ForgettingMonitor
 from keras_sft.l2_sp import apply_l2_sp
 from keras_sft.l2_sp import remove_l2_sp
 from keras_sft.new_head import add_head
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EpochShuffle",
+    "ForgettingMonitor",
     "SFTModel",
     "TerminateOnNaN",
     "add_head",
