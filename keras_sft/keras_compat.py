@@ -226,3 +226,11 @@ def is_random_or_training_dependent(layer):
     return not hasattr(layer, "_nodes_by_depth") and getattr(
         layer, "_call_has_training_arg", True
     )
+
+
+def set_initial_epoch(model, epoch):
+    """Makes the next `fit` of `model` start at `epoch`, as a restored
+    backup does."""
+    # `keras.callbacks.BackupAndRestore` (checked on Keras 3.15) sets this
+    # private attribute, which `fit` reads once its callbacks have begun.
+    model._initial_epoch = epoch

@@ -1,0 +1,247 @@
+import errno
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_sft
+from keras_sft import backup_and_restore
+from tests import helpers
+
+
+class _Preempted(Exception):
+    pass
+
+
+class _PreemptAfterEpoch(keras.callbacks.Callback):
+    """Stops `fit` after epoch `epoch`'s end (and its backup)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self._epoch:
+            raise _Preempted
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    model = keras_sft.SFTModel(helpers.mlp(), lambda_=0.5)
+    model.compile(optimizer="adam")
+    return model
+
+
+def _fit(model, backup, *extra, epochs=4):
+    x, y, weights = helpers.classification_data(n=48)
+    model.fit(
+        x,
+        y,
+        sample_weight=weights,
+        batch_size=16,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[backup, *extra],
+    )
+    return [w.numpy() for w in model.student.weights]
+
+
+def _uninterrupted(tmp_path):
+    backup = keras_sft.BackupAndRestore(str(tmp_path / "reference"))
+    return _fit(_model(), backup)
+
+
+def test_resumes_after_a_preemption_as_an_uninterrupted_run(tmp_path):
+    expected = _uninterrupted(tmp_path)
+    backup_dir = str(tmp_path / "backup")
+    with pytest.raises(_Preempted):
+        _fit(
+            _model(),
+            keras_sft.BackupAndRestore(backup_dir),
+            _PreemptAfterEpoch(1),
+        )
+    record = json.loads(
+        (tmp_path / "backup" / "training_metadata.json").read_text()
+    )
+    assert record["epoch"] == 2
+    # One weights file: the committed one.
+    assert [p for p in os.listdir(backup_dir) if p.endswith(".h5")] == [
+        record["weights"]
+    ]
+    resumed = _fit(_model(), keras_sft.BackupAndRestore(backup_dir))
+    for a, b in zip(resumed, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not os.path.exists(backup_dir)
+
+
+def test_interruption_during_the_write_leaves_the_previous_backup(
+    tmp_path, monkeypatch
+):
+    expected = _uninterrupted(tmp_path)
+    backup_dir = str(tmp_path / "backup")
+    save_weights = keras.Model.save_weights
+    calls = []
+
+    def interrupted(self, filepath, *args, **kwargs):
+        calls.append(filepath)
+        save_weights(self, filepath, *args, **kwargs)
+        if len(calls) == 3:
+            # Half the file on disk when Ctrl-C comes.
+            with open(filepath, "r+b") as file:
+                file.truncate(os.path.getsize(filepath) // 2)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "save_weights", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_model(), keras_sft.BackupAndRestore(backup_dir))
+    monkeypatch.undo()
+    record = json.loads(
+        (tmp_path / "backup" / "training_metadata.json").read_text()
+    )
+    assert record["epoch"] == 2
+    resumed = _fit(_model(), keras_sft.BackupAndRestore(backup_dir))
+    for a, b in zip(resumed, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_full_disk_is_one_clear_error_and_keeps_the_previous_backup(
+    tmp_path, monkeypatch
+):
+    backup_dir = str(tmp_path / "backup")
+    with pytest.raises(_Preempted):
+        _fit(
+            _model(),
+            keras_sft.BackupAndRestore(backup_dir, delete_checkpoint=False),
+            _PreemptAfterEpoch(0),
+        )
+    before = sorted(os.listdir(backup_dir))
+
+    def no_space(path):
+        usage = os.statvfs(path)
+        return type("Usage", (), {"free": 1000, "total": usage.f_blocks})
+
+    monkeypatch.setattr(backup_and_restore.shutil, "disk_usage", no_space)
+    with pytest.raises(OSError, match=r"Could not write the backup") as info:
+        _fit(_model(), keras_sft.BackupAndRestore(backup_dir), epochs=3)
+    assert info.value.errno == errno.ENOSPC
+    assert "the previous backup is intact" in str(info.value)
+    assert sorted(os.listdir(backup_dir)) == before
+
+
+def test_write_error_removes_the_partial_file(tmp_path, monkeypatch):
+    backup_dir = str(tmp_path / "backup")
+
+    def failing(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as file:
+            file.write(b"\x89HDF")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(keras.Model, "save_weights", failing)
+    with pytest.raises(OSError, match=r"No space left on device"):
+        _fit(_model(), keras_sft.BackupAndRestore(backup_dir), epochs=1)
+    assert os.listdir(backup_dir) == []
+
+
+def test_damaged_weights_file_is_named_with_what_to_do(tmp_path):
+    backup_dir = str(tmp_path / "backup")
+    with pytest.raises(_Preempted):
+        _fit(
+            _model(),
+            keras_sft.BackupAndRestore(backup_dir),
+            _PreemptAfterEpoch(0),
+        )
+    record = json.loads(
+        (tmp_path / "backup" / "training_metadata.json").read_text()
+    )
+    weights = os.path.join(backup_dir, record["weights"])
+    open(weights, "wb").close()  # 0 bytes
+    with pytest.raises(
+        ValueError,
+        match=rf"The backup weights '{weights}' cannot be read .*Delete "
+        rf"'{backup_dir}' to start over",
+    ):
+        _fit(_model(), keras_sft.BackupAndRestore(backup_dir))
+
+
+def test_double_checkpoint_falls_back_to_the_previous_weights(tmp_path):
+    backup_dir = str(tmp_path / "backup")
+    with pytest.raises(_Preempted):
+        _fit(
+            _model(),
+            keras_sft.BackupAndRestore(backup_dir, double_checkpoint=True),
+            _PreemptAfterEpoch(1),
+        )
+    record = json.loads(
+        (tmp_path / "backup" / "training_metadata.json").read_text()
+    )
+    assert sorted(p for p in os.listdir(backup_dir) if p.endswith(".h5")) == (
+        sorted([record["weights"], record["previous"]["weights"]])
+    )
+    open(os.path.join(backup_dir, record["weights"]), "wb").close()
+    model = _model()
+    _fit(
+        model,
+        keras_sft.BackupAndRestore(backup_dir, double_checkpoint=True),
+        epochs=2,
+    )
+    # Resumed after epoch 1 (the previous backup), so one epoch ran.
+    assert int(model.optimizer.iterations.numpy()) == 6
+
+
+def test_record_of_another_program_is_refused(tmp_path):
+    backup_dir = tmp_path / "backup"
+    backup_dir.mkdir()
+    (backup_dir / "training_metadata.json").write_text('{"epoch": 1}')
+    with pytest.raises(
+        ValueError,
+        match=r"The backup record .* was not written by "
+        r"keras_sft.BackupAndRestore .*Delete .* to start over",
+    ):
+        _fit(_model(), keras_sft.BackupAndRestore(str(backup_dir)))
+
+
+def test_batch_backups_are_committed_every_save_freq_batches(tmp_path):
+    backup_dir = str(tmp_path / "backup")
+    with pytest.raises(_Preempted):
+        _fit(
+            _model(),
+            keras_sft.BackupAndRestore(backup_dir, save_freq=2),
+            _PreemptAfterEpoch(0),
+        )
+    record = json.loads(
+        (tmp_path / "backup" / "training_metadata.json").read_text()
+    )
+    assert (record["epoch"], record["batch"]) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (
+            {"backup_dir": ""},
+            r"Invalid value for argument `backup_dir`. Expected a non-empty "
+            r"path. Received: backup_dir=''",
+        ),
+        (
+            {"backup_dir": "b", "save_freq": 0},
+            r"Invalid value for argument `save_freq`. Expected an int > 0. "
+            r"Received: save_freq=0",
+        ),
+        (
+            {"backup_dir": "b", "save_freq": "batch"},
+            r"Invalid value for argument `save_freq`. Expected an int > 0. "
+            r"Received: save_freq='batch'",
+        ),
+        (
+            {"backup_dir": "b", "double_checkpoint": 1},
+            r"Invalid value for argument `double_checkpoint`. Expected a "
+            r"bool. Received: double_checkpoint=1",
+        ),
+    ],
+)
+def test_invalid_arguments_are_refused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        keras_sft.BackupAndRestore(**arguments)
