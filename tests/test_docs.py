@@ -1,0 +1,75 @@
+"""The docs name what the code holds: modules and private names."""
+
+import glob
+import os
+import re
+
+from tests import doc_pages
+
+REPO = doc_pages.REPO
+DESIGN = os.path.join("docs", "design.md")
+# The private names that `keras_compat.py` is meant to hold; a module that
+# uses one elsewhere is listed in design.md.
+_PRIVATE = re.compile(
+    r"keras\.src\b|tf\.__internal__|\b(_compile_loss|_loss_tracker"
+    r"|_maybe_symbolic_build|_distribute_strategy|_keras_mask"
+    r"|_as_serialized_graph)\b"
+)
+
+
+def _modules(folder):
+    """The module names of `folder`'s Python files, `__init__` included."""
+    return {
+        os.path.splitext(os.path.basename(path))[0]
+        for path in glob.glob(os.path.join(REPO, folder, "*.py"))
+    }
+
+
+def _fenced(text):
+    """The first fenced block of `text`."""
+    match = re.search(r"^```[\w-]*\n(.*?)^```", text, re.S | re.M)
+    assert match, "no fenced block"
+    return match.group(1)
+
+
+def _layout():
+    """The left column of design.md's layout block: the paths it names."""
+    block = _fenced(doc_pages.section(DESIGN, "Layout"))
+    return [line.split()[0] for line in block.splitlines() if line[:1].strip()]
+
+
+def test_design_layout_names_exactly_the_library_modules():
+    named = [
+        re.fullmatch(r"keras_sft/(\w+)\.py", path).group(1)
+        for path in _layout()
+        if path.startswith("keras_sft/")
+    ]
+    assert len(named) == len(set(named)), "a module is named twice"
+    modules = _modules("keras_sft")
+    assert sorted(modules - set(named)) == [], "missing from the layout"
+    assert sorted(set(named) - modules) == [], "named but not a file"
+
+
+def test_design_layout_paths_exist():
+    for path in _layout():
+        assert glob.glob(os.path.join(REPO, path)), path
+
+
+def test_design_lists_the_modules_that_use_private_names():
+    using = set()
+    for path in glob.glob(os.path.join(REPO, "keras_sft", "*.py")) + glob.glob(
+        os.path.join(REPO, "examples", "**", "*.py"), recursive=True
+    ):
+        relative = os.path.relpath(path, REPO)
+        with open(path) as file:
+            if relative != os.path.join(
+                "keras_sft", "keras_compat.py"
+            ) and _PRIVATE.search(file.read()):
+                using.add(relative)
+    listed = doc_pages.section(DESIGN, "Private Keras and TensorFlow names")
+    named = {
+        name if "/" in name else os.path.join("keras_sft", name)
+        for name in re.findall(r"^- `([\w/]+\.py)`", listed, re.M)
+    }
+    assert sorted(using - named) == [], "uses private names, not listed"
+    assert sorted(named - using) == [], "listed, uses none"
