@@ -1,9 +1,10 @@
-"""The docs name what the code holds: modules and private names."""
+"""The docs name what the code holds: modules, binaries, private names."""
 
 import glob
 import os
 import re
 
+import examples.lib
 from tests import doc_pages
 
 REPO = doc_pages.REPO
@@ -73,3 +74,31 @@ def test_design_lists_the_modules_that_use_private_names():
     }
     assert sorted(using - named) == [], "uses private names, not listed"
     assert sorted(named - using) == [], "listed, uses none"
+
+
+def _binaries():
+    """The modules of examples/ that run as `python -m examples.NAME`."""
+    found = set()
+    for path in glob.glob(os.path.join(REPO, "examples", "*.py")):
+        with open(path) as file:
+            source = file.read()
+        if re.search(r"^def main\(", source, re.M) and (
+            'if __name__ == "__main__":' in source
+        ):
+            found.add(os.path.splitext(os.path.basename(path))[0])
+    return found
+
+
+def test_examples_readme_table_names_every_binary():
+    command_line = doc_pages.section(
+        os.path.join("examples", "README.md"), "Command line"
+    )
+    named = re.findall(r"^\| `examples\.(\w+)` \|", command_line, re.M)
+    assert len(named) == len(set(named)), "a binary is named twice"
+    assert sorted(set(named)) == sorted(_binaries())
+
+
+def test_examples_lib_docstring_names_every_module():
+    named = re.findall(r"`(\w+)`", examples.lib.__doc__)
+    assert len(named) == len(set(named)), "a module is named twice"
+    assert sorted(named) == sorted(_modules("examples/lib") - {"__init__"})
