@@ -1,8 +1,11 @@
-"""The docs name what the code holds: modules, binaries, private names."""
+"""The docs name what the code holds: modules, binaries, private names and
+the targets of their links."""
 
 import glob
 import os
 import re
+
+import pytest
 
 import examples.lib
 from tests import doc_pages
@@ -102,3 +105,27 @@ def test_examples_lib_docstring_names_every_module():
     named = re.findall(r"`(\w+)`", examples.lib.__doc__)
     assert len(named) == len(set(named)), "a module is named twice"
     assert sorted(named) == sorted(_modules("examples/lib") - {"__init__"})
+
+
+def _split(target):
+    path, _, anchor = target.partition("#")
+    return path, anchor
+
+
+@pytest.mark.parametrize("page", doc_pages.PAGES)
+def test_relative_links_and_anchors_resolve(page):
+    broken = []
+    for line, target in doc_pages.links(page):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        path, anchor = _split(target)
+        resolved = (
+            os.path.normpath(os.path.join(os.path.dirname(page), path))
+            if path
+            else page
+        )
+        if not os.path.exists(os.path.join(REPO, resolved)):
+            broken.append(f"{page}:{line}: {target} (no such file)")
+        elif anchor and anchor not in doc_pages.anchors(resolved):
+            broken.append(f"{page}:{line}: {target} (no such heading)")
+    assert broken == []
