@@ -8,6 +8,7 @@ import re
 import pytest
 
 import examples.lib
+import keras_sft
 from tests import doc_pages
 
 REPO = doc_pages.REPO
@@ -105,6 +106,14 @@ def test_examples_lib_docstring_names_every_module():
     named = re.findall(r"`(\w+)`", examples.lib.__doc__)
     assert len(named) == len(set(named)), "a module is named twice"
     assert sorted(named) == sorted(_modules("examples/lib") - {"__init__"})
+
+
+def test_user_guide_lists_the_public_api():
+    guide = doc_pages.read(os.path.join("docs", "user_guide.md"))
+    listed = re.search(r"`keras_sft\.__all__`:(.*?)\.\n\n", guide, re.S)
+    assert sorted(re.findall(r"`(\w+)`", listed.group(1))) == sorted(
+        keras_sft.__all__
+    )
 
 
 def _split(target):
