@@ -138,3 +138,67 @@ def test_relative_links_and_anchors_resolve(page):
         elif anchor and anchor not in doc_pages.anchors(resolved):
             broken.append(f"{page}:{line}: {target} (no such heading)")
     assert broken == []
+
+
+# Flags absl defines for every binary.
+_ABSL_FLAGS = {
+    "help",
+    "helpshort",
+    "helpfull",
+    "flagfile",
+    "undefok",
+    "log_dir",
+    "logtostderr",
+    "alsologtostderr",
+    "verbosity",
+    "v",
+}
+
+
+def _commands():
+    """`(page, module, arguments)` of each `python -m MODULE ...` that the
+    pages show, in shell blocks or inline, continuation lines joined."""
+    found = []
+    for page in doc_pages.PAGES:
+        texts = [
+            fence.code
+            for fence in doc_pages.fences(page)
+            if fence.language == "sh"
+        ]
+        texts += [
+            " ".join(span.split())
+            for span in re.findall(
+                r"`(python\s+-m\s[^`]+)`",
+                doc_pages.prose(doc_pages.read(page)),
+            )
+        ]
+        for text in texts:
+            text = re.sub(r"\\\n", " ", text)
+            for match in re.finditer(r"python -m ([\w.]+)([^\n#&;]*)", text):
+                found.append((page, match.group(1), match.group(2)))
+    return found
+
+
+def _defined_flags(package):
+    """The flag names that `package`'s modules define."""
+    names = set(_ABSL_FLAGS)
+    for path in glob.glob(os.path.join(REPO, package, "*.py")):
+        with open(path) as file:
+            names.update(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", file.read()))
+    return names
+
+
+def test_commands_name_existing_binaries_and_flags():
+    unknown = []
+    for page, module, arguments in _commands():
+        if module != module.lower():  # a placeholder: examples.NAME
+            continue
+        package, _, name = module.partition(".")
+        if not os.path.isfile(os.path.join(REPO, package, f"{name}.py")):
+            unknown.append(f"{page}: {module} (no such module)")
+            continue
+        defined = _defined_flags(package)
+        for flag in re.findall(r"(?<!\S)--(\w+)", arguments):
+            if flag not in defined and flag.removeprefix("no") not in defined:
+                unknown.append(f"{page}: {module} --{flag}")
+    assert unknown == []
