@@ -18,8 +18,9 @@ PAGES = (
 )
 
 _FENCE = re.compile(r"^```([\w-]*)\n(.*?)^```[ \t]*$", re.S | re.M)
-# An HTML comment right before a fence, on the line above it.
-_NOT_RUN = re.compile(r"<!--\s*not run:\s*(.*?)\s*-->\s*\n\Z", re.S)
+# An HTML comment on the line above a fence: `<!-- not run: REASON -->`
+# (a block that cannot run here) or `<!-- signature -->` (a signature).
+_MARKER = re.compile(r"<!--\s*(not run:\s*(.*?)|signature)\s*-->\n\Z", re.S)
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)[ \t]*#*[ \t]*$", re.M)
 # `[text](target)` and `![alt](target)`; the text may span lines.
 _LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(([^)\s]+)\)")
@@ -34,6 +35,7 @@ class Fence:
     language: str
     code: str
     not_run: str | None  # the reason given by a `<!-- not run: ... -->`
+    signature: bool  # after `<!-- signature -->`
 
     @property
     def name(self):
@@ -51,14 +53,15 @@ def fences(page):
     found = []
     for match in _FENCE.finditer(text):
         before = text[: match.start()]
-        not_run = _NOT_RUN.search(before[-500:])
+        marker = _MARKER.search(before[-500:])
         found.append(
             Fence(
                 page=page,
                 line=before.count("\n") + 1,
                 language=match.group(1),
                 code=match.group(2),
-                not_run=not_run.group(1) if not_run else None,
+                not_run=marker.group(2) if marker else None,
+                signature=bool(marker) and marker.group(1) == "signature",
             )
         )
     return found
