@@ -118,3 +118,11 @@ def links(page):
         (text[: m.start()].count("\n") + 1, m.group(1))
         for m in _LINK.finditer(text)
     ]
+
+
+def inline_commands(page):
+    """The `python -m ...` code spans of `page`'s prose, each on one line."""
+    return [
+        " ".join(span.split())
+        for span in re.findall(r"`(python\s+-m\s[^`]+)`", prose(read(page)))
+    ]

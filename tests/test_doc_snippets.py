@@ -10,7 +10,7 @@ Python snippets run in this process, in an empty directory, with the names
 they leave to the reader (`pretrained`, `new_x`, ...) bound to tiny
 stand-ins (`_namespace`). Shell blocks run under bash in an empty
 directory, with `python` and `make` on `PATH` replaced: `python -m MODULE`
-gets the flags of `_REDUCED[MODULE]` appended (absl keeps the last value),
+gets the flags of `_REDUCED[MODULE]` appended (tests/doc_command_shim.py),
 so each binary runs briefly; `make` runs as a dry run (`make -n`) in the
 repository, which checks that the targets exist without running them.
 """
@@ -46,38 +46,65 @@ _PAGES = [
         os.path.join("benchmarks", "README.md"),
     )
 ]
-# Flags appended to `python -m MODULE` in shell blocks: the smallest run
-# that still goes through every step of the command.
+# Flags appended to `python -m MODULE` in shell commands, for the smallest
+# run that still goes through every step of the command: `MODULE: (always,
+# unless_given)`; the second are appended only where the command does not
+# set them (so that `--variants=...` or `--models=...` written in a page
+# still run what they name).
 _REDUCED = {
-    "examples.pretrain": ["--epochs=1"],
-    "examples.finetune": ["--epochs=1"],
-    "examples.select_lambda": [
-        "--epochs=1",
-        "--lambda_grid=0,0.1",
-        "--folds=2",
-    ],
-    "examples.segmentation": [
-        "--pretrain_epochs=1",
-        "--epochs=1",
-        "--lambdas=0.1",
-        "--l2_sp_alphas=0.01",
-        "--anchor_lambdas=0.1",
-        "--anchor_count=16",
-    ],
-    "examples.detection": [
-        "--scenes=32",
-        "--pretrain_epochs=1",
-        "--epochs=1",
-        "--lambdas=0.1",
-        "--l2_sp_alphas=0.01",
-        "--anchor_count=16",
-    ],
-    "examples.forgetting_benchmark": [
-        "--shifts=invert",
-        "--epochs=1",
-        "--pretrain_epochs=1",
-    ],
+    "examples.pretrain": (["--epochs=1"], []),
+    "examples.finetune": (["--epochs=1"], []),
+    "examples.select_lambda": (
+        ["--epochs=1", "--lambda_grid=0,0.1", "--folds=2"],
+        [],
+    ),
+    "examples.segmentation": (
+        [
+            "--pretrain_epochs=1",
+            "--epochs=1",
+            "--lambdas=0.1",
+            "--l2_sp_alphas=0.01",
+            "--anchor_lambdas=0.1",
+            "--anchor_count=16",
+        ],
+        [],
+    ),
+    "examples.detection": (
+        [
+            "--scenes=32",
+            "--pretrain_epochs=1",
+            "--epochs=1",
+            "--lambdas=0.1",
+            "--l2_sp_alphas=0.01",
+            "--anchor_count=16",
+        ],
+        [],
+    ),
+    "examples.forgetting_benchmark": (
+        ["--shifts=invert", "--epochs=1", "--pretrain_epochs=1"],
+        ["--seeds=0"],
+    ),
+    "benchmarks.throughput": (
+        ["--rounds=1"],
+        ["--models=mlp", "--variants=plain,sft_live"],
+    ),
+    "benchmarks.whole_fit": (["--epochs=1", "--rounds=1"], ["--models=mlp"]),
+    "benchmarks.step_ops": (
+        ["--rounds=1", "--steps=2"],
+        ["--models=mlp", "--variants=plain,sft_live"],
+    ),
+    "benchmarks.gpu": (
+        ["--smoke", "--jit_compile=false", "--steps_per_execution=1"],
+        ["--models=mlp"],
+    ),
 }
+# Pages whose inline `python -m ...` commands are complete commands (the
+# one behind each figure) and run too; elsewhere inline mentions refer to
+# a shell block or to `make`.
+_INLINE_COMMAND_PAGES = (
+    os.path.join("docs", "performance.md"),
+    os.path.join("docs", "forgetting.md"),
+)
 # Python snippets slow enough to run only with --run-slow: (page, text).
 _SLOW_SNIPPETS = ()
 _SIZE = 32
@@ -274,12 +301,8 @@ def _shims(directory):
     bin_dir.mkdir()
     python = bin_dir / "python"
     python.write_text(
-        f"#!{sys.executable}\n"
-        "import json, os, sys\n"
-        "args = sys.argv[1:]\n"
-        "if args[:1] == ['-m'] and len(args) > 1:\n"
-        "    args += json.loads(os.environ['DOCS_REDUCED']).get(args[1], [])\n"
-        "os.execv(sys.executable, [sys.executable, *args])\n"
+        f'#!/bin/sh\nexec "{sys.executable}" '
+        f'"{os.path.join(REPO, "tests", "doc_command_shim.py")}" "$@"\n'
     )
     make = bin_dir / "make"
     make.write_text(f'#!/bin/sh\nexec /usr/bin/make -n -C "{REPO}" "$@"\n')
@@ -338,6 +361,26 @@ def test_shell_block_runs(fence, tmp_path):
     code = fence.code
     if "TF_CONFIG" in code:
         code = _multi_worker_script(code, work)
+    _run_shell(code, work, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "page, command",
+    [
+        pytest.param(page, command, id=f"{page}: {command}")
+        for page in _INLINE_COMMAND_PAGES
+        for command in doc_pages.inline_commands(page)
+    ],
+)
+def test_inline_command_runs(page, command, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    _run_shell(command, work, tmp_path)
+
+
+def _run_shell(code, work, tmp_path):
+    """Runs `code` under bash in `work`, with the shims of `_shims`."""
     env = {
         **os.environ,
         "PATH": f"{_shims(tmp_path)}{os.pathsep}{os.environ['PATH']}",

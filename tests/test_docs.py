@@ -165,13 +165,7 @@ def _commands():
             for fence in doc_pages.fences(page)
             if fence.language == "sh"
         ]
-        texts += [
-            " ".join(span.split())
-            for span in re.findall(
-                r"`(python\s+-m\s[^`]+)`",
-                doc_pages.prose(doc_pages.read(page)),
-            )
-        ]
+        texts += doc_pages.inline_commands(page)
         for text in texts:
             text = re.sub(r"\\\n", " ", text)
             for match in re.finditer(r"python -m ([\w.]+)([^\n#&;]*)", text):
