@@ -130,6 +130,19 @@ def assert_same_trained_weights(weights, expected, initial, atol=1e-5):
 _collective_key_base = 0
 
 
+def move_collective_keys():
+    """Gives the next `MirroredStrategy` of this process keys of its own.
+
+    Each strategy numbers its collectives from its class's key base, so
+    two strategies in one process would reuse keys: a collective of one
+    model would then meet another model's tensors and abort every later
+    collective of the process. TensorFlow's own tests move the base.
+    """
+    global _collective_key_base
+    _collective_key_base += 100_000
+    tf.distribute.MirroredStrategy._collective_key_base = _collective_key_base
+
+
 def two_cpu_strategy(*, through_one_device=False):
     """A `MirroredStrategy` over the two logical CPUs of `conftest.py`.
 
@@ -141,13 +154,7 @@ def two_cpu_strategy(*, through_one_device=False):
     kwargs = {}
     if through_one_device:
         kwargs["cross_device_ops"] = tf.distribute.ReductionToOneDevice()
-    # Each strategy numbers its collectives from its class's key base, so
-    # two strategies in one process would reuse keys: a collective of one
-    # model would then meet another model's tensors and abort every later
-    # collective of the process. TensorFlow's own tests move the base.
-    global _collective_key_base
-    _collective_key_base += 100_000
-    tf.distribute.MirroredStrategy._collective_key_base = _collective_key_base
+    move_collective_keys()
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"], **kwargs)
     assert strategy.num_replicas_in_sync == 2
     return strategy

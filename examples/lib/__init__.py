@@ -1,9 +1,19 @@
 """The work behind the example binaries, importable and free of flags.
 
-Each module holds one concept: `training_config` (the settings every
-training run shares), `presets` (the defaults each experiment starts
-from), `classifiers`, `training` (pretraining and fine-tuning), `saving`,
-`accuracy`, `arrays`, `plots`, and one module per experiment
-(`forgetting_experiment`, `new_head_experiment`, `segmentation_experiment`
-with its `segmentation_data`, `lambda_selection`).
+Each module holds one concept:
+
+- the settings and defaults of a run: `training_config` (the settings every
+  training run shares) and `presets` (the defaults each binary starts
+  from);
+- training and its files: `classifiers`, `training` (pretraining and
+  fine-tuning), `saving` (files written whole, with the umask's modes),
+  `output_paths` (writability checked before training), `run_lock` (one
+  run per output), `run_record` (what made a backup) and
+  `atomic_backup_and_restore`;
+- measuring: `accuracy`, `arrays` and `plots`;
+- one module per experiment, with its data: `forgetting_experiment` (the
+  demo), `new_head_experiment`, `lambda_selection`, `forgetting_benchmark`
+  with `image_shifts`, `segmentation_experiment` with `segmentation_data`,
+  `detection_experiment` with `detection_data`, and `hub_finetuning`
+  (keras-hub tasks).
 """
