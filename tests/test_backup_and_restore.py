@@ -11,7 +11,7 @@ from keras_sft import backup_and_restore
 from tests import helpers
 
 
-class _Preempted(Exception):
+class _PreemptedError(Exception):
     pass
 
 
@@ -24,7 +24,7 @@ class _PreemptAfterEpoch(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self._epoch:
-            raise _Preempted
+            raise _PreemptedError
 
 
 def _model():
@@ -57,7 +57,7 @@ def _uninterrupted(tmp_path):
 def test_resumes_after_a_preemption_as_an_uninterrupted_run(tmp_path):
     expected = _uninterrupted(tmp_path)
     backup_dir = str(tmp_path / "backup")
-    with pytest.raises(_Preempted):
+    with pytest.raises(_PreemptedError):
         _fit(
             _model(),
             keras_sft.BackupAndRestore(backup_dir),
@@ -111,7 +111,7 @@ def test_full_disk_is_one_clear_error_and_keeps_the_previous_backup(
     tmp_path, monkeypatch
 ):
     backup_dir = str(tmp_path / "backup")
-    with pytest.raises(_Preempted):
+    with pytest.raises(_PreemptedError):
         _fit(
             _model(),
             keras_sft.BackupAndRestore(backup_dir, delete_checkpoint=False),
@@ -147,7 +147,7 @@ def test_write_error_removes_the_partial_file(tmp_path, monkeypatch):
 
 def test_damaged_weights_file_is_named_with_what_to_do(tmp_path):
     backup_dir = str(tmp_path / "backup")
-    with pytest.raises(_Preempted):
+    with pytest.raises(_PreemptedError):
         _fit(
             _model(),
             keras_sft.BackupAndRestore(backup_dir),
@@ -168,7 +168,7 @@ def test_damaged_weights_file_is_named_with_what_to_do(tmp_path):
 
 def test_double_checkpoint_falls_back_to_the_previous_weights(tmp_path):
     backup_dir = str(tmp_path / "backup")
-    with pytest.raises(_Preempted):
+    with pytest.raises(_PreemptedError):
         _fit(
             _model(),
             keras_sft.BackupAndRestore(backup_dir, double_checkpoint=True),
@@ -205,7 +205,7 @@ def test_record_of_another_program_is_refused(tmp_path):
 
 def test_batch_backups_are_committed_every_save_freq_batches(tmp_path):
     backup_dir = str(tmp_path / "backup")
-    with pytest.raises(_Preempted):
+    with pytest.raises(_PreemptedError):
         _fit(
             _model(),
             keras_sft.BackupAndRestore(backup_dir, save_freq=2),

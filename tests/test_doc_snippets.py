@@ -177,6 +177,8 @@ def _namespace(directory):
         "weights": rng.random(_SIZE, dtype=np.float32),
         "old_x_sample": rng.random((_SIZE, 64), dtype=np.float32),
         "old_inputs": rng.random((_SIZE, 64), dtype=np.float32),
+        "old_x": rng.random((_SIZE, 64), dtype=np.float32),
+        "old_y": rng.integers(0, 10, _SIZE),
         "images": rng.random((4, 64), dtype=np.float32),
         "model": model,
         "dataset": tf.data.Dataset.from_tensor_slices((new_x, new_y)),
