@@ -9,17 +9,12 @@ writes `forgetting.md`, `forgetting.png`, `sweep.md` and `rows.json` to
 `--output_dir`. `--merge` reports several such directories together.
 """
 
-import os
+from absl import flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-from absl import flags  # noqa: E402
-
-from examples import common_flags  # noqa: E402
-from examples import experiment_flags  # noqa: E402
-from examples.lib import forgetting_benchmark as benchmark  # noqa: E402
-from examples.lib import presets  # noqa: E402
+from examples import common_flags
+from examples import experiment_flags
+from examples.lib import forgetting_benchmark as benchmark
+from examples.lib import presets
 
 SHIFTS = flags.DEFINE_list(
     "shifts", list(benchmark.SHIFTS), f"Shifts, of {list(benchmark.SHIFTS)}."
