@@ -4,7 +4,7 @@ Pretrains a small grid detector (a class head and a box head) on scenes
 of digits with their boxes, fine-tunes it on the negatives of such scenes
 plainly, with SFT on both heads for each `--lambdas` (the consistency term
 on the new scenes, then on `--anchor_count` unlabeled old scenes), and with
-L2-SP for each `--l2_sp_alphas`, and logs a table of mAP at IoU 0.5 on
+L2-SP for each `--l2_sp_alphas`, and prints a table of mAP at IoU 0.5 on
 held-out scenes of both domains. Offline; the defaults are
 `examples.lib.presets.DETECTION`.
 
@@ -13,10 +13,10 @@ held-out scenes of both domains. Offline; the defaults are
 """
 
 from absl import flags
-from absl import logging
 
 from examples import common_flags
 from examples import experiment_flags
+from examples.lib import console
 from examples.lib import detection_experiment
 from examples.lib import presets
 
@@ -66,8 +66,8 @@ def main(argv):
         config=common_flags.training_config(),
         strategy=strategy,
     )
-    logging.info(
-        "Detection, digit scenes to their negatives:\n%s",
+    console.print_table(
+        "Detection, digit scenes to their negatives:",
         detection_experiment.format_table(rows),
     )
 

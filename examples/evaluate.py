@@ -9,12 +9,12 @@ is evaluated through its student.
 """
 
 from absl import flags
-from absl import logging
 
 import keras_sft  # noqa: F401  (registers SFTModel for loading)
 from examples import common_flags
 from examples.lib import accuracy
 from examples.lib import classifiers
+from examples.lib import console
 
 MODEL_PATH = flags.DEFINE_string(
     "model_path", None, "The .keras classifier to evaluate (logits output)."
@@ -35,7 +35,8 @@ flags.adopt_module_key_flags(common_flags)
 
 
 def evaluate():
-    """Returns and logs the accuracies the flags ask for."""
+    """Returns the accuracies the flags ask for and prints them on
+    stdout."""
     strategy = common_flags.set_up()
     test = common_flags.load_test_split()
     with strategy.scope():
@@ -45,8 +46,12 @@ def evaluate():
         common_flags.evaluation_batches(test),
         groups=[common_flags.parse_classes([g]) for g in GROUPS.value],
     )
-    for name, value in accuracies.items():
-        logging.info("accuracy %s: %.4f", name, value)
+    console.print_result(
+        "\n".join(
+            f"accuracy {name}: {value:.4f}"
+            for name, value in accuracies.items()
+        )
+    )
     return accuracies
 
 

@@ -6,20 +6,19 @@ r"""The forgetting benchmark: shifts times methods times seeds, offline.
 Fine-tunes an MLP pretrained on `--dataset` to each of `--shifts` by each
 of `--methods` for each of `--seeds` (`examples.lib.forgetting_benchmark`);
 writes `forgetting.md`, `forgetting.png`, `sweep.md` and `rows.json` to
-`--output_dir`. `--merge` reports several such directories together.
+`--output_dir` and prints the table of `forgetting.md`. `--merge` reports
+several such directories together.
 """
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from examples import common_flags  # noqa: E402
-from examples import experiment_flags  # noqa: E402
-from examples.lib import forgetting_benchmark as benchmark  # noqa: E402
-from examples.lib import presets  # noqa: E402
+from examples import common_flags
+from examples import experiment_flags
+from examples.lib import console
+from examples.lib import forgetting_benchmark as benchmark
+from examples.lib import presets
 
 SHIFTS = flags.DEFINE_list(
     "shifts", list(benchmark.SHIFTS), f"Shifts, of {list(benchmark.SHIFTS)}."
@@ -53,21 +52,27 @@ for _flag in (
 def main(argv):
     common_flags.refuse_arguments(argv)
     seeds = tuple(int(seed) for seed in SEEDS.value)
+    output_dir = experiment_flags.OUTPUT_DIR.value
     if MERGE.value:
-        benchmark.merge_reports(MERGE.value, experiment_flags.OUTPUT_DIR.value)
-        return
-    common_flags.set_determinism()
-    benchmark.run_grid(
-        quick=QUICK.value,
-        epochs=common_flags.EPOCHS.value,
-        output_dir=experiment_flags.OUTPUT_DIR.value,
-        shifts=tuple(SHIFTS.value),
-        methods=tuple(METHODS.value),
-        seeds=seeds,
-        pretrain_epochs=experiment_flags.PRETRAIN_EPOCHS.value,
-        dataset=common_flags.DATASET.value,
-        data_dir=common_flags.DATA_DIR.value,
-    )
+        benchmark.merge_reports(MERGE.value, output_dir)
+    else:
+        common_flags.set_determinism()
+        benchmark.run_grid(
+            quick=QUICK.value,
+            epochs=common_flags.EPOCHS.value,
+            output_dir=output_dir,
+            shifts=tuple(SHIFTS.value),
+            methods=tuple(METHODS.value),
+            seeds=seeds,
+            pretrain_epochs=experiment_flags.PRETRAIN_EPOCHS.value,
+            dataset=common_flags.DATASET.value,
+            data_dir=common_flags.DATA_DIR.value,
+        )
+    path = os.path.join(output_dir, "forgetting.md")
+    with open(path) as file:
+        console.print_table(
+            f"Forgetting benchmark (also in {path}):", file.read()
+        )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Pretrains a small fully convolutional network on an old segmentation task,
 fine-tunes it on a new one plainly, with SFT for each `--lambdas`, with
 L2-SP for each `--l2_sp_alphas` and with SFT on `--anchor_count` anchors
-(unlabeled pretraining scenes) for each `--anchor_lambdas`, and logs a
+(unlabeled pretraining scenes) for each `--anchor_lambdas`, and prints a
 table of mean IoU and pixel accuracy on both tasks. `--dataset=digits`
 runs offline in a few minutes on two CPU cores, in the `--scenario` given;
 the defaults are `examples.lib.presets.SEGMENTATION`.
@@ -15,10 +15,10 @@ the defaults are `examples.lib.presets.SEGMENTATION`.
 """
 
 from absl import flags
-from absl import logging
 
 from examples import common_flags
 from examples import experiment_flags
+from examples.lib import console
 from examples.lib import presets
 from examples.lib import segmentation_experiment
 
@@ -67,10 +67,8 @@ def main(argv):
         ),
         anchor_count=common_flags.ANCHOR_COUNT.value,
     )
-    logging.info(
-        "Segmentation, %s, %s:\n%s",
-        common_flags.DATASET.value,
-        SCENARIO.value,
+    console.print_table(
+        f"Segmentation, {common_flags.DATASET.value}, {SCENARIO.value}:",
         segmentation_experiment.format_table(rows),
     )
 

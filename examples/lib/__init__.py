@@ -10,7 +10,8 @@ Each module holds one concept:
   `output_paths` (writability checked before training), `run_lock` (one
   run per output), `run_record` (what made a backup) and
   `atomic_backup_and_restore`;
-- measuring: `accuracy`, `arrays` and `plots`;
+- measuring and showing: `accuracy`, `arrays`, `plots` and `console`
+  (results on stdout, progress on stderr);
 - one module per experiment, with its data: `forgetting_experiment` (the
   demo), `new_head_experiment`, `lambda_selection`, `forgetting_benchmark`
   with `image_shifts`, `segmentation_experiment` with `segmentation_data`,

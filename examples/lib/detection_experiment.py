@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras import ops
 
 import keras_sft
+from examples.lib import console
 from examples.lib import detection_data
 from keras_sft.teacher import copy_model
 
@@ -369,6 +370,8 @@ def run_experiment(
 ):
     """Pretrains on the old domain, fine-tunes on the new one, scores all.
 
+    Progress goes to stderr (`console.Progress`).
+
     Args:
         tasks: Dict from `digit_tasks`.
         lambdas: Floats > 0, SFT's weights of the consistency term (`"mse"`
@@ -389,6 +392,8 @@ def run_experiment(
         `new_map`.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    progress = console.Progress(2 + 2 * len(lambdas) + len(alphas))
+    progress.step("pretraining on the old domain")
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         pretrained = _fit(
@@ -407,6 +412,7 @@ def run_experiment(
     runs += [(f"L2-SP (alpha={a:g})", 0.0, None, a) for a in alphas]
     models = [("pretrained", pretrained)]
     for method, weight, anchor_x, alpha in runs:
+        progress.step(method)
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
             student = copy_model(pretrained)

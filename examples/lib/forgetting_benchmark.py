@@ -37,13 +37,11 @@ example `fit_options=lambda task: {"anchor_x": task.anchor_x}`).
 import dataclasses
 import json
 import os
-import time
 from collections.abc import Callable
 
 import keras
 import matplotlib
 import numpy as np
-from absl import logging
 
 matplotlib.use("Agg")
 from matplotlib import pyplot  # noqa: E402  (after choosing the backend)
@@ -51,6 +49,7 @@ from matplotlib import pyplot  # noqa: E402  (after choosing the backend)
 import keras_sft
 from examples.lib import arrays
 from examples.lib import classifiers
+from examples.lib import console
 from examples.lib import image_shifts
 from examples.lib.training_config import TrainingConfig
 from keras_sft import data
@@ -187,7 +186,8 @@ def run_benchmark(
     data_dir=None,
 ):
     """Runs the grid; writes `forgetting.md`, `forgetting.png`, `sweep.md`
-    and the rows as `rows.json`.
+    and the rows as `rows.json`. Progress goes to stderr, one line per seed
+    and shift (`console.Progress`).
 
     Args:
         output_dir: String, the directory of the table and the plot.
@@ -228,10 +228,11 @@ def run_benchmark(
     new_pool = pool[0][half:], pool[1][half:]
     test = _load(dataset, "test", data_dir)
     rows, sweep = [], []
-    start = time.perf_counter()
+    progress = console.Progress(len(seeds) * len(shifts))
     for seed in seeds:
         pretrained = {}
         for shift_name in shifts:
+            progress.step(f"seed {seed}, {shift_name}")
             shift = SHIFTS[shift_name]
             task, old_classes = _task(
                 shift, old_pool, new_pool, test, num_classes, seed
@@ -248,18 +249,9 @@ def run_benchmark(
                 row.update(shift=shift_name, seed=seed)
             rows += shift_rows
             sweep += shift_sweep
-            logging.info(
-                "seed %d, %s done (%.0f s)",
-                seed,
-                shift_name,
-                time.perf_counter() - start,
-            )
     with open(os.path.join(output_dir, "rows.json"), "w") as file:
         json.dump({"rows": rows, "sweep": sweep}, file)
     write_reports(rows, sweep, output_dir)
-    logging.info(
-        "Results in %s (%.0f s)", output_dir, time.perf_counter() - start
-    )
     return rows, sweep
 
 

@@ -12,10 +12,9 @@ original domain (retained), and on the covered classes in the new domain
 import dataclasses
 import os
 
-from absl import logging
-
 from examples.lib import accuracy
 from examples.lib import arrays
+from examples.lib import console
 from examples.lib import plots
 from examples.lib import training
 from keras_sft import data
@@ -41,7 +40,9 @@ def run_demo(
     dataset="digits",
     data_dir=None,
 ):
-    """Runs the experiment; writes and returns its table.
+    """Runs the experiment; writes and prints its table, returns its rows.
+
+    Progress goes to stderr (`console.Progress`), the table to stdout.
 
     Args:
         output_dir: String, where models, `results.md` and `forgetting.png`
@@ -53,7 +54,7 @@ def run_demo(
             `keras_sft.data.SHIFTS` other than `"none"`).
         strategy: `tf.distribute.Strategy` to train under.
         config: `TrainingConfig` of each fine-tuning (and of pretraining,
-            but for its epochs); training is quiet, each row is logged.
+            but for its epochs); training is quiet.
         pretrain_epochs: Int, epochs of pretraining.
         l2_sp_alphas: Sequence of floats >= 0: one plain fine-tuning run
             with an L2-SP penalty towards the pretrained weights
@@ -114,6 +115,10 @@ def run_demo(
             "anchors": anchors,
         }
 
+    progress = console.Progress(
+        2 + len(lambdas) + len(l2_sp_alphas) + len(anchor_lambdas)
+    )
+    progress.step("pretraining on all classes")
     pretrained_path = os.path.join(output_dir, "pretrained.keras")
     pretrained = training.pretrain(
         model_name=MODEL,
@@ -133,6 +138,17 @@ def run_demo(
     runs += [(0.0, alpha, None) for alpha in l2_sp_alphas]
     runs += [(value, None, anchor_x) for value in anchor_lambdas]
     for lambda_, l2_sp_alpha, anchors in runs:
+        if anchors is not None:
+            name, row_lambda = f"SFT, {len(anchors)} anchors", lambda_
+        elif l2_sp_alpha is not None:
+            # L2-SP rows have no lambda: they stay off the lambda axis.
+            name, row_lambda = f"L2-SP, alpha={l2_sp_alpha:g}", None
+        else:
+            name = "plain fine-tuning" if lambda_ == 0 else "SFT"
+            row_lambda = lambda_
+        progress.step(
+            name if row_lambda is None else f"{name}, lambda={row_lambda:g}"
+        )
         model = training.finetune(
             pretrained=pretrained_path,
             train=batches(finetune_set),
@@ -144,29 +160,23 @@ def run_demo(
             l2_sp_alpha=l2_sp_alpha,
             anchor_x=anchors,
         )
-        if anchors is not None:
-            row = score(
-                f"SFT, {len(anchors)} anchors",
-                lambda_,
+        rows.append(
+            score(
+                name,
+                row_lambda,
                 model.student,
-                len(anchors),
+                0 if anchors is None else len(anchors),
             )
-        elif l2_sp_alpha is not None:
-            # L2-SP rows have no lambda: they stay off the lambda axis.
-            row = score(f"L2-SP, alpha={l2_sp_alpha:g}", None, model.student)
-        else:
-            name = "plain fine-tuning" if lambda_ == 0 else "SFT"
-            row = score(name, lambda_, model.student)
-        rows.append(row)
-        logging.info("%s", _format_row(row))
+        )
 
     table = _markdown_table(rows, covered, uncovered, shift)
-    with open(os.path.join(output_dir, "results.md"), "w") as file:
+    results_path = os.path.join(output_dir, "results.md")
+    with open(results_path, "w") as file:
         file.write(table)
     plots.plot_forgetting(
         rows, os.path.join(output_dir, "forgetting.png"), shift
     )
-    logging.info("Results (also in %s):\n%s", output_dir, table)
+    console.print_table(f"Forgetting (also in {results_path}):", table)
     return rows
 
 

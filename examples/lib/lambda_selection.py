@@ -5,11 +5,11 @@
 """
 
 import keras
-from absl import logging
 
 import keras_sft
 from examples.lib import arrays
 from examples.lib import classifiers
+from examples.lib import console
 from examples.lib import plots
 from examples.lib import saving
 
@@ -26,7 +26,8 @@ def cross_validate(
     config,
     plot=None,
 ):
-    """Cross-validates `lambdas` with `keras_sft.select_lambda`; logs it.
+    """Cross-validates `lambdas` with `keras_sft.select_lambda`; prints
+    its table and the chosen value on stdout.
 
     Args:
         pretrained: String, the pretrained `.keras` classifier.
@@ -46,6 +47,12 @@ def cross_validate(
     Returns:
         The `LambdaSelection` that `keras_sft.select_lambda` returns.
     """
+    # select_lambda runs the fine-tunings in one call: one progress line.
+    console.Progress(1).step(
+        f"cross-validating {len(lambdas)} values of lambda on {folds} "
+        f"folds ({len(lambdas) * folds} fine-tunings of {config.epochs} "
+        "epochs)"
+    )
     x, y = arrays.to_arrays(train)
     if retained is not None:
         retained = arrays.to_arrays(retained)
@@ -64,8 +71,8 @@ def cross_validate(
             optimizer=lambda: keras.optimizers.Adam(config.learning_rate),
             seed=config.seed,
         )
-    logging.info("Cross-validated lambda:\n%s", selection.to_markdown())
-    logging.info("Chosen lambda: %g", selection.lambda_)
+    console.print_table("Cross-validated lambda:", selection.to_markdown())
+    console.print_result(f"Chosen lambda: {selection.lambda_:g}")
     if plot:
         saving.ensure_parent(plot)
         plots.plot_selection(selection, plot)

@@ -15,12 +15,12 @@ images, as in the paper.
 import os
 
 import keras
-from absl import logging
 
 import keras_sft
 from examples.lib import accuracy
 from examples.lib import arrays
 from examples.lib import classifiers
+from examples.lib import console
 from examples.lib.training_config import TrainingConfig
 from keras_sft import data
 from keras_sft.teacher import copy_model
@@ -44,6 +44,8 @@ def run_new_head(
 ):
     """Runs the experiment and returns one row per model.
 
+    Progress goes to stderr (`console.Progress`).
+
     Args:
         lambdas: Sequence of floats > 0, the SFT runs beside lambda=0.
         strategy: `tf.distribute.Strategy` to train under.
@@ -61,6 +63,8 @@ def run_new_head(
     new_x, new_y = _arrays("train[50%:]", NEW_CLASSES)
     old_test_x, old_test_y = _arrays("test", OLD_CLASSES)
     new_test_x, new_test_y = _arrays("test", NEW_CLASSES)
+    progress = console.Progress(2 + len(lambdas))
+    progress.step("new head: pretraining on classes 0-4")
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         pretrained = classifiers.build_classifier(
@@ -90,6 +94,8 @@ def run_new_head(
         }
     ]
     for lambda_ in [0.0, *lambdas]:
+        name = "plain fine-tuning" if lambda_ == 0 else "SFT (LwF)"
+        progress.step(f"new head: {name}, lambda={lambda_:g}")
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
             student = keras_sft.add_head(
@@ -119,7 +125,7 @@ def run_new_head(
         )
         rows.append(
             {
-                "model": "plain fine-tuning" if lambda_ == 0 else "SFT (LwF)",
+                "model": name,
                 "lambda": lambda_,
                 "old": accuracy.accuracy(
                     student.predict(old_test_x, verbose=0)[0], old_test_y
@@ -133,11 +139,15 @@ def run_new_head(
 
 
 def write_table(rows, output_dir):
-    """Writes the rows to `new_head.md` in `output_dir`, and logs them."""
+    """Writes the rows to `new_head.md` in `output_dir` and prints them on
+    stdout."""
     table = markdown_table(rows)
-    with open(os.path.join(output_dir, "new_head.md"), "w") as file:
+    path = os.path.join(output_dir, "new_head.md")
+    with open(path, "w") as file:
         file.write(table)
-    logging.info("New head, Learning without Forgetting:\n%s", table)
+    console.print_table(
+        f"New head, Learning without Forgetting (also in {path}):", table
+    )
 
 
 def markdown_table(rows):

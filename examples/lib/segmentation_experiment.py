@@ -30,6 +30,7 @@ import tensorflow as tf
 
 import keras_sft
 from examples.lib import arrays
+from examples.lib import console
 from examples.lib import segmentation_data
 from keras_sft.teacher import copy_model
 
@@ -366,6 +367,8 @@ def run_experiment(
 ):
     """Pretrains on the old task, fine-tunes on the new one, scores all.
 
+    Progress goes to stderr (`console.Progress`).
+
     Args:
         tasks: Dict from `digit_tasks` or `pet_tasks`.
         lambdas: Floats > 0, SFT's weights of the consistency term, one
@@ -396,6 +399,10 @@ def run_experiment(
         `None` for the pretrained model of a new-head task).
     """
     strategy = strategy or tf.distribute.get_strategy()
+    progress = console.Progress(
+        2 + len(lambdas) + len(l2_sp_alphas) + len(anchor_lambdas)
+    )
+    progress.step("pretraining on the old task")
     pretrained = _fit(
         lambda: build_segmenter(
             tasks["input_shape"], tasks["classes"], seed=config.seed
@@ -426,6 +433,7 @@ def run_experiment(
     ]
     train, compile_kwargs = _new_task_training(tasks)
     for method, lambda_, alpha, anchors in runs:
+        progress.step(method)
         model = _fit(
             lambda lambda_=lambda_, alpha=alpha: fine_tuning_model(
                 pretrained,

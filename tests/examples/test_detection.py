@@ -250,7 +250,7 @@ def test_binary_refuses_stray_arguments():
 
 
 @pytest.mark.slow
-def test_binary_logs_the_table():
+def test_binary_prints_the_table():
     run = _binary(
         "--pretrain_epochs=1",
         "--epochs=1",
@@ -259,8 +259,8 @@ def test_binary_logs_the_table():
         "--scenes=16",
         "--anchor_count=8",
         "--image_size=16",
-        "--logtostderr",
     )
     assert run.returncode == 0, run.stderr
-    assert "| SFT + 8 anchors (lambda=0.1) |" in run.stderr
-    assert "| L2-SP (alpha=0.01) |" in run.stderr
+    assert "| SFT + 8 anchors (lambda=0.1) |" in run.stdout
+    assert "| L2-SP (alpha=0.01) |" in run.stdout
+    assert "[5/5] L2-SP (alpha=0.01) ..." in run.stderr

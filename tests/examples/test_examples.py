@@ -142,7 +142,7 @@ def test_evaluate_reports_overall_and_group_accuracy(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_writes_its_table_and_plot(tmp_path):
+def test_demo_writes_its_table_and_plot(tmp_path, capsys):
     with flagsaver.flagsaver(
         output_dir=str(tmp_path),
         lambdas=["0.5"],
@@ -159,6 +159,7 @@ def test_demo_writes_its_table_and_plot(tmp_path):
         demo.main(["demo"])
 
     table = (tmp_path / "results.md").read_text().splitlines()
+    assert "\n".join(table) in capsys.readouterr().out
     assert [line.split(" | ")[0] for line in table[2:]] == [
         "| pretrained",
         "| plain fine-tuning",
@@ -290,8 +291,8 @@ def test_command_line_pretrain_finetune_export_evaluate(tmp_path):
         "evaluate", *tiny, f"--model_path={finetuned}", "--groups=0-4,5-9"
     )
     assert result.returncode == 0, result.stderr
-    assert "accuracy overall:" in result.stderr
-    assert "accuracy 5-9:" in result.stderr
+    assert "accuracy overall:" in result.stdout
+    assert "accuracy 5-9:" in result.stdout
 
     result = run("finetune", "--lambda=-1", f"--pretrained={pretrained}")
     assert result.returncode == 1

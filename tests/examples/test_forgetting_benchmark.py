@@ -155,15 +155,19 @@ def test_quick_run_writes_table_plot_and_merges(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, "-m", "examples.forgetting_benchmark"]
     run = tmp_path / "run"
-    subprocess.run(
+    result = subprocess.run(
         [*command, "--quick", f"--output_dir={run}"],
         cwd=_ROOT,
         env=env,
         check=True,
         capture_output=True,
+        text=True,
         timeout=600,
     )
     table = (run / "forgetting.md").read_text().splitlines()
+    # The table on stdout, one progress line per seed and shift on stderr.
+    assert "\n".join(table) in result.stdout
+    assert "[2/2] seed 0, new_head ..." in result.stderr
     assert [line.split("|")[1:3] for line in table[4:]] == [
         [" invert ", " plain "],
         [" invert ", " SFT normalized_mse "],

@@ -315,23 +315,22 @@ def test_binary_runs_each_scenario(scenario):
         "--anchor_lambdas=0.3",
         "--anchor_count=16",
         "--image_size=10",
-        "--logtostderr",
     )
     assert run.returncode == 0, run.stderr
-    assert f"Segmentation, digits, {scenario}:" in run.stderr
+    assert f"Segmentation, digits, {scenario}:" in run.stdout
     for method in ("SFT (lambda=0.1)", "L2-SP (alpha=0.01)"):
-        assert f"| {method} |" in run.stderr
-    assert "| SFT, 16 anchors (lambda=0.3) |" in run.stderr
+        assert f"| {method} |" in run.stdout
+    assert "| SFT, 16 anchors (lambda=0.3) |" in run.stdout
 
 
 @pytest.mark.slow
-def test_binary_logs_the_table():
+def test_binary_prints_the_table():
     run = _binary(
         "--pretrain_epochs=1",
         "--epochs=1",
         "--lambdas=0.1",
         "--image_size=10",
-        "--logtostderr",
     )
     assert run.returncode == 0, run.stderr
-    assert "| SFT (lambda=0.1) |" in run.stderr
+    assert "| SFT (lambda=0.1) |" in run.stdout
+    assert "[3/7] SFT (lambda=0.1) ..." in run.stderr

@@ -9,7 +9,7 @@ from examples.lib import classifiers
 
 
 @pytest.mark.slow
-def test_binary_cross_validates_and_plots(tmp_path):
+def test_binary_cross_validates_and_plots(tmp_path, capsys):
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
     pretrained = str(tmp_path / "pretrained.keras")
@@ -33,5 +33,8 @@ def test_binary_cross_validates_and_plots(tmp_path):
     assert [score.lambda_ for score in selection.scores] == [0.0, 1.0]
     assert selection.lambda_ in (0.0, 1.0)
     assert plot.read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert selection.to_markdown() in out
+    assert f"Chosen lambda: {selection.lambda_:g}" in out
     with pytest.raises(Exception, match="Unexpected arguments"):
         binary.main(["select_lambda", "extra"])
