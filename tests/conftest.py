@@ -19,6 +19,23 @@ tf.config.set_logical_device_configuration(
 
 
 @pytest.fixture(autouse=True)
+def _xla_by_default(request, monkeypatch):
+    """With `--xla`, `compile` defaults to `jit_compile=True`, as Keras's
+    `"auto"` resolves on a GPU, so that the suite runs the XLA path of
+    every test that does not choose its own."""
+    if not request.config.getoption("--xla"):
+        return
+    compile_ = keras.Model.compile
+
+    def compile_with_xla(self, *args, jit_compile="auto", **kwargs):
+        if jit_compile == "auto":
+            jit_compile = True
+        return compile_(self, *args, jit_compile=jit_compile, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "compile", compile_with_xla)
+
+
+@pytest.fixture(autouse=True)
 def _clean_keras_state():
     """Gives each test a fresh Keras session, float32 policy and seed."""
     keras.backend.clear_session()
@@ -34,6 +51,12 @@ def pytest_addoption(parser):
         action="store_true",
         default=False,
         help="also run the tests marked slow",
+    )
+    parser.addoption(
+        "--xla",
+        action="store_true",
+        default=False,
+        help="compile models with jit_compile=True unless a test chooses",
     )
 
 

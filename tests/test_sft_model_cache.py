@@ -21,8 +21,10 @@ def _model(cache_teacher, strategy=None, **kwargs):
             cache_teacher=cache_teacher,
             **kwargs,
         )
+        # At 0.2 some dropout streams (XLA's, for one) make this model
+        # diverge on random labels; at 0.1 every stream trains.
         model.compile(
-            optimizer=keras.optimizers.SGD(0.2, momentum=0.9),
+            optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
             metrics=["accuracy"],
         )
     return model

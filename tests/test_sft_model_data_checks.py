@@ -166,7 +166,13 @@ def test_first_batch_of_a_dataset_is_checked():
         _fit(_model(), dataset, shuffle=False)
 
 
-def test_later_bad_label_is_one_line():
+def test_later_bad_label_is_one_line(request):
+    if request.config.getoption("--xla"):
+        pytest.xfail(
+            "under XLA a label out of range gives a NaN loss, not an "
+            "error: the step guard stops fit on a non-finite step instead "
+            "(issue #24: label checks in the step)"
+        )
     x, y, _ = helpers.classification_data(n=16)
     y[12] = 7
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
