@@ -82,7 +82,7 @@ def copy_model(model):
                 model.save(path)
             # The archive is the one just written from `model`, so loading
             # the Python functions of its `Lambda` layers is safe.
-            return keras.saving.load_model(
+            copy = keras.saving.load_model(
                 path,
                 custom_objects=_custom_classes(layers),
                 compile=False,
@@ -95,6 +95,26 @@ def copy_model(model):
             f"`teacher=` explicitly). Received: model={model.name!r} "
             f"({type(model).__name__}: {error})"
         ) from error
+    _share_lambda_functions(layers, keras_compat.all_layers(copy))
+    return copy
+
+
+def _share_lambda_functions(layers, copied_layers):
+    """Gives each copied `Lambda` layer the original's Python function.
+
+    Keras saves a `Lambda` function as bytecode and reloads it without the
+    globals of the module that defined it, so a function that calls
+    `keras.ops` or a helper of its module fails in the copy with a
+    `NameError`. A function holds no weights: the original computes what
+    the copy should.
+    """
+    if len(layers) != len(copied_layers):
+        return
+    for layer, copied in zip(layers, copied_layers, strict=True):
+        if isinstance(layer, keras.layers.Lambda) and isinstance(
+            copied, keras.layers.Lambda
+        ):
+            copied.function = layer.function
 
 
 def _check_configs(layers):

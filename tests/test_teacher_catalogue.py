@@ -200,6 +200,21 @@ def _lambda_layer():
     return keras.Model(inputs, _head(squared)), _floats()
 
 
+def _offset(t):
+    """A module-level helper that a `Lambda` function calls."""
+    return t + 1.0
+
+
+def _lambda_layer_with_globals():
+    inputs = keras.Input((4,))
+    # The function reads the module's globals (`keras`, `_offset`), which
+    # Keras's reloaded bytecode would not see.
+    squared = keras.layers.Lambda(
+        lambda t: _offset(keras.ops.square(t)), output_shape=(4,)
+    )(inputs)
+    return keras.Model(inputs, _head(squared)), _floats()
+
+
 def _mixed_precision():
     keras.config.set_dtype_policy("mixed_float16")
     try:
@@ -226,6 +241,7 @@ _CATALOGUE = {
     "unregistered_custom_layer": _unregistered_custom_layer,
     "subclassed_with_adapted_layer": _subclassed_with_adapted_layer,
     "lambda_layer": _lambda_layer,
+    "lambda_layer_with_globals": _lambda_layer_with_globals,
     "mixed_precision": _mixed_precision,
 }
 
