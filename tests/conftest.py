@@ -19,20 +19,38 @@ tf.config.set_logical_device_configuration(
 
 
 @pytest.fixture(autouse=True)
-def _xla_by_default(request, monkeypatch):
-    """With `--xla`, `compile` defaults to `jit_compile=True`, as Keras's
-    `"auto"` resolves on a GPU, so that the suite runs the XLA path of
-    every test that does not choose its own."""
+def _xla_by_default(request):
+    """With `--xla`, `compile` defaults to `jit_compile=True` where Keras's
+    `"auto"` resolves to it on a GPU, so that the suite runs the XLA path
+    of every test that does not choose its own."""
     if not request.config.getoption("--xla"):
+        yield
         return
-    compile_ = keras.Model.compile
+    # The class that defines `compile`, so that Keras still sees subclasses
+    # that do not override it as using the default; and a patch of its
+    # own, which a test's `monkeypatch.undo()` leaves in place.
+    owner = next(c for c in keras.Model.__mro__ if "compile" in vars(c))
+    compile_ = owner.compile
 
     def compile_with_xla(self, *args, jit_compile="auto", **kwargs):
+        # As `"auto"` resolves on a GPU (Keras 3.15): not when eager, not
+        # under a distribution strategy, not with a layer that XLA cannot
+        # compile.
         if jit_compile == "auto":
-            jit_compile = True
+            jit_compile = (
+                not kwargs.get("run_eagerly")
+                and not tf.distribute.has_strategy()
+                and all(
+                    getattr(layer, "supports_jit", True)
+                    for layer in self._flatten_layers()
+                )
+            )
         return compile_(self, *args, jit_compile=jit_compile, **kwargs)
 
-    monkeypatch.setattr(keras.Model, "compile", compile_with_xla)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(owner, "compile", compile_with_xla)
+    yield
+    patch.undo()
 
 
 @pytest.fixture(autouse=True)

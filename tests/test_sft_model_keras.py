@@ -118,9 +118,18 @@ def test_unbuilt_subclassed_student_builds_on_its_first_batch(tmp_path):
 
     assert student.built and model.built
     assert len(student.trainable_weights) == 4
-    np.testing.assert_array_equal(
-        model.predict(x, verbose=0), student.predict(x, verbose=0)
-    )
+    if model.jit_compile:
+        # XLA compiles the wrapper's predict function, not the student's.
+        helpers.assert_close_across_op_orders(
+            model.predict(x, verbose=0),
+            student.predict(x, verbose=0),
+            dtype="float32",
+            terms=6 + 8,
+        )
+    else:
+        np.testing.assert_array_equal(
+            model.predict(x, verbose=0), student.predict(x, verbose=0)
+        )
     _assert_exports_the_student(model, x, tmp_path / "export")
 
 
