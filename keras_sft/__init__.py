@@ -10,6 +10,7 @@ from keras_sft.select_lambda import select_lambda
 from keras_sft.sft_model import SFTModel
 from keras_sft.teacher import clone_teacher
 from keras_sft.teacher_cache import cache_teacher_outputs
+from keras_sft.terminate_on_nan import NonFiniteLossError
 from keras_sft.terminate_on_nan import TerminateOnNaN
 from keras_sft.wise_ft import wise_ft
 
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "EpochShuffle",
+    "NonFiniteLossError",
     "SFTModel",
     "TerminateOnNaN",
     "add_head",

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sft import checks
+from keras_sft import _checks
 
 # The losses whose labels are class indices (`SFTModel`'s default).
 _SPARSE_LOSSES = (
@@ -191,13 +191,13 @@ def check_arrays(model, x, y, sample_weight, *, names, sparse):
         for leaf in keras.tree.flatten(part):
             leaf = np.asarray(leaf)
             if leaf.dtype.kind not in "biuf":
-                raise checks.argument_error(
+                raise _checks.argument_error(
                     name,
                     "numeric arrays",
                     received=f"{name} of dtype {leaf.dtype}",
                 )
             if leaf.dtype.kind == "f" and not np.all(np.isfinite(leaf)):
-                raise checks.argument_error(
+                raise _checks.argument_error(
                     name,
                     "finite values",
                     received=f"{name} with "
@@ -206,12 +206,12 @@ def check_arrays(model, x, y, sample_weight, *, names, sparse):
             lengths.setdefault(name, len(leaf) if leaf.ndim else 1)
     count = lengths.get(x_name, 0)
     if count == 0:
-        raise checks.argument_error(
+        raise _checks.argument_error(
             x_name, "at least one example", received=f"{x_name} with 0"
         )
     for name, length in lengths.items():
         if length != count:
-            raise checks.argument_error(
+            raise _checks.argument_error(
                 name,
                 f"as many examples as `{x_name}` ({count})",
                 received=f"sizes {x_name}={count}, {name}={length}",
@@ -233,7 +233,7 @@ def _check_class_labels(model, y, name):
     if classes:
         bad |= y >= classes
     if np.any(bad):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             name,
             f"{expected} for a sparse categorical loss",
             received=f"{name} with values such as "
@@ -246,13 +246,13 @@ def _check_sample_weight(model, weights, name):
     `(N,)` or the positions of `model`'s outputs."""
     shape = _output_shape(model)
     if shape is not None and weights.shape[1:] not in ((), (1,), shape[1:-1]):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             name,
             f"shape (N,) or (N, *{shape[1:-1]}), the output's positions",
             received=f"{name}.shape={weights.shape}",
         )
     if np.any(weights < 0) or not np.any(weights > 0):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             name,
             "weights >= 0, not all zero",
             received=f"{name} with minimum {weights.min()} and maximum "
@@ -287,7 +287,7 @@ def one_line_label_errors():
         )
         if match is None:
             raise
-        raise checks.argument_error(
+        raise _checks.argument_error(
             "y",
             f"integer class indices in [0, {match[2]})",
             received=f"a label value of {match[1]} in a batch after the first",

@@ -6,24 +6,24 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_sft import anchor_data
-from keras_sft import anchors
-from keras_sft import checks
+from keras_sft import _anchor_data
+from keras_sft import _anchors
+from keras_sft import _checks
+from keras_sft import _features
+from keras_sft import _fit_cache
+from keras_sft import _frozen_prefix
+from keras_sft import _keras_compat
+from keras_sft import _outputs
+from keras_sft import _sft_loss
+from keras_sft import _shared_teacher
+from keras_sft import _step_guard
+from keras_sft import _task_preprocessing
+from keras_sft import _teacher_student_model
 from keras_sft import data_checks
-from keras_sft import features
-from keras_sft import fit_cache
-from keras_sft import frozen_prefix
-from keras_sft import keras_compat
-from keras_sft import outputs
-from keras_sft import sft_loss
-from keras_sft import shared_teacher
-from keras_sft import step_guard
-from keras_sft import task_preprocessing
-from keras_sft import teacher_student_model
 
 
 @keras.saving.register_keras_serializable(package="keras_sft")
-class SFTModel(teacher_student_model.TeacherStudentModel):
+class SFTModel(_teacher_student_model.TeacherStudentModel):
     """Fine-tunes a pretrained model while keeping its outputs near a teacher.
 
     Supervised fine-tuning (SFT) minimises
@@ -115,7 +115,7 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         guard_nonfinite=True,
         **kwargs,
     ):
-        checks.check_sft_arguments(
+        _checks.check_sft_arguments(
             student,
             teacher,
             lambda_,
@@ -127,7 +127,7 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
             cache_teacher=cache_teacher,
             guard_nonfinite=guard_nonfinite,
         )
-        student_names, teacher_names, distilled = outputs.resolve(
+        student_names, teacher_names, distilled = _outputs.resolve(
             student,
             teacher,
             distance,
@@ -138,7 +138,7 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
 
         self.student = student
         self.teacher = (
-            shared_teacher.shared_teacher(student)
+            _shared_teacher.shared_teacher(student)
             if teacher is None
             else teacher
         )
@@ -157,11 +157,11 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         self.cache_teacher = cache_teacher
         self.guard_nonfinite = guard_nonfinite
         # Not a model weight: the guard's state lives for one `fit`.
-        self._step_guard = step_guard.StepGuard() if guard_nonfinite else None
+        self._step_guard = _step_guard.StepGuard() if guard_nonfinite else None
         if student_names is not None:
             # `compile` maps dict losses and metrics of list outputs by name.
             self.output_names = student_names
-        self._teacher_extractor, self._student_extractor = features.extractors(
+        self._teacher_extractor, self._student_extractor = _features.extractors(
             self.teacher, student, self.distill_features
         )
         self._student_names = student_names
@@ -174,7 +174,7 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
             self.output_task_loss_trackers,
             self.output_distill_loss_trackers,
             self.feature_distill_loss_trackers,
-        ) = sft_loss.trackers(student_names, distilled, self.distill_features)
+        ) = _sft_loss.trackers(student_names, distilled, self.distill_features)
         self._task_loss = None
         self._task_loss_weights = None
         self._sft_loss = None
@@ -210,9 +210,9 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if self._student_names is not None and len(self._student_names) > 1:
-            outputs.output_losses(loss, loss_weights, self._student_names)
+            _outputs.output_losses(loss, loss_weights, self._student_names)
         elif getattr(self.student, "outputs", None):
-            checks.check_logits_loss(self.student, loss)
+            _checks.check_logits_loss(self.student, loss)
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -222,7 +222,7 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         )
         self._task_loss = loss
         self._task_loss_weights = loss_weights
-        self._sft_loss = sft_loss.SFTLoss(
+        self._sft_loss = _sft_loss.SFTLoss(
             self.distance,
             temperature=self.temperature,
             task_loss=self._compile_loss,
@@ -245,7 +245,7 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         trackers = self._term_trackers()
         terms = trackers[:2]
         if self._task_loss is not None and self.output_task_loss_trackers:
-            with_loss = outputs.output_losses(
+            with_loss = _outputs.output_losses(
                 self._task_loss, self._task_loss_weights, self._student_names
             )
             terms += [self.output_task_loss_trackers[n] for n in with_loss]
@@ -304,9 +304,9 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
                 `anchor_x` is an array. Defaults to `None`: the training
                 batch size.
         """
-        arguments = anchors.FIT_SIGNATURE.bind(None, *args, **kwargs)
+        arguments = _anchors.FIT_SIGNATURE.bind(None, *args, **kwargs)
         arguments = dict(list(arguments.arguments.items())[1:])
-        arguments = task_preprocessing.fit_arguments(self.student, arguments)
+        arguments = _task_preprocessing.fit_arguments(self.student, arguments)
         # Before the packing below: the checks read the user's own data.
         data_checks.check_fit_data(self, arguments)
         if self._step_guard is not None:
@@ -315,13 +315,13 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         # so caching its outputs there would be waste.
         caching = anchor_x is None or anchor_mode == "both"
         with (
-            fit_cache.cached_teacher(
+            _fit_cache.cached_teacher(
                 self, arguments, enabled=caching
             ) as arguments,
             data_checks.one_line_label_errors(),
-            step_guard.stopping(self._step_guard),
+            _step_guard.stopping(self._step_guard),
         ):
-            arguments = anchors.fit_arguments(
+            arguments = _anchors.fit_arguments(
                 self,
                 arguments,
                 anchor_x=anchor_x,
@@ -330,28 +330,28 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
             )
             return super().fit(**arguments)
 
-    fit.__signature__ = anchors.FIT_SIGNATURE
+    fit.__signature__ = _anchors.FIT_SIGNATURE
 
     def train_on_batch(self, *args, **kwargs):
-        with step_guard.stopping(self._step_guard):
+        with _step_guard.stopping(self._step_guard):
             return super().train_on_batch(*args, **kwargs)
 
     def train_step(self, data):
-        data, anchor_batch = anchor_data.unpack(data)
-        x, y, sample_weight, cached = fit_cache.unpack(self, data)
+        data, anchor_batch = _anchor_data.unpack(data)
+        x, y, sample_weight, cached = _fit_cache.unpack(self, data)
         teacher = None
         # Frozen leading layers the teacher shares run once, for both.
-        prefix = frozen_prefix.split(self, cached, anchor_batch)
+        prefix = _frozen_prefix.split(self, cached, anchor_batch)
         if prefix is not None:
             frontier, teacher = prefix.teacher_forward(x)
-        elif not anchors.replaces(anchor_batch):
-            teacher = features.teacher_forward(
+        elif not _anchors.replaces(anchor_batch):
+            teacher = _features.teacher_forward(
                 self.teacher, self._teacher_extractor, x, cached
             )
-        anchor_teacher = anchors.teacher_forward(self, anchor_batch)
+        anchor_teacher = _anchors.teacher_forward(self, anchor_batch)
         with tf.GradientTape() as tape:
             student = (
-                features.student_forward(
+                _features.student_forward(
                     self.student, self._student_extractor, x, training=True
                 )
                 if prefix is None
@@ -362,12 +362,12 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
                 sample_weight,
                 teacher,
                 student,
-                anchors.with_student(self, anchor_batch, anchor_teacher),
+                _anchors.with_student(self, anchor_batch, anchor_teacher),
             )
             scaled_total = self.optimizer.scale_loss(total)
         trainable_weights = self.student.trainable_weights
         gradients = tape.gradient(scaled_total, trainable_weights)
-        step_guard.apply_gradients(
+        _step_guard.apply_gradients(
             self._step_guard,
             self.optimizer,
             (gradients, trainable_weights),
@@ -377,11 +377,11 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         return self._step_logs(x, y, sample_weight, student[0], total, terms)
 
     def test_step(self, data):
-        x, y, sample_weight, cached = fit_cache.unpack(self, data)
-        teacher = features.teacher_forward(
+        x, y, sample_weight, cached = _fit_cache.unpack(self, data)
+        teacher = _features.teacher_forward(
             self.teacher, self._teacher_extractor, x, cached
         )
-        student = features.student_forward(
+        student = _features.student_forward(
             self.student, self._student_extractor, x, training=False
         )
         total, terms = self._loss_terms(y, sample_weight, teacher, student)
@@ -406,13 +406,13 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
     def _step_logs(self, x, y, sample_weight, y_pred, total, terms):
         """Tracks the loss terms; returns the step's logs (with a scheduled
         `lambda_`'s current value)."""
-        sft_loss.track(
+        _sft_loss.track(
             self._loss_tracker, self._term_trackers(), x, total, terms
         )
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         if not isinstance(self.lambda_, float):
             logs = {**logs, "lambda": self._current_lambda()}
-        return keras_compat.reducible_logs(self.distribute_strategy, logs)
+        return _keras_compat.reducible_logs(self.distribute_strategy, logs)
 
     def get_config(self):
         config = super().get_config()

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sft import checks
+from keras_sft import _checks
 
 # Keys under which `SFTModel.fit` packs array inputs with cached teacher
 # outputs into `x`, so that Keras's array handling (shuffling,
@@ -75,8 +75,8 @@ def cache_teacher_outputs(teacher, data, *, batch_size=256, directory=None):
         A `tf.data.Dataset` of `(x, y, sample_weight, teacher_outputs)`
         (`sample_weight` is `None` where `data` has none).
     """
-    checks.check_model("teacher", teacher)
-    checks.check_int("batch_size", batch_size, minimum=1)
+    _checks.check_model("teacher", teacher)
+    _checks.check_int("batch_size", batch_size, minimum=1)
     if isinstance(data, tf.data.Dataset):
         _check_deterministic(data)
         if directory is None:

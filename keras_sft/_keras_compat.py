@@ -86,7 +86,7 @@ def restore_compile(model, config):
 
 # Keras's base class of its input adapters. `keras.Model.fit` takes an
 # instance as `x` and uses it as it is (Keras 3.15's `get_data_adapter`
-# lets custom adapters through), so `keras_sft.anchors` wraps Keras's own
+# lets custom adapters through), so `keras_sft._anchors` wraps Keras's own
 # adapter of the user's data and keeps its epoch sizes and hooks.
 DataAdapter = data_adapters.data_adapter.DataAdapter
 

@@ -13,7 +13,7 @@ import functools
 import keras
 import tensorflow as tf
 
-from keras_sft import keras_compat
+from keras_sft import _keras_compat
 
 MODES = ("replace", "both")
 
@@ -93,7 +93,7 @@ def _caches_anchor_outputs(model, count, reads):
         # Cached outputs hold no intermediate features.
         and model.distill_features is None
         and model.lambda_ != 0.0
-        and not keras_compat.in_multi_worker_mode(model.distribute_strategy)
+        and not _keras_compat.in_multi_worker_mode(model.distribute_strategy)
     )
 
 
@@ -113,7 +113,7 @@ def first_batch_size(adapter):
     return int(keras.tree.flatten(x)[0].shape[0])
 
 
-class AnchoredData(keras_compat.DataAdapter):
+class AnchoredData(_keras_compat.DataAdapter):
     """Keras's adapter of the training data, its batches packed with
     anchors; epoch sizes and epoch hooks are the wrapped adapter's."""
 

@@ -1,7 +1,7 @@
 """Private: the frozen layers that a student and its teacher compute once.
 
 In transfer learning the student's leading layers are often frozen (a
-pretrained backbone with `trainable=False`), and `keras_sft.shared_teacher`
+pretrained backbone with `trainable=False`), and `keras_sft._shared_teacher`
 gives the teacher the very same variables for them. Both models then
 compute the same values there, so `SFTModel`'s training step runs that
 prefix once, outside the gradient tape, and feeds its outputs to the rest
@@ -21,8 +21,8 @@ import weakref
 import keras
 from keras import ops
 
-from keras_sft import anchors
-from keras_sft import keras_compat
+from keras_sft import _anchors
+from keras_sft import _keras_compat
 
 # The split of each `SFTModel`, with the layer trainability it was made
 # for: kept off the model, whose attributes Keras would track and save.
@@ -73,7 +73,7 @@ def split(model, cached, anchor_batch):
     if (
         cached is not None
         or model.distill_features is not None
-        or anchors.replaces(anchor_batch)
+        or _anchors.replaces(anchor_batch)
     ):
         return None
     key = _trainability(model)
@@ -89,7 +89,7 @@ def _trainability(model):
     which variables the teacher holds (they change when it unshares)."""
     return (
         tuple(
-            layer.trainable for layer in keras_compat.all_layers(model.student)
+            layer.trainable for layer in _keras_compat.all_layers(model.student)
         ),
         tuple(id(w) for w in model.teacher.weights),
     )
@@ -97,8 +97,8 @@ def _trainability(model):
 
 def _build(student, teacher):
     """The `FrozenPrefix` of `student` and `teacher`, or `None`."""
-    student_graph = keras_compat.functional_graph(student)
-    teacher_graph = keras_compat.functional_graph(teacher)
+    student_graph = _keras_compat.functional_graph(student)
+    teacher_graph = _keras_compat.functional_graph(teacher)
     if student_graph is None or teacher_graph is None:
         return None
     shared = {id(w) for w in student.weights}
@@ -137,8 +137,8 @@ def _pair_tensors(student_graph, teacher_graph):
             paired = [t for t in node.output_tensors if id(t) in pairs]
             if not paired:
                 return None
-            student_node, index = keras_compat.producing_node(paired[0])
-            teacher_node, teacher_index = keras_compat.producing_node(
+            student_node, index = _keras_compat.producing_node(paired[0])
+            teacher_node, teacher_index = _keras_compat.producing_node(
                 pairs[id(paired[0])]
             )
             operation = teacher_node.operation
@@ -177,7 +177,7 @@ def _prefix_tensors(student_graph, pairs):
                 id(t) in prefix for t in node.input_tensors
             ):
                 continue
-            teacher_node, _ = keras_compat.producing_node(
+            teacher_node, _ = _keras_compat.producing_node(
                 pairs[id(node.output_tensors[0])]
             )
             if _shareable(node.operation, teacher_node.operation):
@@ -207,7 +207,7 @@ def _shareable(layer, teacher_layer):
     return (
         not layer.trainable_weights
         and weights == [id(w) for w in teacher_layer.weights]
-        and all(map(_deterministic, keras_compat.all_layers(layer)))
+        and all(map(_deterministic, _keras_compat.all_layers(layer)))
     )
 
 
@@ -220,4 +220,4 @@ def _deterministic(layer):
         return not layer.trainable
     # Another library's layer may read `training` in ways not seen here;
     # its nested Functional models are checked layer by layer instead.
-    return not keras_compat.is_random_or_training_dependent(layer)
+    return not _keras_compat.is_random_or_training_dependent(layer)

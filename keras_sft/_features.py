@@ -8,7 +8,7 @@ extractor sharing its layers and returning `(outputs, {name: feature})`.
 import keras
 from keras import ops
 
-from keras_sft import checks
+from keras_sft import _checks
 
 
 def extractors(teacher, student, names):
@@ -36,7 +36,7 @@ def feature_extractor(model, names, role):
             _symbolic(model, "input"), (_symbolic(model, "output"), features)
         )
     except (ValueError, AttributeError) as error:
-        raise checks.argument_error(
+        raise _checks.argument_error(
             "distill_features",
             f"names of layers of the {role}, a built Functional or "
             "Sequential model",
@@ -61,7 +61,7 @@ def check_feature_shapes(teacher_extractor, student_extractor):
     student = student_extractor.output[1]
     for name, feature in student.items():
         if tuple(feature.shape) != tuple(teacher[name].shape):
-            raise checks.argument_error(
+            raise _checks.argument_error(
                 "distill_features",
                 "teacher and student features of the same shape",
                 received=f"layer {name!r} gives "

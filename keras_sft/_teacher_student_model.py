@@ -11,21 +11,21 @@ arguments, its step and its config.
 
 import keras
 
-from keras_sft import anchor_data
+from keras_sft import _anchor_data
+from keras_sft import _fit_cache
+from keras_sft import _keras_compat
+from keras_sft import _sft_loss
+from keras_sft import _shared_teacher
+from keras_sft import _task_preprocessing
 from keras_sft import data_checks
-from keras_sft import fit_cache
-from keras_sft import keras_compat
-from keras_sft import sft_loss
-from keras_sft import shared_teacher
-from keras_sft import task_preprocessing
 
 
 class TeacherStudentModel(keras.Model):
     """A `keras.Model` holding a trained `student` and a frozen `teacher`.
 
     Subclasses set `self.student`, `self.teacher` (shared with the student
-    by `keras_sft.shared_teacher` or given by the user) and
-    `self._student_names` (`keras_sft.outputs.output_names`) in their
+    by `keras_sft._shared_teacher` or given by the user) and
+    `self._student_names` (`keras_sft._outputs.output_names`) in their
     constructor, and define the steps. The model is then built when its
     student is, calls and exports the student, keeps the teacher frozen
     whatever `trainable` is set to, gives the teacher its own copies of
@@ -51,7 +51,7 @@ class TeacherStudentModel(keras.Model):
     """
 
     def compile_from_config(self, config):
-        keras_compat.restore_compile(self, config)
+        _keras_compat.restore_compile(self, config)
 
     @property
     def built(self):
@@ -71,18 +71,18 @@ class TeacherStudentModel(keras.Model):
         # Keras's setter reaches every sublayer, the teacher included; the
         # teacher stays the frozen reference whatever the wrapper is set to.
         if getattr(self, "teacher", None) is not None:
-            shared_teacher.unshare_trained(self)
+            _shared_teacher.unshare_trained(self)
             self.teacher.trainable = False
 
     def make_train_function(self, force=False):
         # Layers the user unfroze since the teacher was made would train
         # the weights the teacher shares: it gets its own copies first.
-        shared_teacher.unshare_trained(self)
+        _shared_teacher.unshare_trained(self)
         return super().make_train_function(force=force)
 
     def load_weights(self, filepath, *args, **kwargs):
         # Keras loads a LoRA layer's merged kernel into its base kernel.
-        shared_teacher.unshare_lora(self)
+        _shared_teacher.unshare_lora(self)
         return super().load_weights(filepath, *args, **kwargs)
 
     def call(self, inputs, training=None):
@@ -107,23 +107,23 @@ class TeacherStudentModel(keras.Model):
         return super().compute_metrics(x, y, y_pred, weights)
 
     def _sample_weights(self, y_pred, sample_weight):
-        return sft_loss.structured_sample_weight(
+        return _sft_loss.structured_sample_weight(
             y_pred, sample_weight, self._student_names
         )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Builds from one replica's batch (`keras_compat.first_replica_batch`)
+        # Builds from one replica's batch (`_keras_compat.first_replica_batch`)
         # and, as Keras builds from 3-tuples, without cached outputs.
         if self._distribute_strategy is not None:
-            batch = keras_compat.first_replica_batch(
+            batch = _keras_compat.first_replica_batch(
                 self.distribute_strategy, iterator, data_batch
             )
             if batch is not None:
-                batch = fit_cache.strip(anchor_data.unpack(batch)[0])
+                batch = _fit_cache.strip(_anchor_data.unpack(batch)[0])
             super()._maybe_symbolic_build(data_batch=batch)
 
     def evaluate(self, *args, **kwargs):
-        arguments = task_preprocessing.inference_arguments(
+        arguments = _task_preprocessing.inference_arguments(
             self.student, keras.Model.evaluate, self, args, kwargs
         )
         with data_checks.one_line_label_errors():
@@ -131,20 +131,20 @@ class TeacherStudentModel(keras.Model):
 
     def predict(self, *args, **kwargs):
         return super().predict(
-            **task_preprocessing.inference_arguments(
+            **_task_preprocessing.inference_arguments(
                 self.student, keras.Model.predict, self, args, kwargs
             )
         )
 
     def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
-        batch = task_preprocessing.batch(self.student, x, y, sample_weight)
+        batch = _task_preprocessing.batch(self.student, x, y, sample_weight)
         return super().train_on_batch(*batch, **kwargs)
 
     def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
-        batch = task_preprocessing.batch(self.student, x, y, sample_weight)
+        batch = _task_preprocessing.batch(self.student, x, y, sample_weight)
         return super().test_on_batch(*batch, **kwargs)
 
     def predict_on_batch(self, x):
         return super().predict_on_batch(
-            task_preprocessing.batch(self.student, x)[0]
+            _task_preprocessing.batch(self.student, x)[0]
         )

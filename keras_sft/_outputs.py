@@ -13,7 +13,7 @@ import math
 import keras
 from keras import ops
 
-from keras_sft import checks
+from keras_sft import _checks
 
 
 def output_names(model):
@@ -89,7 +89,7 @@ def check_distill_weight_names(distill_weights, distilled, features):
         return
     known = [*distilled, *(features or [])]
     if set(distill_weights) - set(known):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             "distill_weights",
             f"keys among the distilled outputs and features {known}",
             distill_weights,

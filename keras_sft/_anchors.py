@@ -15,16 +15,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sft import anchor_data
-from keras_sft import checks
-from keras_sft import features
-from keras_sft import fit_cache
-from keras_sft import keras_compat
+from keras_sft import _anchor_data
+from keras_sft import _checks
+from keras_sft import _features
+from keras_sft import _fit_cache
+from keras_sft import _keras_compat
 
 # `SFTModel.fit`'s signature: Keras's, then the anchor options.
-FIT_SIGNATURE = fit_cache.FIT_SIGNATURE.replace(
+FIT_SIGNATURE = _fit_cache.FIT_SIGNATURE.replace(
     parameters=[
-        *fit_cache.FIT_SIGNATURE.parameters.values(),
+        *_fit_cache.FIT_SIGNATURE.parameters.values(),
         inspect.Parameter(
             "anchor_x", inspect.Parameter.KEYWORD_ONLY, default=None
         ),
@@ -48,10 +48,10 @@ def fit_arguments(
     arguments that it already applied (`y`, `sample_weight`,
     `class_weight`, `batch_size`, `validation_split`) are cleared.
     """
-    checks.check_one_of("anchor_mode", anchor_mode, anchor_data.MODES)
+    _checks.check_one_of("anchor_mode", anchor_mode, _anchor_data.MODES)
     if anchor_x is None:
         if anchor_batch_size is not None:
-            raise checks.argument_error(
+            raise _checks.argument_error(
                 "anchor_batch_size",
                 "None without `anchor_x`",
                 anchor_batch_size,
@@ -59,14 +59,14 @@ def fit_arguments(
         return arguments
     check_anchor_x(anchor_x, model.student)
     if isinstance(anchor_x, tf.data.Dataset) and anchor_batch_size is not None:
-        raise checks.argument_error(
+        raise _checks.argument_error(
             "anchor_batch_size",
             "None when `anchor_x` is a dataset (its batches are used as "
             "they are)",
             anchor_batch_size,
         )
     if anchor_batch_size is not None:
-        checks.check_int("anchor_batch_size", anchor_batch_size, minimum=1)
+        _checks.check_int("anchor_batch_size", anchor_batch_size, minimum=1)
     arguments = dict(arguments)
     x, y, sample_weight = (
         arguments.get(name) for name in ("x", "y", "sample_weight")
@@ -74,12 +74,12 @@ def fit_arguments(
     validation_split = arguments.get("validation_split")
     if validation_split and arguments.get("validation_data") is None:
         (x, y, sample_weight), arguments["validation_data"] = (
-            keras_compat.train_validation_split(
+            _keras_compat.train_validation_split(
                 (x, y, sample_weight), validation_split
             )
         )
     batch_size = arguments.get("batch_size")
-    adapter = keras_compat.data_adapter(
+    adapter = _keras_compat.data_adapter(
         x,
         y,
         sample_weight,
@@ -89,17 +89,17 @@ def fit_arguments(
         arguments.get("class_weight"),
     )
     if anchor_batch_size is None and not isinstance(anchor_x, tf.data.Dataset):
-        anchor_batch_size = adapter.batch_size or anchor_data.first_batch_size(
+        anchor_batch_size = adapter.batch_size or _anchor_data.first_batch_size(
             adapter
         )
-    anchor_batches = anchor_data.anchor_batches(
+    anchor_batches = _anchor_data.anchor_batches(
         model,
         anchor_x,
         batch_size=anchor_batch_size,
-        reads=anchor_data.anchor_reads(adapter, arguments, anchor_batch_size),
+        reads=_anchor_data.anchor_reads(adapter, arguments, anchor_batch_size),
     )
     arguments.update(
-        x=anchor_data.AnchoredData(adapter, anchor_batches, anchor_mode),
+        x=_anchor_data.AnchoredData(adapter, anchor_batches, anchor_mode),
         y=None,
         sample_weight=None,
         class_weight=None,
@@ -117,7 +117,7 @@ def check_anchor_x(anchor_x, student):
     """Raises `ValueError` unless `anchor_x` can feed `student`."""
     if isinstance(anchor_x, tf.data.Dataset):
         if next(iter(anchor_x.take(1)), None) is None:
-            raise checks.argument_error(
+            raise _checks.argument_error(
                 "anchor_x", "a non-empty dataset", received="an empty dataset"
             )
         spec = keras.utils.unpack_x_y_sample_weight(anchor_x.element_spec)[0]
@@ -127,7 +127,7 @@ def check_anchor_x(anchor_x, student):
     if not leaves or not all(
         isinstance(leaf, (np.ndarray, tf.Tensor)) for leaf in leaves
     ):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             "anchor_x",
             "a NumPy array or tensor (or a list or dict of them, one per "
             "input of the student), or a `tf.data.Dataset` of batches of "
@@ -136,7 +136,7 @@ def check_anchor_x(anchor_x, student):
         )
     lengths = {int(leaf.shape[0]) if leaf.shape else 0 for leaf in leaves}
     if len(lengths) != 1 or 0 in lengths:
-        raise checks.argument_error(
+        raise _checks.argument_error(
             "anchor_x",
             "arrays with the same number (> 0) of examples along their "
             "first axis",
@@ -148,7 +148,7 @@ def check_anchor_x(anchor_x, student):
         if np.issubdtype(values.dtype, np.floating):
             bad = int(np.sum(~np.isfinite(values)))
             if bad:
-                raise checks.argument_error(
+                raise _checks.argument_error(
                     "anchor_x",
                     "finite values",
                     received=f"anchor_x with {bad} NaN or Inf values",
@@ -170,7 +170,7 @@ def _check_shapes(shapes, student):
         _compatible(r, e) for r, e in zip(received, expected, strict=True)
     )
     if not matching:
-        raise checks.argument_error(
+        raise _checks.argument_error(
             "anchor_x",
             f"inputs of the student's input shapes {expected}",
             received=f"anchor_x of shapes {received}",
@@ -195,7 +195,7 @@ def teacher_forward(model, anchors):
     """The teacher's `(outputs, features)` on the anchors, or `None`."""
     if anchors is None:
         return None
-    return features.teacher_forward(
+    return _features.teacher_forward(
         model.teacher,
         model._teacher_extractor,
         anchors.inputs,
@@ -209,6 +209,6 @@ def with_student(model, anchors, teacher):
     anchor batches), or `None` without anchors."""
     if anchors is None:
         return None
-    return teacher, features.student_forward(
+    return teacher, _features.student_forward(
         model.student, model._student_extractor, anchors.inputs, training=True
     )

@@ -4,9 +4,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_sft import _keras_compat
+from keras_sft import _outputs
 from keras_sft import distances
-from keras_sft import keras_compat
-from keras_sft import outputs
 
 
 def num_replicas():
@@ -52,7 +52,7 @@ def track(loss_tracker, trackers, x, total, terms):
     for tracker, value in values:
         if replicas > 1:
             value = value * replicas
-        keras_compat.accumulate(tracker, value, batch_size)
+        _keras_compat.accumulate(tracker, value, batch_size)
 
 
 def output_sample_weights(y_pred, sample_weight, names):
@@ -62,16 +62,16 @@ def output_sample_weights(y_pred, sample_weight, names):
     (`names`, the student's output names, or `None` if unknown).
     """
     if not keras.tree.is_nested(y_pred):
-        return outputs.expand_sample_weight(sample_weight, y_pred)
-    predictions = outputs.by_name(y_pred, names)
+        return _outputs.expand_sample_weight(sample_weight, y_pred)
+    predictions = _outputs.by_name(y_pred, names)
     if sample_weight is None:
         return dict.fromkeys(predictions)
     if keras.tree.is_nested(sample_weight):
-        weights = outputs.by_name(sample_weight, list(predictions))
+        weights = _outputs.by_name(sample_weight, list(predictions))
     else:
         weights = dict.fromkeys(predictions, sample_weight)
     return {
-        name: outputs.expand_sample_weight(weights.get(name), output)
+        name: _outputs.expand_sample_weight(weights.get(name), output)
         for name, output in predictions.items()
     }
 
@@ -237,11 +237,11 @@ class SFTLoss:
         """The weighted task loss and `{<output>_task_loss: unweighted}`."""
         if not keras.tree.is_nested(y_pred):
             return self.task_loss(y, y_pred, weights), {}
-        predictions = outputs.by_name(y_pred, self.student_names)
-        labels = outputs.by_name(y, list(predictions))
+        predictions = _outputs.by_name(y_pred, self.student_names)
+        labels = _outputs.by_name(y, list(predictions))
         total = 0.0
         terms = {}
-        losses = outputs.output_losses(
+        losses = _outputs.output_losses(
             self.loss, self.loss_weights, list(predictions)
         )
         for name, (loss, loss_weight) in losses.items():
@@ -260,11 +260,11 @@ class SFTLoss:
             y_pred
         ):
             return self.distance_loss(teacher_pred, y_pred, weights), {}
-        teacher = outputs.by_name(teacher_pred, self.teacher_names)
-        student = outputs.by_name(y_pred, self.student_names)
+        teacher = _outputs.by_name(teacher_pred, self.teacher_names)
+        student = _outputs.by_name(y_pred, self.student_names)
         if not isinstance(weights, dict):
             weights = dict.fromkeys(student, weights)
-        names = outputs.distilled_names(
+        names = _outputs.distilled_names(
             list(student), list(teacher), self.distill_outputs
         )
         total = 0.0
@@ -286,7 +286,7 @@ class SFTLoss:
             value = self.distance_loss(
                 teacher_features[name],
                 student,
-                sample_weight=outputs.expand_sample_weight(weights, student),
+                sample_weight=_outputs.expand_sample_weight(weights, student),
             )
             total += self.distill_weights.get(name, 1.0) * value
             terms[f"{name}_distill_loss"] = value

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_sft import keras_compat
+from keras_sft import _keras_compat
 from keras_sft.teacher import clone_teacher
 
 
@@ -40,7 +40,7 @@ def shared_teacher(student):
 
     ```python
     student.get_layer("dense").enable_lora(4)
-    teacher = keras_sft.shared_teacher.shared_teacher(student)
+    teacher = keras_sft._shared_teacher.shared_teacher(student)
     ```
 
     Args:
@@ -55,16 +55,16 @@ def shared_teacher(student):
         return teacher
     trained = {id(w) for w in student.trainable_weights}
     for student_layer, teacher_layer in pairs:
-        adapters = keras_compat.lora_adapters(student_layer)
+        adapters = _keras_compat.lora_adapters(student_layer)
         # `enable_lora` starts the `_b` factor at zero, so that the adapted
         # layer computes what the base layer does until it trains.
         if any(a.name.endswith("_b") and _nonzero(a) for a in adapters):
             continue
         if adapters:
-            keras_compat.disable_lora(teacher_layer)
+            _keras_compat.disable_lora(teacher_layer)
         teacher_weights = {
             w.name: w
-            for ws in keras_compat.own_weights(teacher_layer)
+            for ws in _keras_compat.own_weights(teacher_layer)
             for w in ws
         }
         for weight in _shareable(student_layer, trained):
@@ -74,7 +74,7 @@ def shared_teacher(student):
                 and copy.shape == weight.shape
                 and copy.dtype == weight.dtype
             ):
-                keras_compat.replace_weight(teacher_layer, copy, weight)
+                _keras_compat.replace_weight(teacher_layer, copy, weight)
     return teacher
 
 
@@ -104,7 +104,7 @@ def unshare_lora(model):
     student's merged kernel into the teacher's; call this before loading.
     """
     return _unshare(
-        model, lambda layer, weight: bool(keras_compat.lora_adapters(layer))
+        model, lambda layer, weight: bool(_keras_compat.lora_adapters(layer))
     )
 
 
@@ -117,8 +117,8 @@ def owned_weights(student, teacher):
 def _layer_pairs(student, teacher):
     """Each layer of `student` with the same layer of `teacher`, or `None`
     where the two models are not built alike."""
-    student_layers = keras_compat.all_layers(student)
-    teacher_layers = keras_compat.all_layers(teacher)
+    student_layers = _keras_compat.all_layers(student)
+    teacher_layers = _keras_compat.all_layers(teacher)
     if len(student_layers) != len(teacher_layers) or any(
         type(s) is not type(t) or s.name != t.name
         for s, t in zip(student_layers, teacher_layers, strict=True)
@@ -129,8 +129,8 @@ def _layer_pairs(student, teacher):
 
 def _shareable(layer, trained):
     """The own weights of `layer` that training the student cannot change."""
-    weights, others = keras_compat.own_weights(layer)
-    adapters = {id(w) for w in keras_compat.lora_adapters(layer)}
+    weights, others = _keras_compat.own_weights(layer)
+    adapters = {id(w) for w in _keras_compat.lora_adapters(layer)}
     shareable = [
         w for w in weights if id(w) not in trained and id(w) not in adapters
     ]
@@ -146,11 +146,11 @@ def _shareable(layer, trained):
 def _shared(student_layer, teacher_layer):
     """The own weights of `teacher_layer` that are `student_layer`'s."""
     student_weights = {
-        id(w) for ws in keras_compat.own_weights(student_layer) for w in ws
+        id(w) for ws in _keras_compat.own_weights(student_layer) for w in ws
     }
     return [
         w
-        for ws in keras_compat.own_weights(teacher_layer)
+        for ws in _keras_compat.own_weights(teacher_layer)
         for w in ws
         if id(w) in student_weights
     ]
@@ -173,7 +173,7 @@ def _unshare(model, condition):
                     trainable=False,
                     name=weight.name,
                 )
-            keras_compat.replace_weight(teacher_layer, weight, copy)
+            _keras_compat.replace_weight(teacher_layer, weight, copy)
             copied = True
     if copied:
         # Traced functions hold the variables they read.

@@ -1,9 +1,9 @@
 """Private: when and how `SFTModel.fit` caches the teacher's outputs.
 
 Given arrays and two or more epochs, on one device, `fit` packs each
-example's position beside its inputs (`lazy_teacher_cache.pack`), and the
+example's position beside its inputs (`_lazy_teacher_cache.pack`), and the
 steps of the first epoch store the live teacher's outputs in a buffer by
-position, which later epochs read (`lazy_teacher_cache.LazyTeacherCache`):
+position, which later epochs read (`_lazy_teacher_cache.LazyTeacherCache`):
 no separate pass, so the cache costs nothing the live teacher does not
 already pay. Under a `tf.distribute` strategy, where replicas cannot
 scatter into one buffer, `fit` runs the teacher once, in one `predict`
@@ -19,8 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sft import keras_compat
-from keras_sft import lazy_teacher_cache
+from keras_sft import _keras_compat
+from keras_sft import _lazy_teacher_cache
 from keras_sft import teacher_cache
 
 # `SFTModel.fit` takes `keras.Model.fit`'s arguments by position or name.
@@ -48,7 +48,7 @@ def cached_teacher(model, arguments, *, enabled=True):
 def unpack(model, data):
     """`(x, y, sample_weight, teacher_outputs)` of a step's batch, the
     outputs `None` where the teacher must run live."""
-    data, index = lazy_teacher_cache.split(data)
+    data, index = _lazy_teacher_cache.split(data)
     x, y, sample_weight, cached = teacher_cache.unpack(data)
     if index is not None:
         cached = model._lazy_teacher_cache.outputs(x, index)
@@ -57,7 +57,7 @@ def unpack(model, data):
 
 def strip(data):
     """A batch as Keras's 3-tuple, without positions or cached outputs."""
-    return teacher_cache.unpack(lazy_teacher_cache.split(data)[0])[:3]
+    return teacher_cache.unpack(_lazy_teacher_cache.split(data)[0])[:3]
 
 
 def _lazy_cache(model, x):
@@ -65,8 +65,8 @@ def _lazy_cache(model, x):
     # Made once per model: the traced train function captures the buffers.
     cache = getattr(model, "_lazy_teacher_cache", None)
     if cache is None or cache.teacher is not model.teacher:
-        spec = lazy_teacher_cache.buffer_spec(model.teacher, x)
-        cache = lazy_teacher_cache.LazyTeacherCache(model.teacher, spec)
+        spec = _lazy_teacher_cache.buffer_spec(model.teacher, x)
+        cache = _lazy_teacher_cache.LazyTeacherCache(model.teacher, spec)
         model._lazy_teacher_cache = cache
     return cache
 
@@ -76,11 +76,11 @@ def _with_example_index(cache, arguments):
     array `validation_data`, after the training examples')."""
     arguments = dict(arguments)
     size = _length(arguments["x"])
-    arguments["x"] = lazy_teacher_cache.pack(arguments["x"], np.arange(size))
+    arguments["x"] = _lazy_teacher_cache.pack(arguments["x"], np.arange(size))
     validation = _array_validation(arguments)
     if validation is not None:
         count = _length(validation[0])
-        inputs = lazy_teacher_cache.pack(
+        inputs = _lazy_teacher_cache.pack(
             validation[0], np.arange(size, size + count)
         )
         arguments["validation_data"] = (inputs, *validation[1:])
@@ -139,7 +139,7 @@ def caches_teacher(model, arguments):
         # Cached outputs hold no intermediate features.
         and model.distill_features is None
         and model.lambda_ != 0.0
-        and not keras_compat.in_multi_worker_mode(model.distribute_strategy)
+        and not _keras_compat.in_multi_worker_mode(model.distribute_strategy)
         and outputs_fit_beside(model.teacher, x)
     )
 
@@ -164,11 +164,11 @@ def outputs_fit_beside(teacher, x):
     larger, and there the live teacher, which needs no memory per
     example, is the safer default.
     """
-    spec = lazy_teacher_cache.buffer_spec(teacher, x)
+    spec = _lazy_teacher_cache.buffer_spec(teacher, x)
     if spec is None:
         return False
     leaves = keras.tree.flatten(x)
-    return lazy_teacher_cache.bytes_per_example(spec) * int(
+    return _lazy_teacher_cache.bytes_per_example(spec) * int(
         leaves[0].shape[0]
     ) <= sum(
         math.prod(leaf.shape) * tf.as_dtype(leaf.dtype).size for leaf in leaves
