@@ -35,7 +35,7 @@ def cached_teacher(model, arguments, *, enabled=True):
         yield arguments
         return
     # Keras records a strategy only when the model is made in its scope.
-    if model._distribute_strategy is not None:
+    if _keras_compat.made_in_strategy_scope(model):
         yield with_predicted_teacher(model, arguments)
         return
     cache = _lazy_cache(model, arguments["x"])

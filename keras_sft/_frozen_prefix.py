@@ -113,7 +113,7 @@ def _build(student, teacher):
     if prefix is None or any(id(t) in prefix for t in outputs):
         return None
     frontier = _frontier(student_graph, prefix)
-    if any(getattr(t, "_keras_mask", None) is not None for t in frontier):
+    if any(map(_keras_compat.has_mask, frontier)):
         return None
     return FrozenPrefix(
         keras.Model(student_graph[0], frontier),

@@ -1,9 +1,13 @@
-"""Private: the places where keras-sft reaches into Keras or TF internals.
+"""Private: every place where keras-sft reaches into Keras or TF internals.
 
-Each function works around a behaviour of Keras 3.15 / TensorFlow 2.21 and
-says which, with the upstream issue where one is filed. `SFTModel`'s
-overrides of private `keras.Model` hooks call these and nothing else, so
-an upgrade of Keras is checked here first.
+Each entry uses a private Keras or TensorFlow name (`keras.src`,
+`tf.__internal__`, an attribute or hook with a leading underscore), says
+why no public API serves, names the upstream issue where one is filed,
+and the versions it was checked on: all were checked on Keras 3.15.1 with
+TensorFlow 2.21.0, the versions `setup.cfg` allows (`KERAS_VERSIONS`). A
+Keras upgrade is checked against this file first;
+`tests/test_keras_compat.py` keeps private names out of every other
+module.
 """
 
 import warnings
@@ -15,11 +19,71 @@ from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters import array_slicing
 from keras.src.utils import tracking
 
+# The Keras releases whose internals these entries were checked against,
+# as `setup.cfg` pins them (`keras>=3.15,<3.16`).
+KERAS_VERSIONS = ("3.15",)
+
+
+class OneReplicaSymbolicBuild(keras.Model):
+    """A `keras.Model` whose symbolic build under a strategy reads the
+    first replica's part of the first batch.
+
+    Work-around for Keras 3.15 (no upstream issue found; checked on Keras
+    3.15.1): before building the compiled loss and metrics from the first
+    batch's shapes, the private hook `keras.Model._maybe_symbolic_build`
+    averages that batch over replicas with `strategy.reduce`, which
+    `MultiWorkerMirroredStrategy` cannot do on per-replica data ("Attempt
+    to convert a value (PerReplica:{...}) ... to a Tensor"). One replica's
+    part has the same shapes. Subclasses give, in `_symbolic_build_batch`,
+    the `(x, y, sample_weight)` that Keras should build from.
+    """
+
+    def _symbolic_build_batch(self, batch):
+        """Keras's `(x, y, sample_weight)` of a batch of `fit`'s data."""
+        return batch
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # As in Keras: no symbolic build for a model made outside a
+        # strategy's scope.
+        if self._distribute_strategy is not None:
+            batch = first_replica_batch(
+                self.distribute_strategy, iterator, data_batch
+            )
+            if batch is not None:
+                batch = self._symbolic_build_batch(batch)
+            super()._maybe_symbolic_build(data_batch=batch)
+
+
+def made_in_strategy_scope(model):
+    """Whether `model` was made inside a `tf.distribute` strategy's scope."""
+    # Keras records that strategy in the private `_distribute_strategy`
+    # only then (`distribute_strategy` falls back to the current one).
+    # Checked on Keras 3.15.1.
+    return model._distribute_strategy is not None
+
+
+def compile_loss(model):
+    """Keras's `CompileLoss` of a compiled `model` (`None` before)."""
+    # `compile` builds it from `loss` and `loss_weights` and keeps it in
+    # the private `_compile_loss`; `compute_loss` calls it with the whole
+    # sample weights, where `SFTModel` needs it per output. Checked on
+    # Keras 3.15.1.
+    return model._compile_loss
+
+
+def loss_tracker(model):
+    """Keras's `Mean` tracker of the `loss` log of a compiled `model`."""
+    # A custom `train_step` that logs `loss` updates this private tracker
+    # (Keras's own `compute_loss` does) so that `loss` stays first in the
+    # logs and in `model.metrics`. Checked on Keras 3.15.1.
+    return model._loss_tracker
+
 
 def in_multi_worker_mode(strategy):
     """Whether `strategy` is a `MultiWorkerMirroredStrategy` over >1 worker."""
     # No public API tells one worker from several: the strategy's private
     # `extended._in_multi_worker_mode()` is what Keras's TF trainer reads.
+    # Checked on Keras 3.15.1 and TensorFlow 2.21.0.
     return (
         isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         and strategy.extended._in_multi_worker_mode()
@@ -27,14 +91,9 @@ def in_multi_worker_mode(strategy):
 
 
 def first_replica_batch(strategy, iterator=None, data_batch=None):
-    """The first batch that Keras's symbolic build should see, or `None`.
-
-    Work-around for Keras 3.15 (no upstream issue found): before building
-    the compiled loss and metrics from the first batch's shapes,
-    `keras.Model._maybe_symbolic_build` averages that batch over replicas
-    with `strategy.reduce`, which `MultiWorkerMirroredStrategy` cannot do
-    on per-replica data. One replica's part has the same shapes.
-    """
+    """The first replica's part of the first batch of `iterator` (Keras's
+    epoch iterator) or of `data_batch`, or `None` (see
+    `OneReplicaSymbolicBuild`)."""
     if iterator is not None and data_batch is None:
         for _, _, batches in iterator:
             data_batch = next(batches)
@@ -56,7 +115,7 @@ def reducible_logs(strategy, logs):
     # Under multiple workers Keras reduces each returned log with
     # `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars
     # (keras-team/keras#20585); a leading axis of one reduces to the
-    # same scalar mean.
+    # same scalar mean. Checked on Keras 3.15.1.
     if not in_multi_worker_mode(strategy):
         return logs
     return {key: ops.expand_dims(value, 0) for key, value in logs.items()}
@@ -68,7 +127,7 @@ def accumulate(tracker, mean, count):
     # metric's `total` and `count` variables (attributes of Keras's
     # `Reduce` metric, not documented API), without its broadcasting and
     # reductions: 16 graph ops fewer per tracker, which counts when a step
-    # of a small model takes a few milliseconds.
+    # of a small model takes a few milliseconds. Checked on Keras 3.15.1.
     tracker.total.assign_add(ops.cast(mean, tracker.dtype) * count)
     tracker.count.assign_add(count)
 
@@ -79,6 +138,7 @@ def restore_compile(model, config):
     # load, Keras skips `compile_from_config` for models that override
     # `compile`, since their signature may differ. `SFTModel.compile` keeps
     # Keras's signature, so the saved compile arguments apply as they are.
+    # Checked on Keras 3.15.1.
     model.compile(**keras.saving.deserialize_keras_object(config))
     if model.built:
         model.optimizer.build(model.trainable_variables)
@@ -87,7 +147,8 @@ def restore_compile(model, config):
 # Keras's base class of its input adapters. `keras.Model.fit` takes an
 # instance as `x` and uses it as it is (Keras 3.15's `get_data_adapter`
 # lets custom adapters through), so `keras_sft._anchors` wraps Keras's own
-# adapter of the user's data and keeps its epoch sizes and hooks.
+# adapter of the user's data and keeps its epoch sizes and hooks. Checked on
+# Keras 3.15.1.
 DataAdapter = data_adapters.data_adapter.DataAdapter
 
 
@@ -97,6 +158,7 @@ def data_adapter(
     """Keras's adapter of `fit`'s data, as `keras.Model.fit` builds it."""
     # No public API returns it; `fit` builds it in its epoch iterator from
     # these very arguments (arrays, datasets, generators, `PyDataset`).
+    # Checked on Keras 3.15.1.
     return data_adapters.get_data_adapter(
         x=x,
         y=y,
@@ -111,7 +173,7 @@ def data_adapter(
 def train_validation_split(arrays, validation_split):
     """`keras.Model.fit`'s `validation_split`: the last fraction of arrays."""
     # The private helper `fit` itself calls, so that the split, its order
-    # and its error for non-arrays are Keras's.
+    # and its error for non-arrays are Keras's. Checked on Keras 3.15.1.
     return array_slicing.train_validation_split(
         arrays, validation_split=validation_split
     )
@@ -122,7 +184,7 @@ def apply_gradients(optimizer, gradients, trainable_weights):
     # Keras's own `train_step` (keras/src/backend/tensorflow/trainer.py)
     # skips the update with this warning for a model with no trainable
     # weights (`model.trainable = False`); `apply_gradients` of an empty
-    # list fails ("not enough values to unpack").
+    # list fails ("not enough values to unpack"). Checked on Keras 3.15.1.
     if not trainable_weights:
         warnings.warn(
             "The model does not have any trainable weights.", stacklevel=2
@@ -133,7 +195,8 @@ def apply_gradients(optimizer, gradients, trainable_weights):
 
 def output_layer(model):
     """The layer that makes a Functional or Sequential model's single
-    output (Keras records it only in the output tensor's private history)."""
+    output (Keras records it only in the output tensor's private history;
+    checked on Keras 3.15.1)."""
     if isinstance(model, keras.Sequential):
         return model.layers[-1]
     return model.outputs[0]._keras_history.operation
@@ -143,6 +206,7 @@ def own_weights(layer):
     """`layer`'s own weights (not its sublayers'): `(trainable, other)`."""
     # Keras 3.15 keeps them in these two tracker lists, in creation order,
     # which is the order `save_own_variables` of a generic layer writes.
+    # Checked on Keras 3.15.1.
     return layer._trainable_variables, layer._non_trainable_variables
 
 
@@ -154,6 +218,7 @@ def replace_weight(layer, old, new):
     """
     # No public API swaps a built layer's variable. Attribute assignment
     # outside `DotNotTrackScope` would append `new` to the tracker list.
+    # Checked on Keras 3.15.1.
     with tracking.DotNotTrackScope():
         for name, value in list(vars(layer).items()):
             if value is old:
@@ -167,7 +232,8 @@ def replace_weight(layer, old, new):
 def lora_adapters(layer):
     """The LoRA adapter variables of `layer` (`[]` where LoRA is off)."""
     # Keras 3.15's `enable_lora` (Dense, EinsumDense, Embedding, the
-    # convolutions) adds weights named `lora_*_a` and `lora_*_b`.
+    # convolutions) adds weights named `lora_*_a` and `lora_*_b`. Checked
+    # on Keras 3.15.1.
     if not getattr(layer, "lora_enabled", False):
         return []
     trainable, other = own_weights(layer)
@@ -177,7 +243,8 @@ def lora_adapters(layer):
 def disable_lora(layer):
     """Removes `layer`'s LoRA adapters: it computes with its base weights."""
     # Keras has no `disable_lora`. With `lora_rank=None` the layer's
-    # config and saving are those of a layer that never had LoRA.
+    # config and saving are those of a layer that never had LoRA. Checked
+    # on Keras 3.15.1.
     adapters = lora_adapters(layer)
     for name, value in list(vars(layer).items()):
         if any(value is adapter for adapter in adapters):
@@ -191,7 +258,7 @@ def disable_lora(layer):
 def all_layers(layer, include_self=True):
     """`layer` and every layer nested in it, in Keras's own order."""
     # Keras lists nested layers with the private `_flatten_layers`; the
-    # public `layers` stops at the first level.
+    # public `layers` stops at the first level. Checked on Keras 3.15.1.
     return list(layer._flatten_layers(include_self=include_self))
 
 
@@ -199,7 +266,8 @@ def functional_graph(model):
     """`(inputs, outputs, nodes_by_depth)` of a Functional model's graph (a
     Sequential model's inner one): the input and output structures, and
     the nodes by depth, consumers before producers. `None` for a
-    subclassed model. Keras keeps all three in private attributes."""
+    subclassed model. Keras keeps all three in private attributes
+    (checked on Keras 3.15.1)."""
     graph = getattr(model, "_functional", None) or model
     if not hasattr(graph, "_nodes_by_depth"):
         return None
@@ -208,7 +276,8 @@ def functional_graph(model):
 
 def producing_node(tensor):
     """The graph node that made the symbolic `tensor`, and the tensor's
-    index among its outputs (from the tensor's private history)."""
+    index among its outputs (from the tensor's private history; checked on
+    Keras 3.15.1)."""
     operation, node_index, tensor_index = tensor._keras_history
     return operation._inbound_nodes[node_index], tensor_index
 
@@ -218,7 +287,7 @@ def is_random_or_training_dependent(layer):
     inference beyond `BatchNormalization`: it draws random numbers (Keras
     layers keep their seed generators privately), or it is another
     library's layer (not a nested Functional model) whose `call` takes
-    `training`."""
+    `training` (a private attribute too; checked on Keras 3.15.1)."""
     if getattr(layer, "_seed_generators", None):
         return True
     if type(layer).__module__.startswith("keras."):
@@ -226,3 +295,51 @@ def is_random_or_training_dependent(layer):
     return not hasattr(layer, "_nodes_by_depth") and getattr(
         layer, "_call_has_training_arg", True
     )
+
+
+def has_mask(tensor):
+    """Whether the symbolic `tensor` carries a Keras mask."""
+    # Keras attaches masks to tensors in the private `_keras_mask`; a
+    # masked tensor cannot cross a model boundary without its mask.
+    # Checked on Keras 3.15.1.
+    return getattr(tensor, "_keras_mask", None) is not None
+
+
+def evaluates_inside_fit(arguments):
+    """Whether `keras.Model.evaluate`'s bound `arguments` are `fit`'s own
+    validation call, which reuses the dataset `fit` prepared."""
+    # `fit` passes the private argument `_use_cached_eval_dataset=True`.
+    # Checked on Keras 3.15.1.
+    return bool(arguments.get("_use_cached_eval_dataset"))
+
+
+def dataset_op_types(dataset):
+    """The op types of the graph that makes `dataset`, its functions' ops
+    included (the ops `map`, `filter` or `flat_map` run)."""
+    # No public API lists them; the private `_as_serialized_graph` gives
+    # the `GraphDef` that `tf.data` itself serializes. Checked on
+    # TensorFlow 2.21.0.
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(dataset._as_serialized_graph().numpy())
+    op_types = {node.op for node in graph.node}
+    for function in graph.library.function:
+        op_types.update(node.op for node in function.node_def)
+    return op_types
+
+
+def strategy_supports_no_merge_call():
+    """Whether the current strategy can apply gradients in the replica
+    context, with no `merge_call` (all but the parameter-server ones)."""
+    # The test `keras.optimizers.LossScaleOptimizer` makes, with the same
+    # `tf.__internal__` function. Checked on Keras 3.15.1 and TensorFlow
+    # 2.21.0.
+    return tf.__internal__.distribute.strategy_supports_no_merge_call()
+
+
+def bare_trackable():
+    """An empty object that `tf.saved_model.save` tracks attributes of."""
+    # `tf.Module` keeps `variables` to itself and `tf.train.Checkpoint`
+    # adds a `save_counter`; the bare `AutoTrackable` that Keras's own
+    # `ExportArchive` saves holds just what is set on it. Checked on
+    # TensorFlow 2.21.0.
+    return tf.__internal__.tracking.AutoTrackable()

@@ -256,7 +256,7 @@ def _apply_if(apply, optimizer, gradients, variables, refuse, flags):
     def apply_fn(gradients):
         optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+    if _keras_compat.strategy_supports_no_merge_call():
         ops.cond(apply, lambda: apply_fn(gradients), lambda: refuse(flags))
         return
 

@@ -20,7 +20,7 @@ from keras_sft import _task_preprocessing
 from keras_sft import data_checks
 
 
-class TeacherStudentModel(keras.Model):
+class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
     """A `keras.Model` holding a trained `student` and a frozen `teacher`.
 
     Subclasses set `self.student`, `self.teacher` (shared with the student
@@ -111,16 +111,9 @@ class TeacherStudentModel(keras.Model):
             y_pred, sample_weight, self._student_names
         )
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Builds from one replica's batch (`_keras_compat.first_replica_batch`)
-        # and, as Keras builds from 3-tuples, without cached outputs.
-        if self._distribute_strategy is not None:
-            batch = _keras_compat.first_replica_batch(
-                self.distribute_strategy, iterator, data_batch
-            )
-            if batch is not None:
-                batch = _fit_cache.strip(_anchor_data.unpack(batch)[0])
-            super()._maybe_symbolic_build(data_batch=batch)
+    def _symbolic_build_batch(self, batch):
+        # Keras builds from 3-tuples: without cached outputs or anchors.
+        return _fit_cache.strip(_anchor_data.unpack(batch)[0])
 
     def evaluate(self, *args, **kwargs):
         arguments = _task_preprocessing.inference_arguments(

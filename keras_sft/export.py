@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from keras_sft import _checks
+from keras_sft import _keras_compat
 from keras_sft import _serving_signature
 from keras_sft.sft_model import SFTModel
 
@@ -170,9 +171,8 @@ def export_saved_model(
     # `tf.Variable`s inside them that the traced function captures, and a
     # checkpoint writes each object's value under its own key. Tracking the
     # captured variables alone stores each once.
-    # `tf.Module` keeps `variables` to itself and `tf.train.Checkpoint` adds
-    # a `save_counter`; a bare trackable (as Keras uses) holds just these.
-    root = tf.__internal__.tracking.AutoTrackable()
+    # A bare trackable (as Keras uses) holds just these.
+    root = _keras_compat.bare_trackable()
     root.variables = list(concrete.variables)
     root.resources = resources
     root.serve = serve

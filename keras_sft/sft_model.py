@@ -225,7 +225,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         self._sft_loss = _sft_loss.SFTLoss(
             self.distance,
             temperature=self.temperature,
-            task_loss=self._compile_loss,
+            task_loss=_keras_compat.compile_loss(self),
             loss=loss,
             loss_weights=loss_weights,
             student_names=self._student_names,
@@ -250,7 +250,8 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             )
             terms += [self.output_task_loss_trackers[n] for n in with_loss]
         terms += trackers[2 + len(self.output_task_loss_trackers) :]
-        compiled = self._compile_loss.metrics if self._compile_loss else []
+        compile_loss = _keras_compat.compile_loss(self)
+        compiled = compile_loss.metrics if compile_loss else []
         hidden = [*trackers, *compiled]
         others = [m for m in super().metrics if not any(m is h for h in hidden)]
         return others[:1] + terms + others[1:]
@@ -407,7 +408,11 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         """Tracks the loss terms; returns the step's logs (with a scheduled
         `lambda_`'s current value)."""
         _sft_loss.track(
-            self._loss_tracker, self._term_trackers(), x, total, terms
+            _keras_compat.loss_tracker(self),
+            self._term_trackers(),
+            x,
+            total,
+            terms,
         )
         logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
         if not isinstance(self.lambda_, float):

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sft import _checks
+from keras_sft import _keras_compat
 
 # Keys under which `SFTModel.fit` packs array inputs with cached teacher
 # outputs into `x`, so that Keras's array handling (shuffling,
@@ -216,13 +217,10 @@ def _check_deterministic(dataset):
             "position. Received: a dataset with "
             "`options().deterministic=False`."
         )
-    graph = tf.compat.v1.GraphDef()
-    graph.ParseFromString(dataset._as_serialized_graph().numpy())
-    ops = {node.op for node in graph.node}
-    for function in graph.library.function:
-        ops.update(node.op for node in function.node_def)
     random_ops = sorted(
-        op for op in ops if any(word in op for word in _NONDETERMINISTIC_OPS)
+        op
+        for op in _keras_compat.dataset_op_types(dataset)
+        if any(word in op for word in _NONDETERMINISTIC_OPS)
     )
     if random_ops:
         raise ValueError(
