@@ -2,55 +2,17 @@
 
 Keras's own adapter of the training data is zipped with an endless stream
 of anchor batches, and each batch's inputs are packed with its anchors
-(`_pack`), as `teacher_cache.pack` packs cached outputs, so that Keras's
-distribution splits both across replicas; the step reads them back with
-`unpack`, beside the packing.
+(`_batch.with_anchors`), so that Keras's distribution splits both across
+replicas.
 """
 
-import collections
 import functools
 
 import keras
 import tensorflow as tf
 
+from keras_sft import _batch
 from keras_sft import _keras_compat
-
-MODES = ("replace", "both")
-
-_INPUTS = "_keras_sft_anchored_inputs"
-# One key per mode: the mode then lives in the batch's structure, and a
-# second `fit` with the other mode retraces the step instead of reusing
-# the first one's graph.
-_ANCHORS = {mode: f"_keras_sft_anchors_{mode}" for mode in MODES}
-
-# The anchor part of a batch: inputs, and the teacher's outputs on them
-# where `fit` cached them (else `None`).
-Anchors = collections.namedtuple(
-    "Anchors", ["inputs", "teacher_outputs", "mode"]
-)
-
-
-def unpack(data):
-    """`(data, anchors)`: a batch without its anchors, and an `Anchors`
-    (`None` for a batch without anchors)."""
-    x = data[0] if isinstance(data, tuple) else data
-    if not isinstance(x, dict) or _INPUTS not in x:
-        return data, None
-    (mode,) = [mode for mode, key in _ANCHORS.items() if key in x]
-    anchors = x[_ANCHORS[mode]]
-    anchors = Anchors(anchors["inputs"], anchors.get("teacher_outputs"), mode)
-    if isinstance(data, tuple):
-        return (x[_INPUTS], *data[1:]), anchors
-    return x[_INPUTS], anchors
-
-
-def _pack(mode, data, anchors):
-    """A batch `data` with `anchors` packed into its inputs."""
-    x = data[0] if isinstance(data, tuple) else data
-    packed = {_INPUTS: x, _ANCHORS[mode]: anchors}
-    if isinstance(data, tuple):
-        return (packed, *data[1:])
-    return packed
 
 
 def anchor_batches(model, anchor_x, *, batch_size, reads):
@@ -125,7 +87,7 @@ class AnchoredData(_keras_compat.DataAdapter):
     def get_tf_dataset(self):
         return tf.data.Dataset.zip(
             self._adapter.get_tf_dataset(), self.anchor_batches
-        ).map(functools.partial(_pack, self._mode))
+        ).map(functools.partial(_batch.with_anchors, self._mode))
 
     @property
     def num_batches(self):

@@ -5,7 +5,7 @@ pretraining inputs). `fit` cycles them beside the labelled batches: Keras's
 own adapter of the training data (so `batch_size`, `shuffle`,
 `sample_weight`, `class_weight` and `steps_per_epoch` keep their meaning)
 is zipped with an endless stream of anchor batches, and each batch's
-inputs are packed with its anchors (`anchor_data`), so that Keras's
+inputs are packed with its anchors (`_batch`), so that Keras's
 distribution splits both across replicas.
 """
 
@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_sft import _anchor_data
+from keras_sft import _batch
 from keras_sft import _checks
 from keras_sft import _features
 from keras_sft import _fit_cache
@@ -48,7 +49,7 @@ def fit_arguments(
     arguments that it already applied (`y`, `sample_weight`,
     `class_weight`, `batch_size`, `validation_split`) are cleared.
     """
-    _checks.check_one_of("anchor_mode", anchor_mode, _anchor_data.MODES)
+    _checks.check_one_of("anchor_mode", anchor_mode, _batch.ANCHOR_MODES)
     if anchor_x is None:
         if anchor_batch_size is not None:
             raise _checks.argument_error(

@@ -1,14 +1,13 @@
 """Private: when and how `SFTModel.fit` caches the teacher's outputs.
 
 Given arrays and two or more epochs, on one device, `fit` packs each
-example's position beside its inputs (`_lazy_teacher_cache.pack`), and the
-steps of the first epoch store the live teacher's outputs in a buffer by
-position, which later epochs read (`_lazy_teacher_cache.LazyTeacherCache`):
-no separate pass, so the cache costs nothing the live teacher does not
+example's position beside its inputs (`_batch.pack`), and the steps of the
+first epoch store the live teacher's outputs in a buffer by position,
+which later epochs read (`_lazy_teacher_cache.LazyTeacherCache`): no
+separate pass, so the cache costs nothing the live teacher does not
 already pay. Under a `tf.distribute` strategy, where replicas cannot
 scatter into one buffer, `fit` runs the teacher once, in one `predict`
-pass, and packs its outputs beside the inputs with `teacher_cache.pack`;
-the steps read them back with `teacher_cache.unpack`.
+pass, and packs its outputs beside the inputs (`_batch.pack`).
 """
 
 import contextlib
@@ -19,6 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_sft import _batch
 from keras_sft import _keras_compat
 from keras_sft import _lazy_teacher_cache
 from keras_sft import teacher_cache
@@ -45,19 +45,13 @@ def cached_teacher(model, arguments, *, enabled=True):
         cache.reset(0)
 
 
-def unpack(model, data):
-    """`(x, y, sample_weight, teacher_outputs)` of a step's batch, the
-    outputs `None` where the teacher must run live."""
-    data, index = _lazy_teacher_cache.split(data)
-    x, y, sample_weight, cached = teacher_cache.unpack(data)
-    if index is not None:
-        cached = model._lazy_teacher_cache.outputs(x, index)
-    return x, y, sample_weight, cached
-
-
-def strip(data):
-    """A batch as Keras's 3-tuple, without positions or cached outputs."""
-    return teacher_cache.unpack(_lazy_teacher_cache.split(data)[0])[:3]
+def teacher_outputs(model, batch):
+    """The teacher's outputs on a step's `_batch.Batch` computed before
+    the step or kept by the first epoch, `None` where the teacher must run
+    live."""
+    if batch.example_index is not None:
+        return model._lazy_teacher_cache.outputs(batch.x, batch.example_index)
+    return batch.teacher_outputs
 
 
 def _lazy_cache(model, x):
@@ -76,12 +70,12 @@ def _with_example_index(cache, arguments):
     array `validation_data`, after the training examples')."""
     arguments = dict(arguments)
     size = _length(arguments["x"])
-    arguments["x"] = _lazy_teacher_cache.pack(arguments["x"], np.arange(size))
+    arguments["x"] = _batch.pack(arguments["x"], example_index=np.arange(size))
     validation = _array_validation(arguments)
     if validation is not None:
         count = _length(validation[0])
-        inputs = _lazy_teacher_cache.pack(
-            validation[0], np.arange(size, size + count)
+        inputs = _batch.pack(
+            validation[0], example_index=np.arange(size, size + count)
         )
         arguments["validation_data"] = (inputs, *validation[1:])
         size += count
@@ -178,4 +172,4 @@ def outputs_fit_beside(teacher, x):
 def _with_teacher_outputs(teacher, x, batch_size):
     """Inputs `x` packed with the teacher's outputs on them."""
     outputs = teacher.predict(x, batch_size=batch_size or 32, verbose=0)
-    return teacher_cache.pack(x, outputs)
+    return _batch.pack(x, teacher_outputs=outputs)

@@ -5,11 +5,6 @@ import math
 import keras
 import tensorflow as tf
 
-# Key under which `SFTModel.fit` packs each example's position into `x`,
-# beside the inputs, so that Keras's array shuffling and splitting carry it.
-_INPUTS = "_keras_sft_indexed_inputs"
-_INDEX = "_keras_sft_example_index"
-
 
 class LazyTeacherCache:
     """A buffer of the teacher's outputs, one row per example, filled by
@@ -81,24 +76,6 @@ class LazyTeacherCache:
         return tf.cond(
             tf.reduce_all(tf.gather(self._filled, index)), read, compute
         )
-
-
-def pack(x, index):
-    """Array inputs `x` with each example's position `index`."""
-    return {_INPUTS: x, _INDEX: index}
-
-
-def split(data):
-    """`(data, index)`: a batch without its positions, and the positions
-    (`None` where `data` was not packed by `pack`)."""
-    if isinstance(data, tuple) and len(data) == 4:
-        return data, None
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    if not (isinstance(x, dict) and _INDEX in x):
-        return data, None
-    return keras.utils.pack_x_y_sample_weight(x[_INPUTS], y, sample_weight), x[
-        _INDEX
-    ]
 
 
 def buffer_spec(teacher, x):

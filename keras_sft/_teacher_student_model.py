@@ -11,8 +11,7 @@ arguments, its step and its config.
 
 import keras
 
-from keras_sft import _anchor_data
-from keras_sft import _fit_cache
+from keras_sft import _batch
 from keras_sft import _keras_compat
 from keras_sft import _sft_loss
 from keras_sft import _shared_teacher
@@ -113,7 +112,7 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
 
     def _symbolic_build_batch(self, batch):
         # Keras builds from 3-tuples: without cached outputs or anchors.
-        return _fit_cache.strip(_anchor_data.unpack(batch)[0])
+        return _batch.keras_batch(batch)
 
     def evaluate(self, *args, **kwargs):
         arguments = _task_preprocessing.inference_arguments(

@@ -6,8 +6,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_sft import _anchor_data
 from keras_sft import _anchors
+from keras_sft import _batch
 from keras_sft import _checks
 from keras_sft import _features
 from keras_sft import _fit_cache
@@ -338,8 +338,9 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             return super().train_on_batch(*args, **kwargs)
 
     def train_step(self, data):
-        data, anchor_batch = _anchor_data.unpack(data)
-        x, y, sample_weight, cached = _fit_cache.unpack(self, data)
+        batch = _batch.unpack(data)
+        x, y, sample_weight, _, _, anchor_batch = batch
+        cached = _fit_cache.teacher_outputs(self, batch)
         teacher = None
         # Frozen leading layers the teacher shares run once, for both.
         prefix = _frozen_prefix.split(self, cached, anchor_batch)
@@ -378,7 +379,9 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         return self._step_logs(x, y, sample_weight, student[0], total, terms)
 
     def test_step(self, data):
-        x, y, sample_weight, cached = _fit_cache.unpack(self, data)
+        batch = _batch.unpack(data)
+        x, y, sample_weight = batch[:3]
+        cached = _fit_cache.teacher_outputs(self, batch)
         teacher = _features.teacher_forward(
             self.teacher, self._teacher_extractor, x, cached
         )
