@@ -343,3 +343,35 @@ def bare_trackable():
     # `ExportArchive` saves holds just what is set on it. Checked on
     # TensorFlow 2.21.0.
     return tf.__internal__.tracking.AutoTrackable()
+
+
+# TensorFlow operations that `keras.ops` lacks: a variable whose number of
+# rows changes between calls of a traced function, and reads and writes of
+# some of its rows. `_teacher_outputs._FirstEpochCache` keeps its buffers
+# in them; another backend's step driver would replace these.
+
+
+def resizable_rows(shape, dtype):
+    """A non-trainable variable of rows of `shape`, none yet, that
+    `assign` resizes without invalidating traced functions that read it."""
+    # A `keras.Variable` has a fixed shape. Checked on TensorFlow 2.21.0.
+    return tf.Variable(
+        tf.zeros((0, *shape), dtype),
+        shape=tf.TensorShape([None, *shape]),
+        trainable=False,
+    )
+
+
+def gather_rows(variable, index):
+    """The rows `index` of a `resizable_rows` variable."""
+    # Reads only those rows (`keras.ops.take` reads the whole variable
+    # first). Checked on TensorFlow 2.21.0.
+    return tf.gather(variable, index)
+
+
+def scatter_rows(variable, index, values):
+    """Writes `values` into the rows `index` of a `resizable_rows`
+    variable, in place."""
+    # `keras.ops.scatter_update` returns a new tensor: assigning it would
+    # copy the whole variable at every step. Checked on TensorFlow 2.21.0.
+    variable.scatter_update(tf.IndexedSlices(values, index))

@@ -40,7 +40,7 @@ def shared_teacher(student):
 
     ```python
     student.get_layer("dense").enable_lora(4)
-    teacher = keras_sft._shared_teacher.shared_teacher(student)
+    teacher = _shared_teacher.shared_teacher(student)
     ```
 
     Args:
@@ -78,33 +78,40 @@ def shared_teacher(student):
     return teacher
 
 
-def unshare_trained(model):
-    """Copies into the teacher the shared weights the student now trains.
+def unshare_trained(student, teacher, strategy):
+    """Copies into `teacher` the weights it shares with `student` that the
+    student now trains.
 
-    `model` is an `SFTModel`. The copies take the shared variables'
-    current values, so call this before training changes them. Returns
-    whether any was copied; steps traced before then read the student's
-    variables, so they are dropped.
+    The copies take the shared variables' current values, so call this
+    before training changes them; they are made in `strategy`'s scope.
+    Returns whether any was copied: functions traced before then read the
+    student's variables.
     """
-    trained = {id(w) for w in model.student.trainable_weights}
+    trained = {id(w) for w in student.trainable_weights}
     return _unshare(
-        model,
+        student,
+        teacher,
+        strategy,
         lambda layer, weight: all(
             weight is not w for w in _shareable(layer, trained)
         ),
     )
 
 
-def unshare_lora(model):
-    """Copies into the teacher the base weights it shares with LoRA layers.
+def unshare_lora(student, teacher, strategy):
+    """Copies into `teacher` the base weights it shares with `student`'s
+    LoRA layers; returns whether any was copied.
 
     Keras saves a LoRA layer's kernel with its adapters merged in, and
     loads that merged kernel into the base kernel (zeroing the adapters),
-    so loading weights into `model` (an `SFTModel`) would write the
-    student's merged kernel into the teacher's; call this before loading.
+    so loading weights into the student would write its merged kernel
+    into the teacher's; call this before loading.
     """
     return _unshare(
-        model, lambda layer, weight: bool(_keras_compat.lora_adapters(layer))
+        student,
+        teacher,
+        strategy,
+        lambda layer, weight: bool(_keras_compat.lora_adapters(layer)),
     )
 
 
@@ -156,17 +163,16 @@ def _shared(student_layer, teacher_layer):
     ]
 
 
-def _unshare(model, condition):
-    """Gives the teacher of `model` its own copy of each weight it shares
-    with a student layer where `condition(layer, weight)` holds."""
+def _unshare(student, teacher, strategy, condition):
+    """Gives `teacher` its own copy of each weight it shares with a
+    `student` layer where `condition(layer, weight)` holds; returns
+    whether any was copied."""
     copied = False
-    for student_layer, teacher_layer in (
-        _layer_pairs(model.student, model.teacher) or []
-    ):
+    for student_layer, teacher_layer in _layer_pairs(student, teacher) or []:
         for weight in _shared(student_layer, teacher_layer):
             if not condition(student_layer, weight):
                 continue
-            with model.distribute_strategy.scope():
+            with strategy.scope():
                 copy = keras.Variable(
                     ops.convert_to_tensor(weight),
                     dtype=weight.dtype,
@@ -175,12 +181,6 @@ def _unshare(model, condition):
                 )
             _keras_compat.replace_weight(teacher_layer, weight, copy)
             copied = True
-    if copied:
-        # Traced functions hold the variables they read.
-        for traced in (model, model.teacher):
-            traced.train_function = None
-            traced.test_function = None
-            traced.predict_function = None
     return copied
 
 

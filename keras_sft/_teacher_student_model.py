@@ -70,19 +70,30 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         # Keras's setter reaches every sublayer, the teacher included; the
         # teacher stays the frozen reference whatever the wrapper is set to.
         if getattr(self, "teacher", None) is not None:
-            _shared_teacher.unshare_trained(self)
+            self._unshare(_shared_teacher.unshare_trained)
             self.teacher.trainable = False
 
     def make_train_function(self, force=False):
         # Layers the user unfroze since the teacher was made would train
         # the weights the teacher shares: it gets its own copies first.
-        _shared_teacher.unshare_trained(self)
+        self._unshare(_shared_teacher.unshare_trained)
         return super().make_train_function(force=force)
 
     def load_weights(self, filepath, *args, **kwargs):
         # Keras loads a LoRA layer's merged kernel into its base kernel.
-        _shared_teacher.unshare_lora(self)
+        self._unshare(_shared_teacher.unshare_lora)
         return super().load_weights(filepath, *args, **kwargs)
+
+    def _unshare(self, unshare):
+        """Gives the teacher its own copies of the weights `unshare`
+        (`_shared_teacher.unshare_trained` or `unshare_lora`) picks, and
+        drops the functions traced with the shared ones."""
+        if unshare(self.student, self.teacher, self.distribute_strategy):
+            # Traced functions hold the variables they read.
+            for traced in (self, self.teacher):
+                traced.train_function = None
+                traced.test_function = None
+                traced.predict_function = None
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)

@@ -1,5 +1,6 @@
 """SFTModel: fine-tuning with a frozen-teacher consistency term."""
 
+import inspect
 import numbers
 
 import keras
@@ -9,17 +10,31 @@ from keras import ops
 from keras_sft import _anchors
 from keras_sft import _batch
 from keras_sft import _checks
-from keras_sft import _features
-from keras_sft import _fit_cache
-from keras_sft import _frozen_prefix
 from keras_sft import _keras_compat
 from keras_sft import _outputs
 from keras_sft import _sft_loss
 from keras_sft import _shared_teacher
 from keras_sft import _step_guard
 from keras_sft import _task_preprocessing
+from keras_sft import _teacher_outputs
 from keras_sft import _teacher_student_model
 from keras_sft import data_checks
+
+# `SFTModel.fit`'s signature: `keras.Model.fit`'s arguments, by position
+# or name, then the anchor options.
+_FIT_SIGNATURE = inspect.signature(keras.Model.fit).replace(
+    parameters=[
+        *inspect.signature(keras.Model.fit).parameters.values(),
+        *(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d)
+            for name, d in (
+                ("anchor_x", None),
+                ("anchor_mode", "replace"),
+                ("anchor_batch_size", None),
+            )
+        ),
+    ]
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_sft")
@@ -161,7 +176,9 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         if student_names is not None:
             # `compile` maps dict losses and metrics of list outputs by name.
             self.output_names = student_names
-        self._teacher_extractor, self._student_extractor = _features.extractors(
+        # Where each step's teacher outputs come from, with the state that
+        # serves them (feature extractors, caches, the frozen prefix).
+        self._teacher_outputs = _teacher_outputs.TeacherOutputs(
             self.teacher, student, self.distill_features
         )
         self._student_names = student_names
@@ -305,18 +322,24 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
                 `anchor_x` is an array. Defaults to `None`: the training
                 batch size.
         """
-        arguments = _anchors.FIT_SIGNATURE.bind(None, *args, **kwargs)
+        arguments = _FIT_SIGNATURE.bind(None, *args, **kwargs)
         arguments = dict(list(arguments.arguments.items())[1:])
         arguments = _task_preprocessing.fit_arguments(self.student, arguments)
         # Before the packing below: the checks read the user's own data.
-        data_checks.check_fit_data(self, arguments)
+        data_checks.check_fit_data(
+            self.student,
+            arguments,
+            sparse=data_checks.sparse_labels(
+                self._task_loss, self._student_names
+            ),
+        )
         if self._step_guard is not None:
             arguments = self._step_guard.with_callback(arguments)
         # In "replace" mode the teacher never runs on the labelled inputs,
         # so caching its outputs there would be waste.
         caching = anchor_x is None or anchor_mode == "both"
         with (
-            _fit_cache.cached_teacher(
+            self._teacher_outputs.cached_fit(
                 self, arguments, enabled=caching
             ) as arguments,
             data_checks.one_line_label_errors(),
@@ -331,7 +354,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             )
             return super().fit(**arguments)
 
-    fit.__signature__ = _anchors.FIT_SIGNATURE
+    fit.__signature__ = _FIT_SIGNATURE
 
     def train_on_batch(self, *args, **kwargs):
         with _step_guard.stopping(self._step_guard):
@@ -339,33 +362,13 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
 
     def train_step(self, data):
         batch = _batch.unpack(data)
-        x, y, sample_weight, _, _, anchor_batch = batch
-        cached = _fit_cache.teacher_outputs(self, batch)
-        teacher = None
-        # Frozen leading layers the teacher shares run once, for both.
-        prefix = _frozen_prefix.split(self, cached, anchor_batch)
-        if prefix is not None:
-            frontier, teacher = prefix.teacher_forward(x)
-        elif not _anchors.replaces(anchor_batch):
-            teacher = _features.teacher_forward(
-                self.teacher, self._teacher_extractor, x, cached
-            )
-        anchor_teacher = _anchors.teacher_forward(self, anchor_batch)
+        lambda_ = self._current_lambda()
+        teacher, student_forward = self._teacher_outputs.forward(
+            batch, training=True
+        )
         with tf.GradientTape() as tape:
-            student = (
-                _features.student_forward(
-                    self.student, self._student_extractor, x, training=True
-                )
-                if prefix is None
-                else prefix.student_forward(frontier)
-            )
-            total, terms = self._loss_terms(
-                y,
-                sample_weight,
-                teacher,
-                student,
-                _anchors.with_student(self, anchor_batch, anchor_teacher),
-            )
+            student = student_forward()
+            total, terms = self._loss_terms(batch, teacher, student, lambda_)
             scaled_total = self.optimizer.scale_loss(total)
         trainable_weights = self.student.trainable_weights
         gradients = tape.gradient(scaled_total, trainable_weights)
@@ -373,43 +376,46 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             self._step_guard,
             self.optimizer,
             (gradients, trainable_weights),
-            (x, y, sample_weight),
-            (self._current_lambda(), terms, total),
+            batch[:3],
+            (lambda_, terms, total),
         )
-        return self._step_logs(x, y, sample_weight, student[0], total, terms)
+        return self._step_logs(batch, student, total, terms)
 
     def test_step(self, data):
         batch = _batch.unpack(data)
-        x, y, sample_weight = batch[:3]
-        cached = _fit_cache.teacher_outputs(self, batch)
-        teacher = _features.teacher_forward(
-            self.teacher, self._teacher_extractor, x, cached
+        teacher, student_forward = self._teacher_outputs.forward(
+            batch, training=False
         )
-        student = _features.student_forward(
-            self.student, self._student_extractor, x, training=False
+        student = student_forward()
+        total, terms = self._loss_terms(
+            batch, teacher, student, self._current_lambda()
         )
-        total, terms = self._loss_terms(y, sample_weight, teacher, student)
-        return self._step_logs(x, y, sample_weight, student[0], total, terms)
+        return self._step_logs(batch, student, total, terms)
 
-    def _loss_terms(self, y, sample_weight, teacher, student, anchor=None):
-        """`(total, terms)` of the step; `teacher` (`None` where the
-        consistency term is on the anchors alone) and `student` are each
-        `(outputs, features)`, `anchor` is `(teacher, student)` on the
-        anchors or `None`."""
+    def _loss_terms(self, batch, teacher, student, lambda_):
+        """`(total, terms)` of the step on `batch`; `teacher` and `student`
+        are `_teacher_outputs.Views` (the teacher's `inputs` `None` where
+        the consistency term is on the anchors alone)."""
+        on_inputs = teacher.inputs
         return self._sft_loss(
-            y,
-            student[0],
-            None if teacher is None else teacher[0],
-            sample_weight,
-            lambda_=self._current_lambda(),
-            features=({}, {}) if teacher is None else (teacher[1], student[1]),
+            batch.y,
+            student.inputs.outputs,
+            None if on_inputs is None else on_inputs.outputs,
+            batch.sample_weight,
+            lambda_=lambda_,
+            features=({}, {})
+            if on_inputs is None
+            else (on_inputs.features, student.inputs.features),
             regularization=self.student.losses,
-            anchors=anchor,
+            anchors=None
+            if teacher.anchors is None
+            else (teacher.anchors, student.anchors),
         )
 
-    def _step_logs(self, x, y, sample_weight, y_pred, total, terms):
+    def _step_logs(self, batch, student, total, terms):
         """Tracks the loss terms; returns the step's logs (with a scheduled
         `lambda_`'s current value)."""
+        x, y, sample_weight = batch[:3]
         _sft_loss.track(
             _keras_compat.loss_tracker(self),
             self._term_trackers(),
@@ -417,8 +423,12 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             total,
             terms,
         )
-        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = self.compute_metrics(
+            x, y, student.inputs.outputs, sample_weight=sample_weight
+        )
         if not isinstance(self.lambda_, float):
+            # Read after the update: the value at the optimizer's current
+            # step, the one the next step uses.
             logs = {**logs, "lambda": self._current_lambda()}
         return _keras_compat.reducible_logs(self.distribute_strategy, logs)
 
