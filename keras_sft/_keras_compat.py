@@ -345,10 +345,20 @@ def bare_trackable():
     return tf.__internal__.tracking.AutoTrackable()
 
 
-# TensorFlow operations that `keras.ops` lacks: a variable whose number of
-# rows changes between calls of a traced function, and reads and writes of
-# some of its rows. `_teacher_outputs._FirstEpochCache` keeps its buffers
-# in them; another backend's step driver would replace these.
+# TensorFlow operations that `keras.ops` lacks, for the loss and the
+# teacher's outputs, which otherwise use `keras.ops` alone: the number of
+# replicas each loss term is divided by, and a variable whose number of
+# rows changes between calls of a traced function, with reads and writes
+# of some of its rows (the first epoch's buffers). Another backend's step
+# driver would replace these.
+
+
+def num_replicas():
+    """The number of replicas of the strategy in scope (1 outside any)."""
+    # What Keras's own losses divide by under the TensorFlow backend
+    # (`keras/src/losses/loss.py`, `scale_loss_for_distribution`). Checked
+    # on Keras 3.15.1 and TensorFlow 2.21.0.
+    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def resizable_rows(shape, dtype):

@@ -15,7 +15,9 @@ one of these sources:
   under a strategy or on array anchors, or the first epoch's buffer
   (`_FirstEpochCache`) by example position.
 
-A new way of getting the outputs is one more source, chosen in
+Each source is called with a step's inputs and `training`, and returns
+the teacher's `Forward` on them and a function that computes the
+student's. A new way of getting the outputs is one more source, chosen in
 `TeacherOutputs._source`. The fit-time side lives here too: whether
 caching pays (`may_cache`, the one rule for inputs and anchors), and the
 passes and packing it needs (`TeacherOutputs.cached_fit`,
@@ -103,14 +105,12 @@ class TeacherOutputs:
         on the anchors (its batch-normalization statistics see them).
         """
         if _replaces(batch.anchors):
-            teacher, student = (
-                None,
-                self._live.student_forward(batch.x, training),
-            )
+            teacher = None
+            student = self._live.student_forward(batch.x, training)
         else:
             teacher, student = self._source(batch, training)(batch.x, training)
-        anchors = batch.anchors
         teacher_anchors, student_anchors = None, None
+        anchors = batch.anchors
         if anchors is not None:
             source = (
                 self._live
@@ -122,7 +122,7 @@ class TeacherOutputs:
         def student_views():
             return Views(
                 student(),
-                None if student_anchors is None else student_anchors(),
+                None if anchors is None else student_anchors(),
             )
 
         return Views(teacher, teacher_anchors), student_views

@@ -13,7 +13,6 @@ import keras
 
 from keras_sft import _batch
 from keras_sft import _keras_compat
-from keras_sft import _sft_loss
 from keras_sft import _shared_teacher
 from keras_sft import _task_preprocessing
 from keras_sft import data_checks
@@ -22,16 +21,16 @@ from keras_sft import data_checks
 class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
     """A `keras.Model` holding a trained `student` and a frozen `teacher`.
 
-    Subclasses set `self.student`, `self.teacher` (shared with the student
-    by `keras_sft._shared_teacher` or given by the user) and
-    `self._student_names` (`keras_sft._outputs.output_names`) in their
+    Subclasses set `self.student` and `self.teacher` (shared with the
+    student by `_shared_teacher` or given by the user) in their
     constructor, and define the steps. The model is then built when its
     student is, calls and exports the student, keeps the teacher frozen
     whatever `trainable` is set to, gives the teacher its own copies of
     shared weights before they train, applies a keras-hub task's
-    preprocessor in `evaluate`, `predict` and the `*_on_batch` methods
-    as the task does, and builds
-    Keras's compiled loss from one replica's batch under any strategy.
+    preprocessor in `evaluate`, `predict` and the `*_on_batch` methods as
+    the task does, and builds Keras's compiled loss from one replica's
+    batch, without what `fit` packed beside the inputs, under any
+    strategy.
 
     Example:
 
@@ -41,7 +40,6 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
             super().__init__(**kwargs)
             self.student = student
             self.teacher = keras_sft.clone_teacher(student)
-            self._student_names = None
     ```
 
     Reference:
@@ -102,24 +100,6 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         """Exports the student alone, as `keras.Model.export` does; takes its
         arguments (see also `keras_sft.export_saved_model`)."""
         return self.student.export(filepath, **kwargs)
-
-    # Keras builds its compiled loss through `compute_loss` with the raw
-    # sample weights; both hooks broadcast them over dense outputs as the
-    # step does.
-    def compute_loss(
-        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
-    ):
-        weights = self._sample_weights(y_pred, sample_weight)
-        return super().compute_loss(x, y, y_pred, weights, training=training)
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        weights = self._sample_weights(y_pred, sample_weight)
-        return super().compute_metrics(x, y, y_pred, weights)
-
-    def _sample_weights(self, y_pred, sample_weight):
-        return _sft_loss.structured_sample_weight(
-            y_pred, sample_weight, self._student_names
-        )
 
     def _symbolic_build_batch(self, batch):
         # Keras builds from 3-tuples: without cached outputs or anchors.

@@ -22,9 +22,10 @@ from keras_sft import data_checks
 
 # `SFTModel.fit`'s signature: `keras.Model.fit`'s arguments, by position
 # or name, then the anchor options.
-_FIT_SIGNATURE = inspect.signature(keras.Model.fit).replace(
+_KERAS_FIT_SIGNATURE = inspect.signature(keras.Model.fit)
+_FIT_SIGNATURE = _KERAS_FIT_SIGNATURE.replace(
     parameters=[
-        *inspect.signature(keras.Model.fit).parameters.values(),
+        *_KERAS_FIT_SIGNATURE.parameters.values(),
         *(
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d)
             for name, d in (
@@ -227,7 +228,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if self._student_names is not None and len(self._student_names) > 1:
-            _outputs.output_losses(loss, loss_weights, self._student_names)
+            _sft_loss.output_losses(loss, loss_weights, self._student_names)
         elif getattr(self.student, "outputs", None):
             _checks.check_logits_loss(self.student, loss)
         super().compile(
@@ -262,7 +263,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         trackers = self._term_trackers()
         terms = trackers[:2]
         if self._task_loss is not None and self.output_task_loss_trackers:
-            with_loss = _outputs.output_losses(
+            with_loss = _sft_loss.output_losses(
                 self._task_loss, self._task_loss_weights, self._student_names
             )
             terms += [self.output_task_loss_trackers[n] for n in with_loss]
@@ -368,7 +369,9 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         )
         with tf.GradientTape() as tape:
             student = student_forward()
-            total, terms = self._loss_terms(batch, teacher, student, lambda_)
+            total, terms = self._sft_loss.step_terms(
+                batch, teacher, student, lambda_, self.student.losses
+            )
             scaled_total = self.optimizer.scale_loss(total)
         trainable_weights = self.student.trainable_weights
         gradients = tape.gradient(scaled_total, trainable_weights)
@@ -387,30 +390,10 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             batch, training=False
         )
         student = student_forward()
-        total, terms = self._loss_terms(
-            batch, teacher, student, self._current_lambda()
+        total, terms = self._sft_loss.step_terms(
+            batch, teacher, student, self._current_lambda(), self.student.losses
         )
         return self._step_logs(batch, student, total, terms)
-
-    def _loss_terms(self, batch, teacher, student, lambda_):
-        """`(total, terms)` of the step on `batch`; `teacher` and `student`
-        are `_teacher_outputs.Views` (the teacher's `inputs` `None` where
-        the consistency term is on the anchors alone)."""
-        on_inputs = teacher.inputs
-        return self._sft_loss(
-            batch.y,
-            student.inputs.outputs,
-            None if on_inputs is None else on_inputs.outputs,
-            batch.sample_weight,
-            lambda_=lambda_,
-            features=({}, {})
-            if on_inputs is None
-            else (on_inputs.features, student.inputs.features),
-            regularization=self.student.losses,
-            anchors=None
-            if teacher.anchors is None
-            else (teacher.anchors, student.anchors),
-        )
 
     def _step_logs(self, batch, student, total, terms):
         """Tracks the loss terms; returns the step's logs (with a scheduled
@@ -431,6 +414,24 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             # step, the one the next step uses.
             logs = {**logs, "lambda": self._current_lambda()}
         return _keras_compat.reducible_logs(self.distribute_strategy, logs)
+
+    # Keras builds its compiled loss through `compute_loss` with the raw
+    # sample weights; both hooks broadcast them over dense outputs as the
+    # step does.
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        weights = self._sample_weights(y_pred, sample_weight)
+        return super().compute_loss(x, y, y_pred, weights, training=training)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        weights = self._sample_weights(y_pred, sample_weight)
+        return super().compute_metrics(x, y, y_pred, weights)
+
+    def _sample_weights(self, y_pred, sample_weight):
+        return _sft_loss.structured_sample_weight(
+            y_pred, sample_weight, self._student_names
+        )
 
     def get_config(self):
         config = super().get_config()
