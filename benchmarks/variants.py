@@ -131,12 +131,12 @@ def weight_bytes(model):
     """`(teacher_owned, trainable)`: the bytes of the variables the
     teacher of `model` (an `SFTModel` or a Distiller) holds apart from
     its student's, and of the student's trainable variables."""
-    from keras_sft import shared_teacher
+    from keras_sft import _shared_teacher
 
     def size(weights):
         return sum(w.numpy().nbytes for w in weights)
 
-    owned = shared_teacher.owned_weights(model.student, model.teacher)
+    owned = _shared_teacher.owned_weights(model.student, model.teacher)
     return size(owned), size(model.student.trainable_weights)
 
 

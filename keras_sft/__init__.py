@@ -12,6 +12,7 @@ from keras_sft.select_lambda import select_lambda
 from keras_sft.sft_model import SFTModel
 from keras_sft.teacher import clone_teacher
 from keras_sft.teacher_cache import cache_teacher_outputs
+from keras_sft.terminate_on_nan import NonFiniteLossError
 from keras_sft.terminate_on_nan import TerminateOnNaN
 from keras_sft.wise_ft import wise_ft
 
@@ -21,6 +22,7 @@ __all__ = [
     "BackupAndRestore",
     "EpochShuffle",
     "ForgettingMonitor",
+    "NonFiniteLossError",
     "SFTModel",
     "TerminateOnNaN",
     "add_head",

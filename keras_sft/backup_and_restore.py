@@ -10,8 +10,8 @@ import shutil
 import keras
 import tensorflow as tf
 
-from keras_sft import checks
-from keras_sft import keras_compat
+from keras_sft import _checks
+from keras_sft import _keras_compat
 
 _METADATA = "training_metadata.json"
 
@@ -74,13 +74,13 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         if not isinstance(backup_dir, (str, os.PathLike)) or not os.fspath(
             backup_dir
         ):
-            raise checks.argument_error(
+            raise _checks.argument_error(
                 "backup_dir", "a non-empty path", backup_dir
             )
         if save_freq != "epoch":
-            checks.check_int("save_freq", save_freq, minimum=1)
-        checks.check_bool("double_checkpoint", double_checkpoint)
-        checks.check_bool("delete_checkpoint", delete_checkpoint)
+            _checks.check_int("save_freq", save_freq, minimum=1)
+        _checks.check_bool("double_checkpoint", double_checkpoint)
+        _checks.check_bool("delete_checkpoint", delete_checkpoint)
         backup_dir = os.fspath(backup_dir)
         super().__init__(
             backup_dir,
@@ -125,7 +125,7 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                     f"{self.backup_dir!r} to start over, or pass another "
                     "backup directory."
                 ) from error
-            keras_compat.set_initial_epoch(self.model, entry["epoch"])
+            _keras_compat.set_initial_epoch(self.model, entry["epoch"])
             return
 
     def _record(self):

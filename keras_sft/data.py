@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from keras_sft import checks
+from keras_sft import _checks
 
 # The digits come in one block of 1797 images; a fixed permutation followed
 # by a 70/30 cut gives reproducible, class-balanced "train" and "test" splits.
@@ -201,7 +201,7 @@ def shift_domain(dataset, shift):
     Returns:
         The shifted `tf.data.Dataset`.
     """
-    checks.check_one_of("shift", shift, SHIFTS)
+    _checks.check_one_of("shift", shift, SHIFTS)
     if shift == "none":
         return dataset
     if shift == "invert":
@@ -235,7 +235,7 @@ def batch(
     Returns:
         The batched, prefetched `tf.data.Dataset`.
     """
-    checks.check_int("batch_size", batch_size, minimum=1)
+    _checks.check_int("batch_size", batch_size, minimum=1)
     if shuffle_seed is not None:
         dataset = dataset.shuffle(
             shuffle_buffer_size,

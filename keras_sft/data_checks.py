@@ -25,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sft import checks
+from keras_sft import _checks
 
 # The losses whose labels are class indices (`SFTModel`'s default).
 _SPARSE_LOSSES = (
@@ -125,13 +125,12 @@ def _integral(values):
     )
 
 
-def sparse_labels(model):
-    """Whether `model`'s (an `SFTModel`'s) single output is trained with a
-    sparse categorical loss, whose labels are class indices."""
-    names = model._student_names
-    if names is not None and len(names) > 1:
+def sparse_labels(loss, output_names):
+    """Whether a model with outputs `output_names` (`None` if unknown) is
+    trained with `loss` on a single output and a sparse categorical loss,
+    whose labels are class indices."""
+    if output_names is not None and len(output_names) > 1:
         return False
-    loss = model._task_loss
     if isinstance(loss, str):
         return loss == "sparse_categorical_crossentropy"
     return isinstance(loss, keras.losses.SparseCategoricalCrossentropy) or (
@@ -139,21 +138,21 @@ def sparse_labels(model):
     )
 
 
-def check_fit_data(model, arguments):
+def check_fit_data(student, arguments, *, sparse):
     """Raises `ValueError` unless `SFTModel.fit(**arguments)` can train
-    `model` on its data: arrays fully, a dataset from its first batch."""
+    `student` on its data: arrays fully, a dataset from its first batch.
+    `sparse`: whether the labels are class indices (`sparse_labels`)."""
     x = arguments.get("x")
-    sparse = sparse_labels(model)
     if isinstance(x, tf.data.Dataset):
         spec = x.element_spec
         if isinstance(spec, tuple) and not any(
             keras.tree.is_nested(part) for part in spec[:2]
         ):
-            check_dataset(x, model.student, class_labels=sparse)
+            check_dataset(x, student, class_labels=sparse)
         return
     if _arrays(x):
         check_arrays(
-            model,
+            student,
             x,
             arguments.get("y"),
             arguments.get("sample_weight"),
@@ -163,7 +162,7 @@ def check_fit_data(model, arguments):
     validation = arguments.get("validation_data")
     if isinstance(validation, (tuple, list)) and _arrays(validation[0]):
         check_arrays(
-            model,
+            student,
             *validation[:3],
             *[None] * (3 - len(validation[:3])),
             names=tuple(f"validation_data[{i}]" for i in range(3)),
@@ -179,9 +178,9 @@ def _arrays(x):
     )
 
 
-def check_arrays(model, x, y, sample_weight, *, names, sparse):
+def check_arrays(student, x, y, sample_weight, *, names, sparse):
     """Raises `ValueError` in Keras's form unless arrays `x`, `y` and
-    `sample_weight` (named `names`) can train `model`."""
+    `sample_weight` (named `names`) can train `student`."""
     x_name, y_name, weight_name = names
     parts = [(x_name, x), (y_name, y), (weight_name, sample_weight)]
     lengths = {}
@@ -191,13 +190,13 @@ def check_arrays(model, x, y, sample_weight, *, names, sparse):
         for leaf in keras.tree.flatten(part):
             leaf = np.asarray(leaf)
             if leaf.dtype.kind not in "biuf":
-                raise checks.argument_error(
+                raise _checks.argument_error(
                     name,
                     "numeric arrays",
                     received=f"{name} of dtype {leaf.dtype}",
                 )
             if leaf.dtype.kind == "f" and not np.all(np.isfinite(leaf)):
-                raise checks.argument_error(
+                raise _checks.argument_error(
                     name,
                     "finite values",
                     received=f"{name} with "
@@ -206,25 +205,25 @@ def check_arrays(model, x, y, sample_weight, *, names, sparse):
             lengths.setdefault(name, len(leaf) if leaf.ndim else 1)
     count = lengths.get(x_name, 0)
     if count == 0:
-        raise checks.argument_error(
+        raise _checks.argument_error(
             x_name, "at least one example", received=f"{x_name} with 0"
         )
     for name, length in lengths.items():
         if length != count:
-            raise checks.argument_error(
+            raise _checks.argument_error(
                 name,
                 f"as many examples as `{x_name}` ({count})",
                 received=f"sizes {x_name}={count}, {name}={length}",
             )
     if sparse and y is not None and not keras.tree.is_nested(y):
-        _check_class_labels(model, np.asarray(y), y_name)
+        _check_class_labels(student, np.asarray(y), y_name)
     if sample_weight is not None:
-        _check_sample_weight(model, np.asarray(sample_weight), weight_name)
+        _check_sample_weight(student, np.asarray(sample_weight), weight_name)
 
 
-def _check_class_labels(model, y, name):
-    """Raises unless `y` holds class indices of `model`'s single output."""
-    classes = (_output_shape(model) or (None,))[-1]
+def _check_class_labels(student, y, name):
+    """Raises unless `y` holds class indices of `student`'s single output."""
+    classes = (_output_shape(student) or (None,))[-1]
     expected = "integer class indices" + (
         f" in [0, {classes})" if classes else ""
     )
@@ -233,7 +232,7 @@ def _check_class_labels(model, y, name):
     if classes:
         bad |= y >= classes
     if np.any(bad):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             name,
             f"{expected} for a sparse categorical loss",
             received=f"{name} with values such as "
@@ -241,18 +240,18 @@ def _check_class_labels(model, y, name):
         )
 
 
-def _check_sample_weight(model, weights, name):
+def _check_sample_weight(student, weights, name):
     """Raises unless `weights` are finite, >= 0, not all zero, and of shape
-    `(N,)` or the positions of `model`'s outputs."""
-    shape = _output_shape(model)
+    `(N,)` or the positions of `student`'s outputs."""
+    shape = _output_shape(student)
     if shape is not None and weights.shape[1:] not in ((), (1,), shape[1:-1]):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             name,
             f"shape (N,) or (N, *{shape[1:-1]}), the output's positions",
             received=f"{name}.shape={weights.shape}",
         )
     if np.any(weights < 0) or not np.any(weights > 0):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             name,
             "weights >= 0, not all zero",
             received=f"{name} with minimum {weights.min()} and maximum "
@@ -260,10 +259,10 @@ def _check_sample_weight(model, weights, name):
         )
 
 
-def _output_shape(model):
-    """The shape of an `SFTModel`'s single student output, `None` if
-    unknown or several."""
-    outputs = getattr(model.student, "outputs", None)
+def _output_shape(student):
+    """The shape of `student`'s single output, `None` if unknown or
+    several."""
+    outputs = getattr(student, "outputs", None)
     if not outputs or len(outputs) != 1:
         return None
     return tuple(outputs[0].shape)
@@ -287,7 +286,7 @@ def one_line_label_errors():
         )
         if match is None:
             raise
-        raise checks.argument_error(
+        raise _checks.argument_error(
             "y",
             f"integer class indices in [0, {match[2]})",
             received=f"a label value of {match[1]} in a batch after the first",

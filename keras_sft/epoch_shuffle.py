@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_sft import checks
+from keras_sft import _checks
 
 
 class EpochShuffle(keras.callbacks.Callback):
@@ -37,8 +37,8 @@ class EpochShuffle(keras.callbacks.Callback):
 
     def __init__(self, seed, buffer_size=10_000):
         super().__init__()
-        checks.check_int("seed", seed, minimum=0)
-        checks.check_int("buffer_size", buffer_size, minimum=1)
+        _checks.check_int("seed", seed, minimum=0)
+        _checks.check_int("buffer_size", buffer_size, minimum=1)
         self.seed = seed
         self.buffer_size = buffer_size
         # On the host, where the input pipeline reads it.

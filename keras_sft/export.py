@@ -8,8 +8,9 @@ import uuid
 import keras
 import tensorflow as tf
 
-from keras_sft import checks
-from keras_sft import serving_signature
+from keras_sft import _checks
+from keras_sft import _keras_compat
+from keras_sft import _serving_signature
 from keras_sft.sft_model import SFTModel
 
 _OUTPUTS = ("logits", "probabilities", "both")
@@ -119,29 +120,29 @@ def export_saved_model(
     """
     student = model.student if isinstance(model, SFTModel) else model
     if not isinstance(student, keras.Model):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             "model", "a `keras.Model` or a `keras_sft.SFTModel`", model
         )
     if preprocessing is not None and not isinstance(
         preprocessing, keras.layers.Layer
     ):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             "preprocessing", "None or a `keras.layers.Layer`", preprocessing
         )
-    checks.check_one_of("outputs", outputs, _OUTPUTS)
+    _checks.check_one_of("outputs", outputs, _OUTPUTS)
     if not (
         version is None
         or version == "next"
         or (type(version) is int and version >= 0)
     ):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             "version", "None, 'next' or an int >= 0", version
         )
     if compute_dtype not in (None, "float32"):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             "compute_dtype", "None or 'float32'", compute_dtype
         )
-    serve, concrete = serving_signature.trace(
+    serve, concrete = _serving_signature.trace(
         student, input_signature, outputs, compute_dtype, preprocessing
     )
     resources = _captured_resources(student, preprocessing, concrete)
@@ -170,9 +171,8 @@ def export_saved_model(
     # `tf.Variable`s inside them that the traced function captures, and a
     # checkpoint writes each object's value under its own key. Tracking the
     # captured variables alone stores each once.
-    # `tf.Module` keeps `variables` to itself and `tf.train.Checkpoint` adds
-    # a `save_counter`; a bare trackable (as Keras uses) holds just these.
-    root = tf.__internal__.tracking.AutoTrackable()
+    # A bare trackable (as Keras uses) holds just these.
+    root = _keras_compat.bare_trackable()
     root.variables = list(concrete.variables)
     root.resources = resources
     root.serve = serve

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sft import checks
+from keras_sft import _checks
 
 
 class ForgettingMonitor(keras.callbacks.Callback):
@@ -55,17 +55,17 @@ class ForgettingMonitor(keras.callbacks.Callback):
 
     def __init__(self, x, y=None, *, batch_size=256):
         super().__init__()
-        checks.check_int("batch_size", batch_size, minimum=1)
+        _checks.check_int("batch_size", batch_size, minimum=1)
         if isinstance(x, tf.data.Dataset):
             if y is not None:
-                raise checks.argument_error(
+                raise _checks.argument_error(
                     "y",
                     "None when `x` is a dataset (its labels, if any, are "
                     "read from it)",
                     received="an array beside a dataset",
                 )
             if x.cardinality() == tf.data.INFINITE_CARDINALITY:
-                raise checks.argument_error(
+                raise _checks.argument_error(
                     "x",
                     "a finite dataset: it is read whole when training begins",
                     received="an infinite dataset (`repeat()` without a "
@@ -74,7 +74,7 @@ class ForgettingMonitor(keras.callbacks.Callback):
         else:
             count = _count(x, "x")
             if y is not None and _count(y, "y") != count:
-                raise checks.argument_error(
+                raise _checks.argument_error(
                     "y",
                     f"one label per example of `x` ({count})",
                     received=f"{_count(y, 'y')} labels",
@@ -156,7 +156,7 @@ def _count(arrays, name):
         isinstance(leaf, (np.ndarray, tf.Tensor)) and len(leaf.shape)
         for leaf in leaves
     ):
-        raise checks.argument_error(
+        raise _checks.argument_error(
             name,
             "a NumPy array or tensor (or a list or dict of them), or a "
             "`tf.data.Dataset`"
@@ -166,7 +166,7 @@ def _count(arrays, name):
         )
     counts = {int(leaf.shape[0]) for leaf in leaves}
     if len(counts) != 1 or 0 in counts:
-        raise checks.argument_error(
+        raise _checks.argument_error(
             name,
             "arrays with the same number (> 0) of examples along their "
             "first axis",

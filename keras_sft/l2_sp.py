@@ -20,7 +20,7 @@ Reference:
 import keras
 from keras import ops
 
-from keras_sft import checks
+from keras_sft import _checks
 
 
 class L2SP(keras.regularizers.Regularizer):
@@ -65,7 +65,7 @@ def apply_l2_sp(model, alpha):
     Returns:
         `model`, regularised in place.
     """
-    checks.check_float("alpha", alpha)
+    _checks.check_float("alpha", alpha)
     for variable in model.trainable_weights:
         # A host copy: initialising from `variable.value` would alias it.
         reference = keras.Variable(

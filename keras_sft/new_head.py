@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_sft import checks
+from keras_sft import _checks
 
 
 def add_head(model, num_classes, *, name="new_head", feature_layer=None):
@@ -52,7 +52,7 @@ def add_head(model, num_classes, *, name="new_head", feature_layer=None):
             "Invalid value for argument `model`. Expected a built "
             f"`keras.Model`. Received: model={model!r}"
         )
-    checks.check_int("num_classes", num_classes, minimum=1)
+    _checks.check_int("num_classes", num_classes, minimum=1)
     try:
         (inputs,) = model.inputs
         (old_output,) = model.outputs

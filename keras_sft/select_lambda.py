@@ -25,7 +25,7 @@ import dataclasses
 import keras
 import numpy as np
 
-from keras_sft import checks
+from keras_sft import _checks
 from keras_sft.sft_model import SFTModel
 from keras_sft.teacher import clone_teacher
 from keras_sft.teacher import copy_model
@@ -148,18 +148,18 @@ def select_lambda(
             "Invalid value for arguments `x` and `y`. Expected the same "
             f"number of samples. Received: len(x)={len(x)}, len(y)={len(y)}"
         )
-    checks.check_int("folds", folds, minimum=2)
+    _checks.check_int("folds", folds, minimum=2)
     if len(x) < folds:
         raise ValueError(
             "Invalid value for argument `folds`. Expected at most one fold "
             f"per sample. Received: folds={folds} for {len(x)} samples"
         )
-    if not lambdas or not all(checks.is_float_at_least(v, 0) for v in lambdas):
+    if not lambdas or not all(_checks.is_float_at_least(v, 0) for v in lambdas):
         raise ValueError(
             "Invalid value for argument `lambdas`. Expected a non-empty "
             f"sequence of floats >= 0. Received: lambdas={lambdas!r}"
         )
-    checks.check_float("tolerance", tolerance)
+    _checks.check_float("tolerance", tolerance)
     if optimizer is None:
         optimizer = lambda: keras.optimizers.Adam(1e-3)  # noqa: E731
 

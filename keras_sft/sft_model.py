@@ -1,29 +1,45 @@
 """SFTModel: fine-tuning with a frozen-teacher consistency term."""
 
+import inspect
 import numbers
 
 import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_sft import anchor_data
-from keras_sft import anchors
-from keras_sft import checks
+from keras_sft import _anchors
+from keras_sft import _batch
+from keras_sft import _checks
+from keras_sft import _keras_compat
+from keras_sft import _outputs
+from keras_sft import _sft_loss
+from keras_sft import _shared_teacher
+from keras_sft import _step_guard
+from keras_sft import _task_preprocessing
+from keras_sft import _teacher_outputs
+from keras_sft import _teacher_student_model
 from keras_sft import data_checks
-from keras_sft import features
-from keras_sft import fit_cache
-from keras_sft import frozen_prefix
-from keras_sft import keras_compat
-from keras_sft import outputs
-from keras_sft import sft_loss
-from keras_sft import shared_teacher
-from keras_sft import step_guard
-from keras_sft import task_preprocessing
-from keras_sft import teacher_student_model
+
+# `SFTModel.fit`'s signature: `keras.Model.fit`'s arguments, by position
+# or name, then the anchor options.
+_KERAS_FIT_SIGNATURE = inspect.signature(keras.Model.fit)
+_FIT_SIGNATURE = _KERAS_FIT_SIGNATURE.replace(
+    parameters=[
+        *_KERAS_FIT_SIGNATURE.parameters.values(),
+        *(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=d)
+            for name, d in (
+                ("anchor_x", None),
+                ("anchor_mode", "replace"),
+                ("anchor_batch_size", None),
+            )
+        ),
+    ]
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_sft")
-class SFTModel(teacher_student_model.TeacherStudentModel):
+class SFTModel(_teacher_student_model.TeacherStudentModel):
     """Fine-tunes a pretrained model while keeping its outputs near a teacher.
 
     Supervised fine-tuning (SFT) minimises
@@ -115,7 +131,7 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         guard_nonfinite=True,
         **kwargs,
     ):
-        checks.check_sft_arguments(
+        _checks.check_sft_arguments(
             student,
             teacher,
             lambda_,
@@ -127,7 +143,7 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
             cache_teacher=cache_teacher,
             guard_nonfinite=guard_nonfinite,
         )
-        student_names, teacher_names, distilled = outputs.resolve(
+        student_names, teacher_names, distilled = _outputs.resolve(
             student,
             teacher,
             distance,
@@ -138,7 +154,7 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
 
         self.student = student
         self.teacher = (
-            shared_teacher.shared_teacher(student)
+            _shared_teacher.shared_teacher(student)
             if teacher is None
             else teacher
         )
@@ -157,11 +173,13 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         self.cache_teacher = cache_teacher
         self.guard_nonfinite = guard_nonfinite
         # Not a model weight: the guard's state lives for one `fit`.
-        self._step_guard = step_guard.StepGuard() if guard_nonfinite else None
+        self._step_guard = _step_guard.StepGuard() if guard_nonfinite else None
         if student_names is not None:
             # `compile` maps dict losses and metrics of list outputs by name.
             self.output_names = student_names
-        self._teacher_extractor, self._student_extractor = features.extractors(
+        # Where each step's teacher outputs come from, with the state that
+        # serves them (feature extractors, caches, the frozen prefix).
+        self._teacher_outputs = _teacher_outputs.TeacherOutputs(
             self.teacher, student, self.distill_features
         )
         self._student_names = student_names
@@ -174,7 +192,7 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
             self.output_task_loss_trackers,
             self.output_distill_loss_trackers,
             self.feature_distill_loss_trackers,
-        ) = sft_loss.trackers(student_names, distilled, self.distill_features)
+        ) = _sft_loss.trackers(student_names, distilled, self.distill_features)
         self._task_loss = None
         self._task_loss_weights = None
         self._sft_loss = None
@@ -210,9 +228,9 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         if loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if self._student_names is not None and len(self._student_names) > 1:
-            outputs.output_losses(loss, loss_weights, self._student_names)
+            _sft_loss.output_losses(loss, loss_weights, self._student_names)
         elif getattr(self.student, "outputs", None):
-            checks.check_logits_loss(self.student, loss)
+            _checks.check_logits_loss(self.student, loss)
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -222,10 +240,10 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         )
         self._task_loss = loss
         self._task_loss_weights = loss_weights
-        self._sft_loss = sft_loss.SFTLoss(
+        self._sft_loss = _sft_loss.SFTLoss(
             self.distance,
             temperature=self.temperature,
-            task_loss=self._compile_loss,
+            task_loss=_keras_compat.compile_loss(self),
             loss=loss,
             loss_weights=loss_weights,
             student_names=self._student_names,
@@ -245,12 +263,13 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
         trackers = self._term_trackers()
         terms = trackers[:2]
         if self._task_loss is not None and self.output_task_loss_trackers:
-            with_loss = outputs.output_losses(
+            with_loss = _sft_loss.output_losses(
                 self._task_loss, self._task_loss_weights, self._student_names
             )
             terms += [self.output_task_loss_trackers[n] for n in with_loss]
         terms += trackers[2 + len(self.output_task_loss_trackers) :]
-        compiled = self._compile_loss.metrics if self._compile_loss else []
+        compile_loss = _keras_compat.compile_loss(self)
+        compiled = compile_loss.metrics if compile_loss else []
         hidden = [*trackers, *compiled]
         others = [m for m in super().metrics if not any(m is h for h in hidden)]
         return others[:1] + terms + others[1:]
@@ -304,24 +323,30 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
                 `anchor_x` is an array. Defaults to `None`: the training
                 batch size.
         """
-        arguments = anchors.FIT_SIGNATURE.bind(None, *args, **kwargs)
+        arguments = _FIT_SIGNATURE.bind(None, *args, **kwargs)
         arguments = dict(list(arguments.arguments.items())[1:])
-        arguments = task_preprocessing.fit_arguments(self.student, arguments)
+        arguments = _task_preprocessing.fit_arguments(self.student, arguments)
         # Before the packing below: the checks read the user's own data.
-        data_checks.check_fit_data(self, arguments)
+        data_checks.check_fit_data(
+            self.student,
+            arguments,
+            sparse=data_checks.sparse_labels(
+                self._task_loss, self._student_names
+            ),
+        )
         if self._step_guard is not None:
             arguments = self._step_guard.with_callback(arguments)
         # In "replace" mode the teacher never runs on the labelled inputs,
         # so caching its outputs there would be waste.
         caching = anchor_x is None or anchor_mode == "both"
         with (
-            fit_cache.cached_teacher(
+            self._teacher_outputs.cached_fit(
                 self, arguments, enabled=caching
             ) as arguments,
             data_checks.one_line_label_errors(),
-            step_guard.stopping(self._step_guard),
+            _step_guard.stopping(self._step_guard),
         ):
-            arguments = anchors.fit_arguments(
+            arguments = _anchors.fit_arguments(
                 self,
                 arguments,
                 anchor_x=anchor_x,
@@ -330,89 +355,83 @@ class SFTModel(teacher_student_model.TeacherStudentModel):
             )
             return super().fit(**arguments)
 
-    fit.__signature__ = anchors.FIT_SIGNATURE
+    fit.__signature__ = _FIT_SIGNATURE
 
     def train_on_batch(self, *args, **kwargs):
-        with step_guard.stopping(self._step_guard):
+        with _step_guard.stopping(self._step_guard):
             return super().train_on_batch(*args, **kwargs)
 
     def train_step(self, data):
-        data, anchor_batch = anchor_data.unpack(data)
-        x, y, sample_weight, cached = fit_cache.unpack(self, data)
-        teacher = None
-        # Frozen leading layers the teacher shares run once, for both.
-        prefix = frozen_prefix.split(self, cached, anchor_batch)
-        if prefix is not None:
-            frontier, teacher = prefix.teacher_forward(x)
-        elif not anchors.replaces(anchor_batch):
-            teacher = features.teacher_forward(
-                self.teacher, self._teacher_extractor, x, cached
-            )
-        anchor_teacher = anchors.teacher_forward(self, anchor_batch)
+        batch = _batch.unpack(data)
+        lambda_ = self._current_lambda()
+        teacher, student_forward = self._teacher_outputs.forward(
+            batch, training=True
+        )
         with tf.GradientTape() as tape:
-            student = (
-                features.student_forward(
-                    self.student, self._student_extractor, x, training=True
-                )
-                if prefix is None
-                else prefix.student_forward(frontier)
-            )
-            total, terms = self._loss_terms(
-                y,
-                sample_weight,
-                teacher,
-                student,
-                anchors.with_student(self, anchor_batch, anchor_teacher),
+            student = student_forward()
+            total, terms = self._sft_loss.step_terms(
+                batch, teacher, student, lambda_, self.student.losses
             )
             scaled_total = self.optimizer.scale_loss(total)
         trainable_weights = self.student.trainable_weights
         gradients = tape.gradient(scaled_total, trainable_weights)
-        step_guard.apply_gradients(
+        _step_guard.apply_gradients(
             self._step_guard,
             self.optimizer,
             (gradients, trainable_weights),
-            (x, y, sample_weight),
-            (self._current_lambda(), terms, total),
+            batch[:3],
+            (lambda_, terms, total),
         )
-        return self._step_logs(x, y, sample_weight, student[0], total, terms)
+        return self._step_logs(batch, student, total, terms)
 
     def test_step(self, data):
-        x, y, sample_weight, cached = fit_cache.unpack(self, data)
-        teacher = features.teacher_forward(
-            self.teacher, self._teacher_extractor, x, cached
+        batch = _batch.unpack(data)
+        teacher, student_forward = self._teacher_outputs.forward(
+            batch, training=False
         )
-        student = features.student_forward(
-            self.student, self._student_extractor, x, training=False
+        student = student_forward()
+        total, terms = self._sft_loss.step_terms(
+            batch, teacher, student, self._current_lambda(), self.student.losses
         )
-        total, terms = self._loss_terms(y, sample_weight, teacher, student)
-        return self._step_logs(x, y, sample_weight, student[0], total, terms)
+        return self._step_logs(batch, student, total, terms)
 
-    def _loss_terms(self, y, sample_weight, teacher, student, anchor=None):
-        """`(total, terms)` of the step; `teacher` (`None` where the
-        consistency term is on the anchors alone) and `student` are each
-        `(outputs, features)`, `anchor` is `(teacher, student)` on the
-        anchors or `None`."""
-        return self._sft_loss(
-            y,
-            student[0],
-            None if teacher is None else teacher[0],
-            sample_weight,
-            lambda_=self._current_lambda(),
-            features=({}, {}) if teacher is None else (teacher[1], student[1]),
-            regularization=self.student.losses,
-            anchors=anchor,
-        )
-
-    def _step_logs(self, x, y, sample_weight, y_pred, total, terms):
+    def _step_logs(self, batch, student, total, terms):
         """Tracks the loss terms; returns the step's logs (with a scheduled
         `lambda_`'s current value)."""
-        sft_loss.track(
-            self._loss_tracker, self._term_trackers(), x, total, terms
+        x, y, sample_weight = batch[:3]
+        _sft_loss.track(
+            _keras_compat.loss_tracker(self),
+            self._term_trackers(),
+            x,
+            total,
+            terms,
         )
-        logs = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = self.compute_metrics(
+            x, y, student.inputs.outputs, sample_weight=sample_weight
+        )
         if not isinstance(self.lambda_, float):
+            # Read after the update: the value at the optimizer's current
+            # step, the one the next step uses.
             logs = {**logs, "lambda": self._current_lambda()}
-        return keras_compat.reducible_logs(self.distribute_strategy, logs)
+        return _keras_compat.reducible_logs(self.distribute_strategy, logs)
+
+    # Keras builds its compiled loss through `compute_loss` with the raw
+    # sample weights; both hooks broadcast them over dense outputs as the
+    # step does.
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        weights = self._sample_weights(y_pred, sample_weight)
+        return super().compute_loss(x, y, y_pred, weights, training=training)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        weights = self._sample_weights(y_pred, sample_weight)
+        return super().compute_metrics(x, y, y_pred, weights)
+
+    def _sample_weights(self, y_pred, sample_weight):
+        return _sft_loss.structured_sample_weight(
+            y_pred, sample_weight, self._student_names
+        )
 
     def get_config(self):
         config = super().get_config()

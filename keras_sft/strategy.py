@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from keras_sft import checks
+from keras_sft import _checks
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -38,7 +38,7 @@ def build_strategy(name="default", *, devices=None, tpu=None):
     Returns:
         A `tf.distribute.Strategy`.
     """
-    checks.check_one_of("name", name, STRATEGIES)
+    _checks.check_one_of("name", name, STRATEGIES)
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":

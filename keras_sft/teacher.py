@@ -7,7 +7,7 @@ import warnings
 
 import keras
 
-from keras_sft import keras_compat
+from keras_sft import _keras_compat
 
 
 def clone_teacher(model):
@@ -68,7 +68,7 @@ def copy_model(model):
             f"or call it on a batch first. Received: model={model.name!r} "
             "(not built)"
         )
-    layers = keras_compat.all_layers(model)
+    layers = _keras_compat.all_layers(model)
     try:
         _check_configs(layers)
         with tempfile.TemporaryDirectory() as directory:
@@ -95,7 +95,7 @@ def copy_model(model):
             f"`teacher=` explicitly). Received: model={model.name!r} "
             f"({type(model).__name__}: {error})"
         ) from error
-    _share_lambda_functions(layers, keras_compat.all_layers(copy))
+    _share_lambda_functions(layers, _keras_compat.all_layers(copy))
     return copy
 
 

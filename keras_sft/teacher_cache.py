@@ -4,14 +4,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_sft import checks
+from keras_sft import _checks
+from keras_sft import _keras_compat
 
-# Keys under which `SFTModel.fit` packs array inputs with cached teacher
-# outputs into `x`, so that Keras's array handling (shuffling,
-# `validation_split`, batching, distribution) carries the outputs along.
-# Into `x`, not `y`: Keras matches `sample_weight` to the structure of `y`.
-_INPUTS = "_keras_sft_inputs"
-_TEACHER_OUTPUTS = "_keras_sft_teacher_outputs"
 # Dataset ops whose output can change from one iteration to the next: a
 # cache built from one pass would then pair inputs with the teacher outputs
 # of other inputs.
@@ -75,8 +70,8 @@ def cache_teacher_outputs(teacher, data, *, batch_size=256, directory=None):
         A `tf.data.Dataset` of `(x, y, sample_weight, teacher_outputs)`
         (`sample_weight` is `None` where `data` has none).
     """
-    checks.check_model("teacher", teacher)
-    checks.check_int("batch_size", batch_size, minimum=1)
+    _checks.check_model("teacher", teacher)
+    _checks.check_int("batch_size", batch_size, minimum=1)
     if isinstance(data, tf.data.Dataset):
         _check_deterministic(data)
         if directory is None:
@@ -99,27 +94,6 @@ def cache_teacher_outputs(teacher, data, *, batch_size=256, directory=None):
         return cached
     cached.save(directory)
     return tf.data.Dataset.load(directory)
-
-
-def pack(x, teacher_outputs):
-    """Array inputs `x` with the teacher's outputs, as `SFTModel.fit` packs
-    them for Keras's array handling."""
-    return {_INPUTS: x, _TEACHER_OUTPUTS: teacher_outputs}
-
-
-def unpack(data):
-    """`(x, y, sample_weight, teacher_outputs)` of a batch, `None` if absent.
-
-    Reads the batches of `cache_teacher_outputs` (4-tuples), of arrays
-    packed by `pack`, and plain Keras batches.
-    """
-    # Keras's own batches have at most three parts, so a 4-tuple is ours.
-    if isinstance(data, tuple) and len(data) == 4:
-        return data
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    if isinstance(x, dict) and _TEACHER_OUTPUTS in x:
-        return x[_INPUTS], y, sample_weight, x[_TEACHER_OUTPUTS]
-    return x, y, sample_weight, None
 
 
 def _in_memory(teacher, data, batch_size):
@@ -216,13 +190,10 @@ def _check_deterministic(dataset):
             "position. Received: a dataset with "
             "`options().deterministic=False`."
         )
-    graph = tf.compat.v1.GraphDef()
-    graph.ParseFromString(dataset._as_serialized_graph().numpy())
-    ops = {node.op for node in graph.node}
-    for function in graph.library.function:
-        ops.update(node.op for node in function.node_def)
     random_ops = sorted(
-        op for op in ops if any(word in op for word in _NONDETERMINISTIC_OPS)
+        op
+        for op in _keras_compat.dataset_op_types(dataset)
+        if any(word in op for word in _NONDETERMINISTIC_OPS)
     )
     if random_ops:
         raise ValueError(

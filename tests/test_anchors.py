@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_sft
-from keras_sft import anchor_data
+from keras_sft import _anchors
 from tests import helpers
 
 LEARNING_RATE = 0.1
@@ -200,7 +200,7 @@ def test_validation_runs_without_anchors():
 def test_anchors_are_cycled_in_full_batches(count):
     model = _model(cache_teacher=False)
     anchor_x = _anchor_x(n=count)
-    batches = anchor_data.anchor_batches(model, anchor_x, batch_size=4, reads=0)
+    batches = _anchors.anchor_batches(model, anchor_x, batch_size=4, reads=0)
     stream = np.concatenate(
         [b["inputs"].numpy() for b in batches.take(3 * count)]
     )

@@ -13,7 +13,7 @@ from tests import doc_pages
 
 REPO = doc_pages.REPO
 DESIGN = os.path.join("docs", "design.md")
-# The private names that `keras_compat.py` is meant to hold; a module that
+# The private names that `_keras_compat.py` is meant to hold; a module that
 # uses one elsewhere is listed in design.md.
 _PRIVATE = re.compile(
     r"keras\.src\b|tf\.__internal__|\b(_compile_loss|_loss_tracker"
@@ -38,9 +38,13 @@ def _fenced(text):
 
 
 def _layout():
-    """The left column of design.md's layout block: the paths it names."""
-    block = _fenced(doc_pages.section(DESIGN, "Layout"))
-    return [line.split()[0] for line in block.splitlines() if line[:1].strip()]
+    """The library modules that design.md's layout lists, one bullet each
+    (`` - `name.py`: what it holds ``), as paths."""
+    section = doc_pages.section(DESIGN, "Layout")
+    return [
+        f"keras_sft/{name}"
+        for name in re.findall(r"^- `(\w+\.py)`:", section, re.M)
+    ]
 
 
 def test_design_layout_names_exactly_the_library_modules():
@@ -68,7 +72,7 @@ def test_design_lists_the_modules_that_use_private_names():
         relative = os.path.relpath(path, REPO)
         with open(path) as file:
             if relative != os.path.join(
-                "keras_sft", "keras_compat.py"
+                "keras_sft", "_keras_compat.py"
             ) and _PRIVATE.search(file.read()):
                 using.add(relative)
     listed = doc_pages.section(DESIGN, "Private Keras and TensorFlow names")

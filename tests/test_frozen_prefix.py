@@ -1,4 +1,4 @@
-"""Tests for keras_sft.frozen_prefix: frozen layers computed once a step."""
+"""Tests for keras_sft._frozen_prefix: frozen layers computed once a step."""
 
 import contextlib
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import keras_sft
-from keras_sft import frozen_prefix
+from keras_sft import _batch
 from tests import helpers
 
 
@@ -49,7 +49,7 @@ def seeded(build):
 
 def split_of(model):
     """The split the next training step of `model` would use."""
-    return frozen_prefix.split(model, None, None)
+    return model._teacher_outputs.shared_prefix()
 
 
 def prefix_layers(model):
@@ -140,7 +140,10 @@ def test_no_split_without_both_a_frozen_and_a_trained_part(frozen):
 def test_no_split_where_the_teacher_does_not_run_on_the_batch():
     model = keras_sft.SFTModel(frozen_mlp())
 
-    assert frozen_prefix.split(model, np.zeros((8, 3)), None) is None
+    cached = _batch.Batch(
+        np.zeros((8, 6)), None, None, np.zeros((8, 3)), None, None
+    )
+    assert model._teacher_outputs.shared_prefix(cached) is None
     features = keras_sft.SFTModel(frozen_mlp(), distill_features=["head"])
     assert split_of(features) is None
 

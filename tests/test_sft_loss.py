@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_sft.sft_loss import SFTLoss
+from keras_sft._sft_loss import SFTLoss
 from tests import helpers
 
 

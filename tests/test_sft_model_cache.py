@@ -75,7 +75,10 @@ def test_cached_fit_equals_live(kwargs, monkeypatch):
     # On one device the first epoch's steps store the outputs: no pass.
     assert calls == []
     # The buffers are freed when `fit` ends.
-    assert cached_model._lazy_teacher_cache._filled.numpy().size == 0
+    assert (
+        cached_model._teacher_outputs.first_epoch_cache._filled.numpy().size
+        == 0
+    )
     if kwargs.get("validation_split") or kwargs.get("validation_data"):
         assert "val_distill_loss" in cached[1]
 

@@ -1,11 +1,11 @@
-"""Tests for keras_sft.shared_teacher: teachers sharing frozen weights."""
+"""Tests for keras_sft._shared_teacher: teachers sharing frozen weights."""
 
 import keras
 import numpy as np
 import pytest
 
 import keras_sft
-from keras_sft import shared_teacher
+from keras_sft import _shared_teacher
 from tests import helpers
 
 
@@ -58,13 +58,13 @@ def test_lora_teacher_shares_base_kernels_and_predicts_as_before():
     student = lora_model()
     x, y = images()
     pretrained = outputs(student, x)
-    full = shared_teacher.owned_weights(
+    full = _shared_teacher.owned_weights(
         student, keras_sft.clone_teacher(student)
     )
     bases = with_lora(student)
     model = keras_sft.SFTModel(student, lambda_=1.0, cache_teacher=False)
 
-    owned = shared_teacher.owned_weights(student, model.teacher)
+    owned = _shared_teacher.owned_weights(student, model.teacher)
     assert all(
         w is base_kernel(model.teacher.get_layer(n))
         for w, n in zip(bases, ADAPTED, strict=True)
@@ -90,7 +90,7 @@ def test_trained_lora_adapters_give_a_full_copy():
     dense.lora_kernel_b.assign(np.full(dense.lora_kernel_b.shape, 0.1))
     x, _ = images()
 
-    teacher = shared_teacher.shared_teacher(student)
+    teacher = _shared_teacher.shared_teacher(student)
 
     assert all(
         w is not dense._kernel for w in teacher.get_layer("dense").weights
@@ -130,7 +130,7 @@ def test_frozen_backbone_teacher_owns_only_the_trainable_weights():
 
     model = keras_sft.SFTModel(student, lambda_=1.0, cache_teacher=False)
 
-    owned = shared_teacher.owned_weights(student, model.teacher)
+    owned = _shared_teacher.owned_weights(student, model.teacher)
     assert sorted(w.path for w in owned) == ["head/bias", "head/kernel"]
     fit(model, x, y)
     np.testing.assert_array_equal(outputs(model.teacher, x), pretrained)
@@ -164,7 +164,7 @@ def test_unfreezing_gives_the_teacher_its_own_copies(unfreeze):
         helpers.numpy_mlp_logits(weights, x),
         atol=1e-5,
     )
-    assert shared_teacher.owned_weights(student, model.teacher) == (
+    assert _shared_teacher.owned_weights(student, model.teacher) == (
         model.teacher.weights
     )
     assert model.teacher.trainable_weights == []

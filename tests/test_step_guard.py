@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 import keras_sft
-from keras_sft.step_guard import StepGuard
+from keras_sft._step_guard import StepGuard
 from keras_sft.terminate_on_nan import NonFiniteLossError
 from tests import helpers
 

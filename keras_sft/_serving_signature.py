@@ -5,7 +5,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from keras_sft import keras_compat
+from keras_sft import _keras_compat
 
 PROBABILITIES_SUFFIX = "_probabilities"
 
@@ -36,7 +36,7 @@ def _dtype_policy(student, policy):
     """Gives every layer of `student` the dtype `policy` while inside."""
     # Layers read their compute dtype from their policy at call time, so
     # the trace computes in `policy` with the same (float32) variables.
-    layers = keras_compat.all_layers(student)
+    layers = _keras_compat.all_layers(student)
     previous = [layer.dtype_policy for layer in layers]
     try:
         for layer in layers:
@@ -86,7 +86,7 @@ def _input_name(tensor, index, count):
     # `keras.Input(name=...)` names both the tensor and its `InputLayer`;
     # unnamed, they get unrelated counters (`keras_tensor_3`,
     # `input_layer_1`) that change from one session to the next.
-    if tensor.name == keras_compat.producing_node(tensor)[0].operation.name:
+    if tensor.name == _keras_compat.producing_node(tensor)[0].operation.name:
         return tensor.name
     return "inputs" if count == 1 else f"inputs_{index}"
 

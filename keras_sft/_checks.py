@@ -10,8 +10,8 @@ import numbers
 
 import keras
 
+from keras_sft import _keras_compat
 from keras_sft import distances
-from keras_sft import keras_compat
 
 
 def argument_error(name, expected, value=None, *, received=None):
@@ -160,7 +160,7 @@ def check_logits_loss(student, loss):
     gradients of a softmax taken twice are small and wrong."""
     if not getattr(loss, "from_logits", False) or len(student.outputs) != 1:
         return
-    layer = keras_compat.output_layer(student)
+    layer = _keras_compat.output_layer(student)
     if isinstance(layer, keras.layers.Softmax) or (
         getattr(layer, "activation", None) is keras.activations.softmax
     ):

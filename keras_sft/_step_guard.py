@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from keras_sft import keras_compat
+from keras_sft import _keras_compat
 from keras_sft import terminate_on_nan
 
 # What the guard checks, in the order its message names them: the inputs
@@ -57,7 +57,7 @@ def apply_gradients(guard, optimizer, update, data, values):
     """
     gradients, variables = update
     if guard is None or not variables:
-        keras_compat.apply_gradients(optimizer, gradients, variables)
+        _keras_compat.apply_gradients(optimizer, gradients, variables)
         return
     lambda_, terms, loss = values
     guard.apply_gradients(
@@ -256,7 +256,7 @@ def _apply_if(apply, optimizer, gradients, variables, refuse, flags):
     def apply_fn(gradients):
         optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
-    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+    if _keras_compat.strategy_supports_no_merge_call():
         ops.cond(apply, lambda: apply_fn(gradients), lambda: refuse(flags))
         return
 

@@ -1,17 +1,20 @@
-"""SFTLoss: the loss terms of `SFTModel`'s step, computed on tensors."""
+"""Private: `SFTLoss`, the loss terms of `SFTModel`'s step on tensors.
+
+The task and consistency terms over the student's named outputs: teacher
+outputs pair with the student outputs of the same name, `compile`'s
+`loss` and `loss_weights` spread over the outputs, per-sample weights
+broadcast over dense outputs, and the trackers of each term. Computed
+with `keras.ops` alone; the number of replicas, which each term is
+divided by, comes from the strategy through `_keras_compat`.
+"""
+
+import math
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from keras_sft import _keras_compat
 from keras_sft import distances
-from keras_sft import keras_compat
-from keras_sft import outputs
-
-
-def num_replicas():
-    """Number of replicas of the strategy in scope (1 outside any)."""
-    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def means(names, term):
@@ -46,13 +49,13 @@ def track(loss_tracker, trackers, x, total, terms):
     by_name = {tracker.name: tracker for tracker in trackers}
     first = next(t for t in keras.tree.flatten(x) if t is not None)
     batch_size = ops.cast(ops.shape(first)[0], "float32")
-    replicas = num_replicas()
+    replicas = _keras_compat.num_replicas()
     values = [(loss_tracker, total)]
     values += [(by_name[n], v) for n, v in terms.items() if n in by_name]
     for tracker, value in values:
         if replicas > 1:
             value = value * replicas
-        keras_compat.accumulate(tracker, value, batch_size)
+        _keras_compat.accumulate(tracker, value, batch_size)
 
 
 def output_sample_weights(y_pred, sample_weight, names):
@@ -62,16 +65,16 @@ def output_sample_weights(y_pred, sample_weight, names):
     (`names`, the student's output names, or `None` if unknown).
     """
     if not keras.tree.is_nested(y_pred):
-        return outputs.expand_sample_weight(sample_weight, y_pred)
-    predictions = outputs.by_name(y_pred, names)
+        return expand_sample_weight(sample_weight, y_pred)
+    predictions = by_name(y_pred, names)
     if sample_weight is None:
         return dict.fromkeys(predictions)
     if keras.tree.is_nested(sample_weight):
-        weights = outputs.by_name(sample_weight, list(predictions))
+        weights = by_name(sample_weight, list(predictions))
     else:
         weights = dict.fromkeys(predictions, sample_weight)
     return {
-        name: outputs.expand_sample_weight(weights.get(name), output)
+        name: expand_sample_weight(weights.get(name), output)
         for name, output in predictions.items()
     }
 
@@ -211,13 +214,37 @@ class SFTLoss:
         # Only the student's regularization losses: the teacher's are
         # constant and would inflate the logged loss.
         for loss in regularization:
-            total += ops.cast(ops.sum(loss), "float32") / num_replicas()
+            total += (
+                ops.cast(ops.sum(loss), "float32")
+                / _keras_compat.num_replicas()
+            )
         return total, {
             "task_loss": task_loss,
             "distill_loss": distill_loss,
             **task_terms,
             **terms,
         }
+
+    def step_terms(self, batch, teacher, student, lambda_, regularization):
+        """`(total, terms)` of a step on `batch` (a `_batch.Batch`), as
+        `__call__`; `teacher` and `student` are `_teacher_outputs.Views`,
+        the teacher's `inputs` `None` where the consistency term is on
+        the anchors alone."""
+        on_inputs = teacher.inputs
+        return self(
+            batch.y,
+            student.inputs.outputs,
+            None if on_inputs is None else on_inputs.outputs,
+            batch.sample_weight,
+            lambda_=lambda_,
+            features=({}, {})
+            if on_inputs is None
+            else (on_inputs.features, student.inputs.features),
+            regularization=regularization,
+            anchors=None
+            if teacher.anchors is None
+            else (teacher.anchors, student.anchors),
+        )
 
     def consistency_terms(
         self, teacher_pred, y_pred, weights, features, sample_weight
@@ -237,13 +264,11 @@ class SFTLoss:
         """The weighted task loss and `{<output>_task_loss: unweighted}`."""
         if not keras.tree.is_nested(y_pred):
             return self.task_loss(y, y_pred, weights), {}
-        predictions = outputs.by_name(y_pred, self.student_names)
-        labels = outputs.by_name(y, list(predictions))
+        predictions = by_name(y_pred, self.student_names)
+        labels = by_name(y, list(predictions))
         total = 0.0
         terms = {}
-        losses = outputs.output_losses(
-            self.loss, self.loss_weights, list(predictions)
-        )
+        losses = output_losses(self.loss, self.loss_weights, list(predictions))
         for name, (loss, loss_weight) in losses.items():
             value = ops.cast(
                 loss(labels[name], predictions[name], weights[name]), "float32"
@@ -260,11 +285,11 @@ class SFTLoss:
             y_pred
         ):
             return self.distance_loss(teacher_pred, y_pred, weights), {}
-        teacher = outputs.by_name(teacher_pred, self.teacher_names)
-        student = outputs.by_name(y_pred, self.student_names)
+        teacher = by_name(teacher_pred, self.teacher_names)
+        student = by_name(y_pred, self.student_names)
         if not isinstance(weights, dict):
             weights = dict.fromkeys(student, weights)
-        names = outputs.distilled_names(
+        names = distilled_names(
             list(student), list(teacher), self.distill_outputs
         )
         total = 0.0
@@ -286,8 +311,117 @@ class SFTLoss:
             value = self.distance_loss(
                 teacher_features[name],
                 student,
-                sample_weight=outputs.expand_sample_weight(weights, student),
+                sample_weight=expand_sample_weight(weights, student),
             )
             total += self.distill_weights.get(name, 1.0) * value
             terms[f"{name}_distill_loss"] = value
         return total, terms
+
+
+def by_name(values, names):
+    """Maps output names to `values`: a dict, a list in output order, or one."""
+    if isinstance(values, dict):
+        return dict(values)
+    if isinstance(values, (list, tuple)):
+        names = names or [f"output_{i}" for i in range(len(values))]
+        return dict(zip(names, values, strict=True))
+    return {names[0] if names else "output": values}
+
+
+def expand_sample_weight(sample_weight, output):
+    """Broadcasts per-sample weights `(batch,)` to every position of `output`.
+
+    Keras's loss reduction only reconciles ranks that differ by a trailing
+    1, so `(batch,)` weights against per-pixel losses `(batch, H, W)` would
+    broadcast along the wrong axis or fail. Per-position weights keep their
+    values. Going through `(batch, positions)` works whatever the weights'
+    rank, which `tf.function` forgets after retracing for a new shape.
+    """
+    if sample_weight is None or len(output.shape) <= 2:
+        return sample_weight
+    positions = ops.shape(output)[:-1]
+    flat = ops.reshape(ops.cast(sample_weight, "float32"), (positions[0], -1))
+    count = math.prod(positions[1:])
+    flat = ops.broadcast_to(flat, (positions[0], count))
+    return ops.reshape(flat, positions)
+
+
+def distilled_names(student_names, teacher_names, distill_outputs):
+    """Names of the outputs the distance applies to, `None` if not yet known.
+
+    Teacher outputs pair with the student outputs of the same name, so the
+    teacher may have a subset of the student's outputs (for example only
+    the old head, when the student has grown a new one). A single-output
+    teacher and student pair whatever their names.
+    """
+    if student_names is None or teacher_names is None:
+        return None if distill_outputs is None else list(distill_outputs)
+    if len(student_names) == 1 and len(teacher_names) == 1:
+        common = list(student_names)
+    else:
+        common = [name for name in teacher_names if name in student_names]
+    if distill_outputs is None:
+        if len(common) != len(teacher_names):
+            raise ValueError(
+                "Invalid value for argument `teacher`. Expected every teacher "
+                "output to have a student output of the same name (or name "
+                "the outputs to keep close with `distill_outputs`). Received: "
+                f"teacher outputs {teacher_names}, student outputs "
+                f"{student_names}"
+            )
+        return common
+    unknown = [name for name in distill_outputs if name not in common]
+    if unknown:
+        raise ValueError(
+            "Invalid value for argument `distill_outputs`. Expected names of "
+            f"outputs of both the student and the teacher, among {common}. "
+            f"Received: distill_outputs={distill_outputs!r}"
+        )
+    return list(distill_outputs)
+
+
+def per_output(value, names, argument):
+    """Spreads a `compile` argument (one, list or dict) over output names."""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ValueError(
+                f"Invalid value for argument `{argument}`. Expected keys "
+                f"among the student's outputs {names}. Received: "
+                f"{argument}={value!r}"
+            )
+        return {name: value.get(name) for name in names}
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(names):
+            raise ValueError(
+                f"Invalid value for argument `{argument}`. Expected one entry "
+                f"per student output {names}. Received: {argument}={value!r}"
+            )
+        return dict(zip(names, value, strict=True))
+    return dict.fromkeys(names, value)
+
+
+def output_losses(loss, loss_weights, names):
+    """Maps each output name with a task loss to `(loss, weight or None)`."""
+    losses = per_output(loss, names, "loss")
+    weights = per_output(loss_weights, names, "loss_weights")
+    resolved = {}
+    for name in names:
+        if losses[name] is None:
+            continue
+        output_loss = keras.losses.get(losses[name])
+        if not isinstance(output_loss, keras.losses.Loss):
+            output_loss = FunctionLoss(output_loss)
+        resolved[name] = (output_loss, weights[name])
+    return resolved
+
+
+class FunctionLoss(keras.losses.Loss):
+    """A loss function given by name or as a callable, as a Keras `Loss`."""
+
+    def __init__(self, function):
+        super().__init__(name="function_loss")
+        self.function = function
+
+    def call(self, y_true, y_pred):
+        return self.function(y_true, y_pred)

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_sft import keras_compat
+from keras_sft import _keras_compat
 from keras_sft.teacher import clone_teacher
 
 
@@ -40,7 +40,7 @@ def shared_teacher(student):
 
     ```python
     student.get_layer("dense").enable_lora(4)
-    teacher = keras_sft.shared_teacher.shared_teacher(student)
+    teacher = _shared_teacher.shared_teacher(student)
     ```
 
     Args:
@@ -55,16 +55,16 @@ def shared_teacher(student):
         return teacher
     trained = {id(w) for w in student.trainable_weights}
     for student_layer, teacher_layer in pairs:
-        adapters = keras_compat.lora_adapters(student_layer)
+        adapters = _keras_compat.lora_adapters(student_layer)
         # `enable_lora` starts the `_b` factor at zero, so that the adapted
         # layer computes what the base layer does until it trains.
         if any(a.name.endswith("_b") and _nonzero(a) for a in adapters):
             continue
         if adapters:
-            keras_compat.disable_lora(teacher_layer)
+            _keras_compat.disable_lora(teacher_layer)
         teacher_weights = {
             w.name: w
-            for ws in keras_compat.own_weights(teacher_layer)
+            for ws in _keras_compat.own_weights(teacher_layer)
             for w in ws
         }
         for weight in _shareable(student_layer, trained):
@@ -74,37 +74,44 @@ def shared_teacher(student):
                 and copy.shape == weight.shape
                 and copy.dtype == weight.dtype
             ):
-                keras_compat.replace_weight(teacher_layer, copy, weight)
+                _keras_compat.replace_weight(teacher_layer, copy, weight)
     return teacher
 
 
-def unshare_trained(model):
-    """Copies into the teacher the shared weights the student now trains.
+def unshare_trained(student, teacher, strategy):
+    """Copies into `teacher` the weights it shares with `student` that the
+    student now trains.
 
-    `model` is an `SFTModel`. The copies take the shared variables'
-    current values, so call this before training changes them. Returns
-    whether any was copied; steps traced before then read the student's
-    variables, so they are dropped.
+    The copies take the shared variables' current values, so call this
+    before training changes them; they are made in `strategy`'s scope.
+    Returns whether any was copied: functions traced before then read the
+    student's variables.
     """
-    trained = {id(w) for w in model.student.trainable_weights}
+    trained = {id(w) for w in student.trainable_weights}
     return _unshare(
-        model,
+        student,
+        teacher,
+        strategy,
         lambda layer, weight: all(
             weight is not w for w in _shareable(layer, trained)
         ),
     )
 
 
-def unshare_lora(model):
-    """Copies into the teacher the base weights it shares with LoRA layers.
+def unshare_lora(student, teacher, strategy):
+    """Copies into `teacher` the base weights it shares with `student`'s
+    LoRA layers; returns whether any was copied.
 
     Keras saves a LoRA layer's kernel with its adapters merged in, and
     loads that merged kernel into the base kernel (zeroing the adapters),
-    so loading weights into `model` (an `SFTModel`) would write the
-    student's merged kernel into the teacher's; call this before loading.
+    so loading weights into the student would write its merged kernel
+    into the teacher's; call this before loading.
     """
     return _unshare(
-        model, lambda layer, weight: bool(keras_compat.lora_adapters(layer))
+        student,
+        teacher,
+        strategy,
+        lambda layer, weight: bool(_keras_compat.lora_adapters(layer)),
     )
 
 
@@ -117,8 +124,8 @@ def owned_weights(student, teacher):
 def _layer_pairs(student, teacher):
     """Each layer of `student` with the same layer of `teacher`, or `None`
     where the two models are not built alike."""
-    student_layers = keras_compat.all_layers(student)
-    teacher_layers = keras_compat.all_layers(teacher)
+    student_layers = _keras_compat.all_layers(student)
+    teacher_layers = _keras_compat.all_layers(teacher)
     if len(student_layers) != len(teacher_layers) or any(
         type(s) is not type(t) or s.name != t.name
         for s, t in zip(student_layers, teacher_layers, strict=True)
@@ -129,8 +136,8 @@ def _layer_pairs(student, teacher):
 
 def _shareable(layer, trained):
     """The own weights of `layer` that training the student cannot change."""
-    weights, others = keras_compat.own_weights(layer)
-    adapters = {id(w) for w in keras_compat.lora_adapters(layer)}
+    weights, others = _keras_compat.own_weights(layer)
+    adapters = {id(w) for w in _keras_compat.lora_adapters(layer)}
     shareable = [
         w for w in weights if id(w) not in trained and id(w) not in adapters
     ]
@@ -146,41 +153,34 @@ def _shareable(layer, trained):
 def _shared(student_layer, teacher_layer):
     """The own weights of `teacher_layer` that are `student_layer`'s."""
     student_weights = {
-        id(w) for ws in keras_compat.own_weights(student_layer) for w in ws
+        id(w) for ws in _keras_compat.own_weights(student_layer) for w in ws
     }
     return [
         w
-        for ws in keras_compat.own_weights(teacher_layer)
+        for ws in _keras_compat.own_weights(teacher_layer)
         for w in ws
         if id(w) in student_weights
     ]
 
 
-def _unshare(model, condition):
-    """Gives the teacher of `model` its own copy of each weight it shares
-    with a student layer where `condition(layer, weight)` holds."""
+def _unshare(student, teacher, strategy, condition):
+    """Gives `teacher` its own copy of each weight it shares with a
+    `student` layer where `condition(layer, weight)` holds; returns
+    whether any was copied."""
     copied = False
-    for student_layer, teacher_layer in (
-        _layer_pairs(model.student, model.teacher) or []
-    ):
+    for student_layer, teacher_layer in _layer_pairs(student, teacher) or []:
         for weight in _shared(student_layer, teacher_layer):
             if not condition(student_layer, weight):
                 continue
-            with model.distribute_strategy.scope():
+            with strategy.scope():
                 copy = keras.Variable(
                     ops.convert_to_tensor(weight),
                     dtype=weight.dtype,
                     trainable=False,
                     name=weight.name,
                 )
-            keras_compat.replace_weight(teacher_layer, weight, copy)
+            _keras_compat.replace_weight(teacher_layer, weight, copy)
             copied = True
-    if copied:
-        # Traced functions hold the variables they read.
-        for traced in (model, model.teacher):
-            traced.train_function = None
-            traced.test_function = None
-            traced.predict_function = None
     return copied
 
 

@@ -1,11 +1,13 @@
 """Private: the frozen layers that a student and its teacher compute once.
 
 In transfer learning the student's leading layers are often frozen (a
-pretrained backbone with `trainable=False`), and `keras_sft.shared_teacher`
+pretrained backbone with `trainable=False`), and `keras_sft._shared_teacher`
 gives the teacher the very same variables for them. Both models then
 compute the same values there, so `SFTModel`'s training step runs that
 prefix once, outside the gradient tape, and feeds its outputs to the rest
-of the student (inside the tape) and to the rest of the teacher.
+of the student (inside the tape) and to the rest of the teacher
+(`_teacher_outputs._SharedPrefix`). This module finds where the two
+models can be split.
 
 A layer joins the prefix when its inputs all come from the model's inputs
 or from prefix layers, it has no trainable weight, its teacher
@@ -16,89 +18,26 @@ random numbers (`Dropout`, `GaussianNoise`, random augmentation), no
 mode), no layer of another library whose `call` takes `training`.
 """
 
-import weakref
+import collections
 
 import keras
-from keras import ops
 
-from keras_sft import anchors
-from keras_sft import keras_compat
+from keras_sft import _keras_compat
 
-# The split of each `SFTModel`, with the layer trainability it was made
-# for: kept off the model, whose attributes Keras would track and save.
-_SPLITS = weakref.WeakKeyDictionary()
-
-
-class FrozenPrefix:
-    """A student and its shared teacher, split where their frozen layers end.
-
-    Args:
-        prefix: `keras.Model` from the student's inputs to the frontier,
-            the prefix outputs that later layers read.
-        student_suffix: `keras.Model` from the frontier to the student's
-            outputs.
-        teacher_suffix: `keras.Model` from the frontier to the teacher's
-            outputs.
-    """
-
-    def __init__(self, prefix, student_suffix, teacher_suffix):
-        self.prefix = prefix
-        self.student_suffix = student_suffix
-        self.teacher_suffix = teacher_suffix
-
-    def teacher_forward(self, x):
-        """`(frontier, (teacher outputs, {}))`, without gradient."""
-        # The prefix computes what the student computes in training; its
-        # layers compute the same in inference, as the teacher runs.
-        frontier = self.prefix(x, training=True)
-        frontier = keras.tree.map_structure(ops.stop_gradient, frontier)
-        teacher = self.teacher_suffix(frontier, training=False)
-        return frontier, (
-            keras.tree.map_structure(ops.stop_gradient, teacher),
-            {},
-        )
-
-    def student_forward(self, frontier):
-        """Student `(outputs, {})` from the prefix's outputs, in training."""
-        return self.student_suffix(frontier, training=True), {}
+# A student and its shared teacher, split where their frozen layers end:
+# `prefix` a `keras.Model` from the student's inputs to the frontier (the
+# prefix outputs that later layers read), `student_suffix` and
+# `teacher_suffix` models from the frontier to each model's outputs.
+Split = collections.namedtuple(
+    "Split", ["prefix", "student_suffix", "teacher_suffix"]
+)
 
 
-def split(model, cached, anchor_batch):
-    """The `FrozenPrefix` of `model` (an `SFTModel`) for this step, or `None`.
-
-    `None` where the teacher does not run on the step's inputs (`cached`
-    outputs, anchors replacing them), with `distill_features`, or where
-    no layer can be shared.
-    """
-    if (
-        cached is not None
-        or model.distill_features is not None
-        or anchors.replaces(anchor_batch)
-    ):
-        return None
-    key = _trainability(model)
-    stored = _SPLITS.get(model)
-    if stored is None or stored[0] != key:
-        stored = (key, _build(model.student, model.teacher))
-        _SPLITS[model] = stored
-    return stored[1]
-
-
-def _trainability(model):
-    """What the split depends on: each student layer's `trainable`, and
-    which variables the teacher holds (they change when it unshares)."""
-    return (
-        tuple(
-            layer.trainable for layer in keras_compat.all_layers(model.student)
-        ),
-        tuple(id(w) for w in model.teacher.weights),
-    )
-
-
-def _build(student, teacher):
-    """The `FrozenPrefix` of `student` and `teacher`, or `None`."""
-    student_graph = keras_compat.functional_graph(student)
-    teacher_graph = keras_compat.functional_graph(teacher)
+def split(student, teacher):
+    """The `Split` of `student` and its `teacher`, or `None` where no layer
+    can be shared."""
+    student_graph = _keras_compat.functional_graph(student)
+    teacher_graph = _keras_compat.functional_graph(teacher)
     if student_graph is None or teacher_graph is None:
         return None
     shared = {id(w) for w in student.weights}
@@ -113,9 +52,9 @@ def _build(student, teacher):
     if prefix is None or any(id(t) in prefix for t in outputs):
         return None
     frontier = _frontier(student_graph, prefix)
-    if any(getattr(t, "_keras_mask", None) is not None for t in frontier):
+    if any(map(_keras_compat.has_mask, frontier)):
         return None
-    return FrozenPrefix(
+    return Split(
         keras.Model(student_graph[0], frontier),
         keras.Model(frontier, student_graph[1]),
         keras.Model([pairs[id(t)] for t in frontier], teacher_graph[1]),
@@ -137,8 +76,8 @@ def _pair_tensors(student_graph, teacher_graph):
             paired = [t for t in node.output_tensors if id(t) in pairs]
             if not paired:
                 return None
-            student_node, index = keras_compat.producing_node(paired[0])
-            teacher_node, teacher_index = keras_compat.producing_node(
+            student_node, index = _keras_compat.producing_node(paired[0])
+            teacher_node, teacher_index = _keras_compat.producing_node(
                 pairs[id(paired[0])]
             )
             operation = teacher_node.operation
@@ -177,7 +116,7 @@ def _prefix_tensors(student_graph, pairs):
                 id(t) in prefix for t in node.input_tensors
             ):
                 continue
-            teacher_node, _ = keras_compat.producing_node(
+            teacher_node, _ = _keras_compat.producing_node(
                 pairs[id(node.output_tensors[0])]
             )
             if _shareable(node.operation, teacher_node.operation):
@@ -207,7 +146,7 @@ def _shareable(layer, teacher_layer):
     return (
         not layer.trainable_weights
         and weights == [id(w) for w in teacher_layer.weights]
-        and all(map(_deterministic, keras_compat.all_layers(layer)))
+        and all(map(_deterministic, _keras_compat.all_layers(layer)))
     )
 
 
@@ -220,4 +159,4 @@ def _deterministic(layer):
         return not layer.trainable
     # Another library's layer may read `training` in ways not seen here;
     # its nested Functional models are checked layer by layer instead.
-    return not keras_compat.is_random_or_training_dependent(layer)
+    return not _keras_compat.is_random_or_training_dependent(layer)

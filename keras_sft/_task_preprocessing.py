@@ -16,6 +16,8 @@ import inspect
 import keras
 import tensorflow as tf
 
+from keras_sft import _keras_compat
+
 # keras-hub's and Keras's batch size when none is given.
 _DEFAULT_BATCH_SIZE = 32
 
@@ -65,7 +67,7 @@ def inference_arguments(student, method, model, args, kwargs):
     del arguments["self"]
     preprocess = preprocess_samples(student)
     # Validation inside `fit` reuses the dataset `fit` preprocessed.
-    if preprocess is None or arguments.get("_use_cached_eval_dataset"):
+    if preprocess is None or _keras_compat.evaluates_inside_fit(arguments):
         return arguments
     arguments["x"] = preprocessed(
         preprocess,

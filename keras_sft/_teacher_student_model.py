@@ -11,28 +11,26 @@ arguments, its step and its config.
 
 import keras
 
-from keras_sft import anchor_data
+from keras_sft import _batch
+from keras_sft import _keras_compat
+from keras_sft import _shared_teacher
+from keras_sft import _task_preprocessing
 from keras_sft import data_checks
-from keras_sft import fit_cache
-from keras_sft import keras_compat
-from keras_sft import sft_loss
-from keras_sft import shared_teacher
-from keras_sft import task_preprocessing
 
 
-class TeacherStudentModel(keras.Model):
+class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
     """A `keras.Model` holding a trained `student` and a frozen `teacher`.
 
-    Subclasses set `self.student`, `self.teacher` (shared with the student
-    by `keras_sft.shared_teacher` or given by the user) and
-    `self._student_names` (`keras_sft.outputs.output_names`) in their
+    Subclasses set `self.student` and `self.teacher` (shared with the
+    student by `_shared_teacher` or given by the user) in their
     constructor, and define the steps. The model is then built when its
     student is, calls and exports the student, keeps the teacher frozen
     whatever `trainable` is set to, gives the teacher its own copies of
     shared weights before they train, applies a keras-hub task's
-    preprocessor in `evaluate`, `predict` and the `*_on_batch` methods
-    as the task does, and builds
-    Keras's compiled loss from one replica's batch under any strategy.
+    preprocessor in `evaluate`, `predict` and the `*_on_batch` methods as
+    the task does, and builds Keras's compiled loss from one replica's
+    batch, without what `fit` packed beside the inputs, under any
+    strategy.
 
     Example:
 
@@ -42,7 +40,6 @@ class TeacherStudentModel(keras.Model):
             super().__init__(**kwargs)
             self.student = student
             self.teacher = keras_sft.clone_teacher(student)
-            self._student_names = None
     ```
 
     Reference:
@@ -51,7 +48,7 @@ class TeacherStudentModel(keras.Model):
     """
 
     def compile_from_config(self, config):
-        keras_compat.restore_compile(self, config)
+        _keras_compat.restore_compile(self, config)
 
     @property
     def built(self):
@@ -71,19 +68,30 @@ class TeacherStudentModel(keras.Model):
         # Keras's setter reaches every sublayer, the teacher included; the
         # teacher stays the frozen reference whatever the wrapper is set to.
         if getattr(self, "teacher", None) is not None:
-            shared_teacher.unshare_trained(self)
+            self._unshare(_shared_teacher.unshare_trained)
             self.teacher.trainable = False
 
     def make_train_function(self, force=False):
         # Layers the user unfroze since the teacher was made would train
         # the weights the teacher shares: it gets its own copies first.
-        shared_teacher.unshare_trained(self)
+        self._unshare(_shared_teacher.unshare_trained)
         return super().make_train_function(force=force)
 
     def load_weights(self, filepath, *args, **kwargs):
         # Keras loads a LoRA layer's merged kernel into its base kernel.
-        shared_teacher.unshare_lora(self)
+        self._unshare(_shared_teacher.unshare_lora)
         return super().load_weights(filepath, *args, **kwargs)
+
+    def _unshare(self, unshare):
+        """Gives the teacher its own copies of the weights `unshare`
+        (`_shared_teacher.unshare_trained` or `unshare_lora`) picks, and
+        drops the functions traced with the shared ones."""
+        if unshare(self.student, self.teacher, self.distribute_strategy):
+            # Traced functions hold the variables they read.
+            for traced in (self, self.teacher):
+                traced.train_function = None
+                traced.test_function = None
+                traced.predict_function = None
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
@@ -93,37 +101,12 @@ class TeacherStudentModel(keras.Model):
         arguments (see also `keras_sft.export_saved_model`)."""
         return self.student.export(filepath, **kwargs)
 
-    # Keras builds its compiled loss through `compute_loss` with the raw
-    # sample weights; both hooks broadcast them over dense outputs as the
-    # step does.
-    def compute_loss(
-        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
-    ):
-        weights = self._sample_weights(y_pred, sample_weight)
-        return super().compute_loss(x, y, y_pred, weights, training=training)
-
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        weights = self._sample_weights(y_pred, sample_weight)
-        return super().compute_metrics(x, y, y_pred, weights)
-
-    def _sample_weights(self, y_pred, sample_weight):
-        return sft_loss.structured_sample_weight(
-            y_pred, sample_weight, self._student_names
-        )
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Builds from one replica's batch (`keras_compat.first_replica_batch`)
-        # and, as Keras builds from 3-tuples, without cached outputs.
-        if self._distribute_strategy is not None:
-            batch = keras_compat.first_replica_batch(
-                self.distribute_strategy, iterator, data_batch
-            )
-            if batch is not None:
-                batch = fit_cache.strip(anchor_data.unpack(batch)[0])
-            super()._maybe_symbolic_build(data_batch=batch)
+    def _symbolic_build_batch(self, batch):
+        # Keras builds from 3-tuples: without cached outputs or anchors.
+        return _batch.keras_batch(batch)
 
     def evaluate(self, *args, **kwargs):
-        arguments = task_preprocessing.inference_arguments(
+        arguments = _task_preprocessing.inference_arguments(
             self.student, keras.Model.evaluate, self, args, kwargs
         )
         with data_checks.one_line_label_errors():
@@ -131,20 +114,20 @@ class TeacherStudentModel(keras.Model):
 
     def predict(self, *args, **kwargs):
         return super().predict(
-            **task_preprocessing.inference_arguments(
+            **_task_preprocessing.inference_arguments(
                 self.student, keras.Model.predict, self, args, kwargs
             )
         )
 
     def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
-        batch = task_preprocessing.batch(self.student, x, y, sample_weight)
+        batch = _task_preprocessing.batch(self.student, x, y, sample_weight)
         return super().train_on_batch(*batch, **kwargs)
 
     def test_on_batch(self, x, y=None, sample_weight=None, **kwargs):
-        batch = task_preprocessing.batch(self.student, x, y, sample_weight)
+        batch = _task_preprocessing.batch(self.student, x, y, sample_weight)
         return super().test_on_batch(*batch, **kwargs)
 
     def predict_on_batch(self, x):
         return super().predict_on_batch(
-            task_preprocessing.batch(self.student, x)[0]
+            _task_preprocessing.batch(self.student, x)[0]
         )

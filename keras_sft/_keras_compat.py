@@ -1,0 +1,395 @@
+"""Private: every place where keras-sft reaches into Keras or TF internals.
+
+Each entry uses a private Keras or TensorFlow name (`keras.src`,
+`tf.__internal__`, an attribute or hook with a leading underscore), says
+why no public API serves, names the upstream issue where one is filed,
+and the versions it was checked on: all were checked on Keras 3.15.1 with
+TensorFlow 2.21.0, the versions `setup.cfg` allows (`KERAS_VERSIONS`). A
+Keras upgrade is checked against this file first;
+`tests/test_keras_compat.py` keeps private names out of every other
+module.
+"""
+
+import warnings
+
+import keras
+import tensorflow as tf
+from keras import ops
+from keras.src.trainers import data_adapters
+from keras.src.trainers.data_adapters import array_slicing
+from keras.src.utils import tracking
+
+# The Keras releases whose internals these entries were checked against,
+# as `setup.cfg` pins them (`keras>=3.15,<3.16`).
+KERAS_VERSIONS = ("3.15",)
+
+
+class OneReplicaSymbolicBuild(keras.Model):
+    """A `keras.Model` whose symbolic build under a strategy reads the
+    first replica's part of the first batch.
+
+    Work-around for Keras 3.15 (no upstream issue found; checked on Keras
+    3.15.1): before building the compiled loss and metrics from the first
+    batch's shapes, the private hook `keras.Model._maybe_symbolic_build`
+    averages that batch over replicas with `strategy.reduce`, which
+    `MultiWorkerMirroredStrategy` cannot do on per-replica data ("Attempt
+    to convert a value (PerReplica:{...}) ... to a Tensor"). One replica's
+    part has the same shapes. Subclasses give, in `_symbolic_build_batch`,
+    the `(x, y, sample_weight)` that Keras should build from.
+    """
+
+    def _symbolic_build_batch(self, batch):
+        """Keras's `(x, y, sample_weight)` of a batch of `fit`'s data."""
+        return batch
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # As in Keras: no symbolic build for a model made outside a
+        # strategy's scope.
+        if self._distribute_strategy is not None:
+            batch = first_replica_batch(
+                self.distribute_strategy, iterator, data_batch
+            )
+            if batch is not None:
+                batch = self._symbolic_build_batch(batch)
+            super()._maybe_symbolic_build(data_batch=batch)
+
+
+def made_in_strategy_scope(model):
+    """Whether `model` was made inside a `tf.distribute` strategy's scope."""
+    # Keras records that strategy in the private `_distribute_strategy`
+    # only then (`distribute_strategy` falls back to the current one).
+    # Checked on Keras 3.15.1.
+    return model._distribute_strategy is not None
+
+
+def compile_loss(model):
+    """Keras's `CompileLoss` of a compiled `model` (`None` before)."""
+    # `compile` builds it from `loss` and `loss_weights` and keeps it in
+    # the private `_compile_loss`; `compute_loss` calls it with the whole
+    # sample weights, where `SFTModel` needs it per output. Checked on
+    # Keras 3.15.1.
+    return model._compile_loss
+
+
+def loss_tracker(model):
+    """Keras's `Mean` tracker of the `loss` log of a compiled `model`."""
+    # A custom `train_step` that logs `loss` updates this private tracker
+    # (Keras's own `compute_loss` does) so that `loss` stays first in the
+    # logs and in `model.metrics`. Checked on Keras 3.15.1.
+    return model._loss_tracker
+
+
+def in_multi_worker_mode(strategy):
+    """Whether `strategy` is a `MultiWorkerMirroredStrategy` over >1 worker."""
+    # No public API tells one worker from several: the strategy's private
+    # `extended._in_multi_worker_mode()` is what Keras's TF trainer reads.
+    # Checked on Keras 3.15.1 and TensorFlow 2.21.0.
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    )
+
+
+def first_replica_batch(strategy, iterator=None, data_batch=None):
+    """The first replica's part of the first batch of `iterator` (Keras's
+    epoch iterator) or of `data_batch`, or `None` (see
+    `OneReplicaSymbolicBuild`)."""
+    if iterator is not None and data_batch is None:
+        for _, _, batches in iterator:
+            data_batch = next(batches)
+            break
+    if data_batch is None:
+        return None
+    return keras.tree.map_structure(
+        lambda value: (
+            strategy.experimental_local_results(value)[0]
+            if isinstance(value, tf.distribute.DistributedValues)
+            else value
+        ),
+        data_batch,
+    )
+
+
+def reducible_logs(strategy, logs):
+    """A step's logs in the shape Keras can reduce under `strategy`."""
+    # Under multiple workers Keras reduces each returned log with
+    # `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars
+    # (keras-team/keras#20585); a leading axis of one reduces to the
+    # same scalar mean. Checked on Keras 3.15.1.
+    if not in_multi_worker_mode(strategy):
+        return logs
+    return {key: ops.expand_dims(value, 0) for key, value in logs.items()}
+
+
+def accumulate(tracker, mean, count):
+    """Adds the scalar `mean` of `count` samples to a `keras.metrics.Mean`."""
+    # The sums `Mean.update_state(mean, sample_weight=count)` makes, on the
+    # metric's `total` and `count` variables (attributes of Keras's
+    # `Reduce` metric, not documented API), without its broadcasting and
+    # reductions: 16 graph ops fewer per tracker, which counts when a step
+    # of a small model takes a few milliseconds. Checked on Keras 3.15.1.
+    tracker.total.assign_add(ops.cast(mean, tracker.dtype) * count)
+    tracker.count.assign_add(count)
+
+
+def restore_compile(model, config):
+    """`keras.Model.compile_from_config` for a model that overrides compile."""
+    # Work-around for Keras 3.15 behaviour (no upstream issue found): on
+    # load, Keras skips `compile_from_config` for models that override
+    # `compile`, since their signature may differ. `SFTModel.compile` keeps
+    # Keras's signature, so the saved compile arguments apply as they are.
+    # Checked on Keras 3.15.1.
+    model.compile(**keras.saving.deserialize_keras_object(config))
+    if model.built:
+        model.optimizer.build(model.trainable_variables)
+
+
+# Keras's base class of its input adapters. `keras.Model.fit` takes an
+# instance as `x` and uses it as it is (Keras 3.15's `get_data_adapter`
+# lets custom adapters through), so `keras_sft._anchors` wraps Keras's own
+# adapter of the user's data and keeps its epoch sizes and hooks. Checked on
+# Keras 3.15.1.
+DataAdapter = data_adapters.data_adapter.DataAdapter
+
+
+def data_adapter(
+    x, y, sample_weight, batch_size, steps_per_epoch, shuffle, class_weight
+):
+    """Keras's adapter of `fit`'s data, as `keras.Model.fit` builds it."""
+    # No public API returns it; `fit` builds it in its epoch iterator from
+    # these very arguments (arrays, datasets, generators, `PyDataset`).
+    # Checked on Keras 3.15.1.
+    return data_adapters.get_data_adapter(
+        x=x,
+        y=y,
+        sample_weight=sample_weight,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        shuffle=shuffle,
+        class_weight=class_weight,
+    )
+
+
+def train_validation_split(arrays, validation_split):
+    """`keras.Model.fit`'s `validation_split`: the last fraction of arrays."""
+    # The private helper `fit` itself calls, so that the split, its order
+    # and its error for non-arrays are Keras's. Checked on Keras 3.15.1.
+    return array_slicing.train_validation_split(
+        arrays, validation_split=validation_split
+    )
+
+
+def apply_gradients(optimizer, gradients, trainable_weights):
+    """Applies `gradients`, or warns as Keras does when nothing is trainable."""
+    # Keras's own `train_step` (keras/src/backend/tensorflow/trainer.py)
+    # skips the update with this warning for a model with no trainable
+    # weights (`model.trainable = False`); `apply_gradients` of an empty
+    # list fails ("not enough values to unpack"). Checked on Keras 3.15.1.
+    if not trainable_weights:
+        warnings.warn(
+            "The model does not have any trainable weights.", stacklevel=2
+        )
+        return
+    optimizer.apply_gradients(zip(gradients, trainable_weights, strict=True))
+
+
+def output_layer(model):
+    """The layer that makes a Functional or Sequential model's single
+    output (Keras records it only in the output tensor's private history;
+    checked on Keras 3.15.1)."""
+    if isinstance(model, keras.Sequential):
+        return model.layers[-1]
+    return model.outputs[0]._keras_history.operation
+
+
+def own_weights(layer):
+    """`layer`'s own weights (not its sublayers'): `(trainable, other)`."""
+    # Keras 3.15 keeps them in these two tracker lists, in creation order,
+    # which is the order `save_own_variables` of a generic layer writes.
+    # Checked on Keras 3.15.1.
+    return layer._trainable_variables, layer._non_trainable_variables
+
+
+def replace_weight(layer, old, new):
+    """Makes `layer` compute with the variable `new` wherever it used `old`.
+
+    `new` takes `old`'s place in the layer's tracker list, so the layer's
+    weight order (which saving relies on) stays as it was.
+    """
+    # No public API swaps a built layer's variable. Attribute assignment
+    # outside `DotNotTrackScope` would append `new` to the tracker list.
+    # Checked on Keras 3.15.1.
+    with tracking.DotNotTrackScope():
+        for name, value in list(vars(layer).items()):
+            if value is old:
+                setattr(layer, name, new)
+    for weights in own_weights(layer):
+        for index, weight in enumerate(weights):
+            if weight is old:
+                weights[index] = new
+
+
+def lora_adapters(layer):
+    """The LoRA adapter variables of `layer` (`[]` where LoRA is off)."""
+    # Keras 3.15's `enable_lora` (Dense, EinsumDense, Embedding, the
+    # convolutions) adds weights named `lora_*_a` and `lora_*_b`. Checked
+    # on Keras 3.15.1.
+    if not getattr(layer, "lora_enabled", False):
+        return []
+    trainable, other = own_weights(layer)
+    return [w for w in trainable + other if w.name.startswith("lora_")]
+
+
+def disable_lora(layer):
+    """Removes `layer`'s LoRA adapters: it computes with its base weights."""
+    # Keras has no `disable_lora`. With `lora_rank=None` the layer's
+    # config and saving are those of a layer that never had LoRA. Checked
+    # on Keras 3.15.1.
+    adapters = lora_adapters(layer)
+    for name, value in list(vars(layer).items()):
+        if any(value is adapter for adapter in adapters):
+            # `Layer.__delattr__` also drops the variable from its tracker.
+            delattr(layer, name)
+    layer.lora_enabled = False
+    layer.lora_rank = None
+    layer.lora_alpha = None
+
+
+def all_layers(layer, include_self=True):
+    """`layer` and every layer nested in it, in Keras's own order."""
+    # Keras lists nested layers with the private `_flatten_layers`; the
+    # public `layers` stops at the first level. Checked on Keras 3.15.1.
+    return list(layer._flatten_layers(include_self=include_self))
+
+
+def functional_graph(model):
+    """`(inputs, outputs, nodes_by_depth)` of a Functional model's graph (a
+    Sequential model's inner one): the input and output structures, and
+    the nodes by depth, consumers before producers. `None` for a
+    subclassed model. Keras keeps all three in private attributes
+    (checked on Keras 3.15.1)."""
+    graph = getattr(model, "_functional", None) or model
+    if not hasattr(graph, "_nodes_by_depth"):
+        return None
+    return graph._inputs_struct, graph._outputs_struct, graph._nodes_by_depth
+
+
+def producing_node(tensor):
+    """The graph node that made the symbolic `tensor`, and the tensor's
+    index among its outputs (from the tensor's private history; checked on
+    Keras 3.15.1)."""
+    operation, node_index, tensor_index = tensor._keras_history
+    return operation._inbound_nodes[node_index], tensor_index
+
+
+def is_random_or_training_dependent(layer):
+    """Whether `layer`'s own computation may differ between training and
+    inference beyond `BatchNormalization`: it draws random numbers (Keras
+    layers keep their seed generators privately), or it is another
+    library's layer (not a nested Functional model) whose `call` takes
+    `training` (a private attribute too; checked on Keras 3.15.1)."""
+    if getattr(layer, "_seed_generators", None):
+        return True
+    if type(layer).__module__.startswith("keras."):
+        return False
+    return not hasattr(layer, "_nodes_by_depth") and getattr(
+        layer, "_call_has_training_arg", True
+    )
+
+
+def set_initial_epoch(model, epoch):
+    """Makes the next `fit` of `model` start at `epoch`, as a restored
+    backup does."""
+    # `keras.callbacks.BackupAndRestore` (checked on Keras 3.15) sets this
+    # private attribute, which `fit` reads once its callbacks have begun.
+    model._initial_epoch = epoch
+
+
+def has_mask(tensor):
+    """Whether the symbolic `tensor` carries a Keras mask."""
+    # Keras attaches masks to tensors in the private `_keras_mask`; a
+    # masked tensor cannot cross a model boundary without its mask.
+    # Checked on Keras 3.15.1.
+    return getattr(tensor, "_keras_mask", None) is not None
+
+
+def evaluates_inside_fit(arguments):
+    """Whether `keras.Model.evaluate`'s bound `arguments` are `fit`'s own
+    validation call, which reuses the dataset `fit` prepared."""
+    # `fit` passes the private argument `_use_cached_eval_dataset=True`.
+    # Checked on Keras 3.15.1.
+    return bool(arguments.get("_use_cached_eval_dataset"))
+
+
+def dataset_op_types(dataset):
+    """The op types of the graph that makes `dataset`, its functions' ops
+    included (the ops `map`, `filter` or `flat_map` run)."""
+    # No public API lists them; the private `_as_serialized_graph` gives
+    # the `GraphDef` that `tf.data` itself serializes. Checked on
+    # TensorFlow 2.21.0.
+    graph = tf.compat.v1.GraphDef()
+    graph.ParseFromString(dataset._as_serialized_graph().numpy())
+    op_types = {node.op for node in graph.node}
+    for function in graph.library.function:
+        op_types.update(node.op for node in function.node_def)
+    return op_types
+
+
+def strategy_supports_no_merge_call():
+    """Whether the current strategy can apply gradients in the replica
+    context, with no `merge_call` (all but the parameter-server ones)."""
+    # The test `keras.optimizers.LossScaleOptimizer` makes, with the same
+    # `tf.__internal__` function. Checked on Keras 3.15.1 and TensorFlow
+    # 2.21.0.
+    return tf.__internal__.distribute.strategy_supports_no_merge_call()
+
+
+def bare_trackable():
+    """An empty object that `tf.saved_model.save` tracks attributes of."""
+    # `tf.Module` keeps `variables` to itself and `tf.train.Checkpoint`
+    # adds a `save_counter`; the bare `AutoTrackable` that Keras's own
+    # `ExportArchive` saves holds just what is set on it. Checked on
+    # TensorFlow 2.21.0.
+    return tf.__internal__.tracking.AutoTrackable()
+
+
+# TensorFlow operations that `keras.ops` lacks, for the loss and the
+# teacher's outputs, which otherwise use `keras.ops` alone: the number of
+# replicas each loss term is divided by, and a variable whose number of
+# rows changes between calls of a traced function, with reads and writes
+# of some of its rows (the first epoch's buffers). Another backend's step
+# driver would replace these.
+
+
+def num_replicas():
+    """The number of replicas of the strategy in scope (1 outside any)."""
+    # What Keras's own losses divide by under the TensorFlow backend
+    # (`keras/src/losses/loss.py`, `scale_loss_for_distribution`). Checked
+    # on Keras 3.15.1 and TensorFlow 2.21.0.
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def resizable_rows(shape, dtype):
+    """A non-trainable variable of rows of `shape`, none yet, that
+    `assign` resizes without invalidating traced functions that read it."""
+    # A `keras.Variable` has a fixed shape. Checked on TensorFlow 2.21.0.
+    return tf.Variable(
+        tf.zeros((0, *shape), dtype),
+        shape=tf.TensorShape([None, *shape]),
+        trainable=False,
+    )
+
+
+def gather_rows(variable, index):
+    """The rows `index` of a `resizable_rows` variable."""
+    # Reads only those rows (`keras.ops.take` reads the whole variable
+    # first). Checked on TensorFlow 2.21.0.
+    return tf.gather(variable, index)
+
+
+def scatter_rows(variable, index, values):
+    """Writes `values` into the rows `index` of a `resizable_rows`
+    variable, in place."""
+    # `keras.ops.scatter_update` returns a new tensor: assigning it would
+    # copy the whole variable at every step. Checked on TensorFlow 2.21.0.
+    variable.scatter_update(tf.IndexedSlices(values, index))

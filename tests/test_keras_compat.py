@@ -1,0 +1,71 @@
+"""Private Keras and TensorFlow names live in `keras_sft/_keras_compat.py`."""
+
+import configparser
+import glob
+import os
+import re
+
+import keras
+
+from keras_sft import _keras_compat
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPAT = os.path.join("keras_sft", "_keras_compat.py")
+# Private modules of Keras and TensorFlow.
+_PRIVATE_MODULES = re.compile(
+    r"keras\.src\b|tf\.__internal__|tensorflow\.python"
+)
+# Private attributes and hooks of Keras and TensorFlow objects that the
+# library has used, as attributes or as `getattr` strings.
+_PRIVATE_NAMES = re.compile(
+    r"\b_(compile_loss|loss_tracker|maybe_symbolic_build|distribute_strategy"
+    r"|keras_mask|as_serialized_graph|use_cached_eval_dataset"
+    r"|flatten_layers|keras_history|inbound_nodes|trainable_variables"
+    r"|non_trainable_variables|functional|nodes_by_depth|inputs_struct"
+    r"|outputs_struct|seed_generators|call_has_training_arg"
+    r"|in_multi_worker_mode)\b"
+)
+
+
+def _sources(*patterns):
+    """`{path relative to the repository: source}` of the matching files."""
+    paths = []
+    for pattern in patterns:
+        paths += glob.glob(os.path.join(REPO, pattern), recursive=True)
+    sources = {}
+    for path in sorted(paths):
+        with open(path) as file:
+            sources[os.path.relpath(path, REPO)] = file.read()
+    return sources
+
+
+def _using(pattern, sources):
+    """The paths of `sources`, `_keras_compat.py` aside, that match."""
+    return sorted(
+        path
+        for path, source in sources.items()
+        if path != COMPAT and pattern.search(source)
+    )
+
+
+def test_private_modules_are_imported_by_keras_compat_alone():
+    sources = _sources("keras_sft/*.py", "examples/**/*.py")
+    assert _using(_PRIVATE_MODULES, sources) == []
+    assert _PRIVATE_MODULES.search(sources[COMPAT])
+
+
+def test_private_keras_names_are_used_by_keras_compat_alone():
+    sources = _sources("keras_sft/*.py")
+    assert _using(_PRIVATE_NAMES, sources) == []
+    assert _PRIVATE_NAMES.search(sources[COMPAT])
+
+
+def test_supported_keras_versions_are_the_checked_ones():
+    config = configparser.ConfigParser()
+    config.read(os.path.join(REPO, "setup.cfg"))
+    requirements = config["options"]["install_requires"].split("\n")
+    (keras_pin,) = [r for r in requirements if r.startswith("keras")]
+    (checked,) = _keras_compat.KERAS_VERSIONS
+    major, minor = (int(part) for part in checked.split("."))
+    assert keras_pin == f"keras>={checked},<{major}.{minor + 1}"
+    assert keras.__version__.startswith(f"{checked}.")
