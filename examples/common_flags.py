@@ -384,6 +384,8 @@ def lost_worker_reason(error):
         reason = line.split("aborted by:", 1)[-1]
         # Drop TensorFlow's `{{function_node ...}}` and `[Op:...]` tags.
         reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", reason).strip()
+        # Its first sentence; TensorFlow's advice to debug follows.
+        reason = reason.split(". ")[0].removesuffix(".")
         if reason.endswith(":") and index + 1 < len(lines):
             reason = f"{reason} {lines[index + 1]}"  # the tasks it names
         remote = re.search(r"from remote target (\S+?):? ", error.message)
