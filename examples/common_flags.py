@@ -423,12 +423,12 @@ def set_up():
     keras.config.set_dtype_policy(
         "float32" if MIXED_PRECISION.value == "none" else MIXED_PRECISION.value
     )
-    timeout = None
+    options = {}
     if STRATEGY.value == "multi_worker":
-        timeout = COLLECTIVE_TIMEOUT.value
+        options["collective_timeout"] = COLLECTIVE_TIMEOUT.value
     try:
         return strategy_lib.build_strategy(
-            STRATEGY.value, tpu=TPU.value, collective_timeout=timeout
+            STRATEGY.value, tpu=TPU.value, **options
         )
     except (ValueError, tf.errors.OpError) as error:
         if STRATEGY.value != "tpu":

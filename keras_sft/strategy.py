@@ -39,7 +39,9 @@ def build_strategy(
     start also makes SIGTERM do nothing (it only records the signal, for
     `tf.distribute.experimental.PreemptionCheckpointHandler`); the SIGTERM
     handler that was set before is put back, so a cluster manager's
-    SIGTERM ends a waiting worker (the default action ends the process).
+    SIGTERM ends a waiting worker (the default action ends the process),
+    but for one that arrives during TensorFlow's own start: with
+    `collective_timeout`, a short call once every worker has answered.
 
     Example:
 
@@ -149,10 +151,11 @@ def _wait_for_peers(resolver, peers, timeout):
     address, at most `timeout` seconds.
 
     TensorFlow's own wait for the cluster runs inside one call that holds
-    the interpreter, during which no signal handler runs and SIGTERM is
-    deferred (`_sigterm_kept`). This wait sleeps in Python: SIGTERM and
-    Ctrl-C end it. Meanwhile this task listens on its own port, so that
-    its peers find it before TensorFlow's server takes the port over.
+    the interpreter, during which no Python signal handler runs and
+    SIGTERM does nothing (`_sigterm_kept`). This wait sleeps in Python:
+    SIGTERM and Ctrl-C end it. Meanwhile this task listens on its own
+    port, so that its peers find it before TensorFlow's server takes the
+    port over.
     """
     own = resolver.cluster_spec().task_address(
         resolver.task_type, resolver.task_id
@@ -203,25 +206,20 @@ def _accepts(address):
 
 @contextlib.contextmanager
 def _sigterm_kept():
-    """Puts back the SIGTERM handler of before the strategy's start, and
-    defers a SIGTERM that arrives meanwhile until it ends.
+    """Puts back, on leaving, the SIGTERM handler of before.
 
-    TensorFlow's coordination service replaces SIGTERM's handler with one
-    that only records the signal, in the call that waits for the cluster.
-    SIGTERM is blocked during that call, so that TensorFlow's handler never
-    sees it, then the previous handler is set and SIGTERM unblocked: one
-    that arrived meanwhile then takes effect.
+    TensorFlow's coordination service replaces SIGTERM's handler, in the
+    call that starts the strategy, with one that only records the signal
+    (for `tf.distribute.experimental.PreemptionCheckpointHandler`), so a
+    SIGTERM would no longer end the process. One that arrives during that
+    call is recorded and lost: after `_wait_for_peers`, the call is short.
     """
-    if threading.current_thread() is not threading.main_thread():
-        # Python sets signal handlers in the main thread only.
-        yield
-        return
     previous = signal.getsignal(signal.SIGTERM)
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         yield
     finally:
-        signal.signal(
-            signal.SIGTERM, signal.SIG_DFL if previous is None else previous
-        )
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if threading.current_thread() is threading.main_thread():
+            # Python sets signal handlers in the main thread only.
+            signal.signal(
+                signal.SIGTERM, signal.SIG_DFL if previous is None else previous
+            )

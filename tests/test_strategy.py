@@ -128,7 +128,7 @@ def test_wait_for_peers_refuses_a_port_in_use(monkeypatch):
         strategy._wait_for_peers(resolver, strategy._peers(resolver), 1.0)
 
 
-def test_sigterm_during_the_start_is_deferred_then_handled():
+def test_sigterm_handler_of_before_the_start_is_put_back():
     received = []
     previous = signal.signal(
         signal.SIGTERM, lambda number, frame: received.append(number)
@@ -137,9 +137,7 @@ def test_sigterm_during_the_start_is_deferred_then_handled():
         with strategy._sigterm_kept():
             # What TensorFlow's start does: a handler of its own.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            os.kill(os.getpid(), signal.SIGTERM)
-            assert received == []  # blocked meanwhile
-        # The previous handler is back and gets the deferred signal.
+        os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(100):
             if received:
                 break

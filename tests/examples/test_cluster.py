@@ -9,8 +9,12 @@ import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
+import keras_sft
 from examples import common_flags
+from examples import finetune
 from examples.lib import cluster
+from examples.lib import training
+from examples.lib.training_config import TrainingConfig
 
 FLAGS = flags.FLAGS
 
@@ -128,3 +132,28 @@ def test_one_process_keeps_the_generic_line():
 
     with pytest.raises(SystemExit, match=r"^Error: Socket closed \(Unav"):
         common_flags.one_line_errors(main)(["finetune"])
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5", "Epoch"])
+def test_backup_freq_is_epoch_or_a_positive_int(value):
+    with (
+        flagsaver.flagsaver(),
+        pytest.raises(
+            flags.IllegalFlagValueError,
+            match=r"--backup_freq must be 'epoch' or an int > 0",
+        ),
+    ):
+        FLAGS(["finetune", f"--backup_freq={value}"])
+
+
+@pytest.mark.parametrize("value, save_freq", [("epoch", "epoch"), ("7", 7)])
+def test_backup_freq_is_the_backups_save_freq(value, save_freq):
+    with flagsaver.flagsaver(backup_freq=value):
+        config = TrainingConfig(backup_dir="backup", backup_freq=save_freq)
+        assert finetune._backup_freq() == save_freq
+    (backup,) = [
+        callback
+        for callback in training._callbacks([], config)
+        if isinstance(callback, keras_sft.BackupAndRestore)
+    ]
+    assert backup.save_freq == save_freq
