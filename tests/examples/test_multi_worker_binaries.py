@@ -295,3 +295,23 @@ def test_sigterm_ends_a_worker_waiting_for_its_peer(pretrained, tmp_path):
     finally:
         local_cluster.stop([process], seconds=0)
     assert process.returncode == -signal.SIGTERM
+
+
+def test_sigterm_ends_a_worker_waiting_on_a_stalled_peer(pretrained, tmp_path):
+    command = local_cluster.binary_command(
+        "finetune", _flags(tmp_path, pretrained)
+    )
+    processes, _ = _start(command, 2, tmp_path)
+    try:
+        deadline = time.monotonic() + _TIMEOUT_S
+        while _backed_up_epoch(tmp_path / "backup") < 1:
+            assert all(p.poll() is None for p in processes), "ended early"
+            assert time.monotonic() < deadline, "no backup in time"
+            time.sleep(0.05)
+        processes[0].send_signal(signal.SIGSTOP)  # the chief stalls
+        time.sleep(2)  # worker 1 waits in a collective
+        processes[1].send_signal(signal.SIGTERM)
+        processes[1].wait(timeout=10)
+    finally:
+        local_cluster.stop(processes, seconds=0)
+    assert processes[1].returncode == -signal.SIGTERM
