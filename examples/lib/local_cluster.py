@@ -89,8 +89,8 @@ def start_workers(command, count, **popen_arguments):
     """
     addresses = [f"127.0.0.1:{port}" for port in free_ports(count)]
     base = dict(popen_arguments.pop("env", None) or os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    root = os.path.dirname(root)
+    # The folder that holds the `examples` package, two levels up.
+    root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
     path = base.get("PYTHONPATH")
     base["PYTHONPATH"] = root if not path else f"{root}{os.pathsep}{path}"
     processes = []
