@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 
 from examples.lib import arrays
+from examples.lib import cluster
 from examples.lib import output_paths
 from examples.lib import run_record
 from examples.lib import training
@@ -97,6 +98,17 @@ STRATEGY = flags.DEFINE_enum(
     "tf.distribute strategy: 'default' (one device), 'mirrored' (all local "
     "GPUs), 'multi_worker' (cluster from TF_CONFIG) or 'tpu'.",
 )
+COLLECTIVE_TIMEOUT = flags.DEFINE_float(
+    "collective_timeout",
+    600.0,
+    "With --strategy=multi_worker: seconds a worker waits for the other "
+    "workers to start, and for each collective operation to complete, "
+    "before it stops with an error (TensorFlow's heartbeats find a worker "
+    "that died within about 10 s). Longer than the chief's longest write "
+    "between two steps and the slowest worker's start.",
+    lower_bound=1.0,
+    upper_bound=86400.0,
+)
 TPU = flags.DEFINE_string(
     "tpu",
     None,
@@ -137,6 +149,7 @@ CORE_FLAGS = (
     LEARNING_RATE,
     SEED,
     STRATEGY,
+    COLLECTIVE_TIMEOUT,
     TPU,
     MIXED_PRECISION,
     JIT_COMPILE,
@@ -326,11 +339,60 @@ def one_line_errors(main):
         except (ValueError, OSError, RuntimeError) as error:
             raise SystemExit(f"Error: {error}") from None
         except tf.errors.OpError as error:
+            if STRATEGY.value == "multi_worker" and lost_worker(error):
+                raise SystemExit(
+                    f"Error: lost a worker of the cluster "
+                    f"({type(error).__name__}: {lost_worker_reason(error)}); "
+                    "relaunch the whole job, every worker with the same "
+                    "command (with --backup_dir it resumes from the last "
+                    "backup)"
+                ) from None
             raise SystemExit(
                 f"Error: {op_error_line(error)} ({type(error).__name__})"
             ) from None
 
     return main_with_one_line_errors
+
+
+# The errors of a collective operation whose peer died, hung or restarted.
+_LOST_WORKER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.AbortedError,
+    tf.errors.CancelledError,
+)
+
+
+def lost_worker(error):
+    """Whether the `tf.errors.OpError` `error` of a multi-worker run says
+    that another worker is gone: TensorFlow's heartbeats missed it, a
+    connection to it failed, or a collective operation timed out."""
+    return isinstance(error, _LOST_WORKER_ERRORS) or (
+        "Collective ops is aborted" in error.message
+    )
+
+
+def lost_worker_reason(error):
+    """What TensorFlow says of a lost worker, on one line: "The following
+    tasks are unhealthy (stopped sending heartbeats):
+    /job:worker/replica:0/task:1" rather than the graph trace around it."""
+    lines = [line.strip() for line in error.message.splitlines()]
+    lines = [line for line in lines if line]
+    for index, line in enumerate(lines):
+        if "aborted by:" not in line and "timed out" not in line:
+            continue
+        reason = line.split("aborted by:", 1)[-1]
+        # Drop TensorFlow's `{{function_node ...}}` and `[Op:...]` tags.
+        reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", reason).strip()
+        # Its first sentence; TensorFlow's advice to debug follows.
+        reason = reason.split(". ")[0].removesuffix(".")
+        if reason.endswith(":") and index + 1 < len(lines):
+            reason = f"{reason} {lines[index + 1]}"  # the tasks it names
+        remote = re.search(r"from remote target (\S+?):? ", error.message)
+        if remote and remote.group(1) not in reason:
+            reason = f"{reason}, from {remote.group(1)}"
+        return reason
+    return op_error_line(error)
 
 
 def op_error_line(error):
@@ -361,8 +423,13 @@ def set_up():
     keras.config.set_dtype_policy(
         "float32" if MIXED_PRECISION.value == "none" else MIXED_PRECISION.value
     )
+    options = {}
+    if STRATEGY.value == "multi_worker":
+        options["collective_timeout"] = COLLECTIVE_TIMEOUT.value
     try:
-        return strategy_lib.build_strategy(STRATEGY.value, tpu=TPU.value)
+        return strategy_lib.build_strategy(
+            STRATEGY.value, tpu=TPU.value, **options
+        )
     except (ValueError, tf.errors.OpError) as error:
         if STRATEGY.value != "tpu":
             raise
@@ -495,7 +562,10 @@ def claimed_outputs(
 ):
     """Makes the outputs of a run its own, before it trains.
 
-    Every output path (with `--checkpoint_dir` and `--log_dir`) is checked
+    Under `--strategy=multi_worker` only the chief does this, and only the
+    chief writes the outputs (the same paths on the shared filesystem
+    every worker reads): on the other workers this does nothing. Every
+    output path (with `--checkpoint_dir` and `--log_dir`) is checked
     for writability, its parent created, so a bad one fails at once quoting
     the flag and the path. The `files`, `directories` and `backup_dir` are
     locked (`RunLock`) while inside, so a concurrent run with the same
@@ -514,6 +584,9 @@ def claimed_outputs(
         written: Sequence of flag holders of other directories the run
             writes into (`--cache_dir`): checked, not locked.
     """
+    if not cluster.is_chief(STRATEGY.value):
+        yield
+        return
     owned = [*directories, *([] if backup_dir is None else [backup_dir])]
     checked = [(f.name, f.value, False) for f in files]
     checked += [(f.name, f.value, True) for f in (*owned, *written)]

@@ -14,7 +14,23 @@ from examples.lib import training
 BACKUP_DIR = flags.DEFINE_string(
     "backup_dir",
     None,
-    "BackupAndRestore directory that a rerun resumes from; none when unset.",
+    "keras_sft.BackupAndRestore directory that a rerun resumes from; none "
+    "when unset. Under --strategy=multi_worker, on storage every worker "
+    "reads (the chief writes it).",
+)
+BACKUP_FREQ = flags.DEFINE_string(
+    "backup_freq",
+    "epoch",
+    "With --backup_dir: 'epoch' (a backup at the end of each epoch) or an "
+    "int N > 0 (a backup every N steps). A rerun resumes at the epoch of "
+    "the last backup; from an epoch's end it ends with the weights of an "
+    "uninterrupted run, from within an epoch it runs that epoch again from "
+    "its first step, with the backup's weights.",
+)
+flags.register_validator(
+    BACKUP_FREQ,
+    lambda value: value == "epoch" or (value.isdigit() and int(value) > 0),
+    message="--backup_freq must be 'epoch' or an int > 0",
 )
 CACHE_TEACHER = flags.DEFINE_bool(
     "cache_teacher",
@@ -67,12 +83,20 @@ def main(argv):
             lambda_=finetune_flags.LAMBDA.value,
             output=common_flags.OUTPUT.value,
             strategy=strategy,
-            config=common_flags.training_config(backup_dir=BACKUP_DIR.value),
+            config=common_flags.training_config(
+                backup_dir=BACKUP_DIR.value, backup_freq=_backup_freq()
+            ),
             export_dir=finetune_flags.EXPORT_DIR.value,
             overwrite=common_flags.OVERWRITE.value,
             anchor_x=common_flags.sample_unshifted(ANCHOR_SPLIT.value),
             anchor_mode=ANCHOR_MODE.value,
         )
+
+
+def _backup_freq():
+    """`--backup_freq` as `keras_sft.BackupAndRestore`'s `save_freq`."""
+    value = BACKUP_FREQ.value
+    return value if value == "epoch" else int(value)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ from keras import ops
 from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters import array_slicing
 from keras.src.utils import tracking
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+from tensorflow.python.distribute import multi_worker_util
+from tensorflow.python.eager import context
 
 # The Keras releases whose internals these entries were checked against,
 # as `setup.cfg` pins them (`keras>=3.15,<3.16`).
@@ -88,6 +91,43 @@ def in_multi_worker_mode(strategy):
         isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         and strategy.extended._in_multi_worker_mode()
     )
+
+
+def bound_cluster_start(resolver, timeout):
+    """Makes `MultiWorkerMirroredStrategy`'s start fail after `timeout`
+    seconds, rather than wait an hour or more, while a task of the cluster
+    of `resolver` has not started.
+
+    Work-around for TensorFlow 2.21 (no upstream issue found): the strategy
+    configures TensorFlow's coordination service itself unless one is
+    configured already, with no way to pass its timeouts, and by default
+    each task waits an hour to register with the service's leader (task
+    0), which then waits for the others at a barrier of its own, without
+    limit. The strategy's own configuration is set here before it starts,
+    with the registration made a barrier of every task bounded by
+    `timeout` (a `tf.errors.DeadlineExceededError` naming the missing
+    tasks).
+    """
+    spec = resolver.cluster_spec()
+    if resolver.task_type not in ("chief", "worker"):
+        return  # The strategy coordinates these two jobs only.
+    jobs = [
+        coordination_config_pb2.CoordinatedJob(
+            name=job, num_tasks=spec.num_tasks(job)
+        )
+        for job in ("chief", "worker")
+        if job in spec.jobs
+    ]
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs,
+        cluster_register_timeout_in_ms=int(timeout * 1000),
+    )
+    # Not an argument of `configure_coordination_service`: every task
+    # waits for all the others at registration, within the timeout.
+    config = context.context().coordination_service
+    config.cluster_register_with_barrier = True
 
 
 def first_replica_batch(strategy, iterator=None, data_batch=None):

@@ -54,6 +54,8 @@ _PAGES = [
 _REDUCED = {
     "examples.pretrain": (["--epochs=1"], []),
     "examples.finetune": (["--epochs=1"], []),
+    # After its `--`: the flags of every worker.
+    "examples.launch_local": (["--epochs=1"], []),
     "examples.select_lambda": (
         ["--epochs=1", "--lambda_grid=0,0.1", "--folds=2"],
         [],

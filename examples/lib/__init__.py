@@ -8,8 +8,9 @@ Each module holds one concept:
 - training and its files: `classifiers`, `training` (pretraining and
   fine-tuning), `saving` (files written whole, with the umask's modes),
   `output_paths` (writability checked before training), `run_lock` (one
-  run per output), `run_record` (what made a backup) and
-  `atomic_backup_and_restore`;
+  run per output) and `run_record` (what made a backup);
+- several workers: `cluster` (which one writes the outputs) and
+  `local_cluster` (a multi-worker job on one machine);
 - measuring and showing: `accuracy`, `arrays`, `plots` and `console`
   (results on stdout, progress on stderr);
 - one module per experiment, with its data: `forgetting_experiment` (the

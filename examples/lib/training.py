@@ -2,10 +2,16 @@
 
 Both check the data first (`keras_sft.check_dataset`), stop at once on a
 non-finite loss (`keras_sft.TerminateOnNaN`) and save the trained
-classifier whole or not at all.
+classifier whole or not at all. Under a multi-worker strategy every worker
+trains and only the chief writes files (the trained model, the export,
+checkpoints and logs; `keras_sft.BackupAndRestore` writes the backup from
+the chief too), as `strategy.extended.should_checkpoint` says.
 """
 
+import contextlib
 import os
+import shutil
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -14,7 +20,6 @@ from absl import logging
 import keras_sft
 from examples.lib import classifiers
 from examples.lib import saving
-from examples.lib.atomic_backup_and_restore import AtomicBackupAndRestore
 from keras_sft import data
 from keras_sft.epoch_shuffle import EpochShuffle
 
@@ -39,7 +44,8 @@ def pretrain(
         validation: Batched `tf.data.Dataset` of `(image, label)`, or `None`.
         input_shape: Tuple, the image shape.
         num_classes: Int, the number of classes.
-        output: String, the `.keras` file the classifier goes to.
+        output: String, the `.keras` file the classifier goes to (from the
+            chief alone, under a multi-worker strategy).
         strategy: `tf.distribute.Strategy`; the model and its optimizer are
             built in its scope.
         config: `TrainingConfig`; its `backup_dir` is not used.
@@ -63,7 +69,8 @@ def pretrain(
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         )
     _checked_fit(model, model, train, validation, config, callbacks)
-    saving.save_atomically(model, output)
+    if strategy.extended.should_checkpoint:
+        saving.save_atomically(model, output)
     return model
 
 
@@ -87,10 +94,11 @@ def finetune(
     """Fine-tunes a saved classifier with `keras_sft.SFTModel`.
 
     The teacher is a frozen clone of the pretrained model. With
-    `config.backup_dir`, `AtomicBackupAndRestore` keeps a backup there at
-    the end of each epoch and a rerun resumes from it. After
+    `config.backup_dir`, `keras_sft.BackupAndRestore` keeps a backup there
+    (each `config.backup_freq`) and a rerun resumes from it. After
     training the student alone (a plain classifier) is saved to `output`
-    and, with `export_dir`, exported as a SavedModel.
+    and, with `export_dir`, exported as a SavedModel, by the chief alone
+    under a multi-worker strategy.
 
     Args:
         pretrained: String, the pretrained `.keras` file.
@@ -138,6 +146,8 @@ def finetune(
     _checked_fit(
         model, student, train, validation, config, callbacks, **anchors
     )
+    if not strategy.extended.should_checkpoint:
+        return model
     saving.save_atomically(model.student, output)
     if export_dir:
         try:
@@ -191,24 +201,32 @@ def finetune_splits(
         The trained `keras_sft.SFTModel`.
     """
     config = finetune_args["config"]
-    if cache:
-        train = cache_teacher(
-            pretrained,
-            train,
-            strategy=finetune_args["strategy"],
-            directory=cache_dir,
+    strategy = finetune_args["strategy"]
+    writes = strategy.extended.should_checkpoint
+    with contextlib.ExitStack() as stack:
+        if cache:
+            if cache_dir and not writes:
+                cache_dir = stack.enter_context(_worker_directory(cache_dir))
+            train = cache_teacher(
+                pretrained, train, strategy=strategy, directory=cache_dir
+            )
+        train, epoch_shuffle = shuffled_batches(
+            train, seed=config.seed, batch_size=config.batch_size
         )
-    train, epoch_shuffle = shuffled_batches(
-        train, seed=config.seed, batch_size=config.batch_size
-    )
-    model = finetune(
-        pretrained=pretrained,
-        train=train,
-        validation=data.batch(test, batch_size=config.batch_size),
-        export_preprocessing=data.rescaling(dataset),
-        callbacks=[epoch_shuffle],
-        **finetune_args,
-    )
+        model = finetune(
+            pretrained=pretrained,
+            train=train,
+            validation=data.batch(test, batch_size=config.batch_size),
+            export_preprocessing=data.rescaling(dataset),
+            callbacks=[epoch_shuffle],
+            **finetune_args,
+        )
+    if not writes:
+        logging.info(
+            "Fine-tuned with lambda=%g; the chief writes the outputs",
+            model.lambda_,
+        )
+        return model
     export_dir = finetune_args.get("export_dir")
     logging.info(
         "Fine-tuned with lambda=%g; student saved to %s",
@@ -245,14 +263,27 @@ def cache_teacher(pretrained, dataset, *, strategy, directory=None):
     clones: same weights, so the same outputs
     (`keras_sft.cache_teacher_outputs`).
 
+    Under a strategy the examples get sample weights of 1, which change no
+    loss: `tf.distribute` cannot split batches with a `None` part, the
+    sample weight that `cache_teacher_outputs` stores where there is none.
+    Under a multi-worker strategy each worker computes the whole cache with
+    a teacher of its own, on one device: Keras's `predict` under the
+    strategy would share the pass out among the workers.
+
     Args:
         pretrained: String, the pretrained `.keras` file.
-        dataset: Unbatched, deterministic `tf.data.Dataset` of examples.
+        dataset: Unbatched, deterministic `tf.data.Dataset` of
+            `(image, label)`.
         strategy: `tf.distribute.Strategy` to load the teacher under.
         directory: String, where to keep the cache on disk, or `None` for
             memory. Defaults to `None`.
     """
-    with strategy.scope():
+    if strategy is not tf.distribute.get_strategy():
+        dataset = dataset.map(lambda x, y: (x, y, tf.constant(1.0)))
+    scope = strategy.scope()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        scope = contextlib.nullcontext()
+    with scope:
         teacher = classifiers.load_classifier(pretrained)
     return keras_sft.cache_teacher_outputs(
         teacher, dataset, directory=directory
@@ -275,23 +306,35 @@ def _checked_fit(
     """Checks `train` against `classifier`, then fits `model` on it
     (`anchors`: `SFTModel.fit`'s anchor arguments, if any)."""
     keras_sft.check_dataset(train, classifier)
+    callbacks = _callbacks(callbacks, config)
+    if not model.distribute_strategy.extended.should_checkpoint:
+        callbacks = [c for c in callbacks if not isinstance(c, _FILE_WRITERS)]
     model.fit(
         train,
         validation_data=validation,
         epochs=config.epochs,
         # The dataset is shuffled by the pipeline (with the seed).
         shuffle=False,
-        callbacks=_callbacks(callbacks, config),
+        callbacks=callbacks,
         verbose=config.verbose,
         **anchors,
     )
 
 
 def _callbacks(extra, config):
-    """The training callbacks of the binaries, in the order they must run."""
+    """The training callbacks of the binaries, in the order they must run.
+
+    Under a multi-worker strategy every worker restores from the backup,
+    which `keras_sft.BackupAndRestore` writes from the chief alone, and
+    `_checked_fit` leaves out the `_FILE_WRITERS` but on the chief.
+    """
     callbacks = [*extra, keras_sft.TerminateOnNaN()]
     if config.backup_dir:
-        callbacks.append(AtomicBackupAndRestore(config.backup_dir))
+        callbacks.append(
+            keras_sft.BackupAndRestore(
+                config.backup_dir, save_freq=config.backup_freq
+            )
+        )
     if config.checkpoint_dir:
         callbacks.append(
             _ModelCheckpoint(
@@ -303,8 +346,29 @@ def _callbacks(extra, config):
     return callbacks
 
 
+@contextlib.contextmanager
+def _worker_directory(directory):
+    """A new directory beside `directory`, for a worker that is not the
+    chief to write what the chief writes to `directory`; removed on
+    leaving."""
+    parent, name = os.path.split(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    own = tempfile.mkdtemp(
+        prefix=f"{saving.temporary_prefix(name)}", dir=parent
+    )
+    try:
+        yield own
+    finally:
+        shutil.rmtree(own, ignore_errors=True)
+
+
 class _ModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """`ModelCheckpoint` that saves the student of an `SFTModel`."""
 
     def set_model(self, model):
         super().set_model(getattr(model, "student", model))
+
+
+# The callbacks that write files, which under a multi-worker strategy only
+# the chief runs (the other workers would write the same paths).
+_FILE_WRITERS = (keras.callbacks.ModelCheckpoint, keras.callbacks.TensorBoard)

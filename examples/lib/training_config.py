@@ -31,6 +31,9 @@ class TrainingConfig:
             after each epoch, or `None`. Defaults to `None`.
         backup_dir: String, the `BackupAndRestore` directory of a
             fine-tuning, or `None`. Defaults to `None`.
+        backup_freq: `"epoch"` or an int > 0, how often the backup is
+            written (`keras_sft.BackupAndRestore`'s `save_freq`). Defaults
+            to `"epoch"`.
         verbose: As in `keras.Model.fit`. Defaults to `"auto"`.
         distance: String, SFT's consistency distance (`SFTModel`'s
             `distance`). Defaults to `"mse"`, with which the examples'
@@ -45,5 +48,6 @@ class TrainingConfig:
     log_dir: str | None = None
     checkpoint_dir: str | None = None
     backup_dir: str | None = None
+    backup_freq: int | str = "epoch"
     verbose: int | str = "auto"
     distance: str = "mse"
