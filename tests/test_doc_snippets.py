@@ -20,7 +20,6 @@ import inspect
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import warnings
@@ -32,6 +31,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import keras_sft
+from examples.lib import local_cluster
 from tests import doc_pages
 from tests import helpers
 
@@ -315,16 +315,6 @@ def _shims(directory):
     return bin_dir
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 # The script a reader runs on each worker (docs/user_guide.md).
 _TRAIN_PY = """
 import keras
@@ -350,7 +340,7 @@ def _multi_worker_script(code, directory):
     (directory / "train.py").write_text(_TRAIN_PY)
     for port, free in zip(
         sorted(set(re.findall(r"127\.0\.0\.1:(\d+)", code))),
-        _free_ports(2),
+        local_cluster.free_ports(2),
         strict=True,
     ):
         code = code.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free}")

@@ -5,7 +5,6 @@ guard, each against the same run on one process."""
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from examples.lib import local_cluster
 from tests import helpers
 from tests import multi_worker_case
 
@@ -20,20 +20,9 @@ _ROOT = pathlib.Path(__file__).resolve().parent.parent
 _TIMEOUT_S = 180
 
 
-def _free_ports(count):
-    """`count` distinct TCP ports free on 127.0.0.1 at the time of asking."""
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def _start_workers(tmp_path):
     """Starts two workers on 127.0.0.1; returns the processes and outputs."""
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    workers = [f"127.0.0.1:{port}" for port in local_cluster.free_ports(2)]
     shared = tmp_path / "shared"
     shared.mkdir()
     processes, outputs = [], []

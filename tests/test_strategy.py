@@ -7,6 +7,7 @@ import time
 import pytest
 import tensorflow as tf
 
+from examples.lib import local_cluster
 from keras_sft import strategy
 
 
@@ -81,18 +82,8 @@ def test_host_and_port():
     assert strategy._host_and_port("[::1]:2222") == ("::1", 2222)
 
 
-def _ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
 def test_wait_for_peers_names_the_missing_ones(monkeypatch):
-    own, missing = (f"127.0.0.1:{port}" for port in _ports(2))
+    own, missing = (f"127.0.0.1:{port}" for port in local_cluster.free_ports(2))
     resolver = _resolver(monkeypatch, [own, missing], 0)
     start = time.monotonic()
     with pytest.raises(
@@ -106,7 +97,7 @@ def test_wait_for_peers_names_the_missing_ones(monkeypatch):
 
 
 def test_wait_for_peers_returns_once_they_listen(monkeypatch):
-    own, peer = (f"127.0.0.1:{port}" for port in _ports(2))
+    own, peer = (f"127.0.0.1:{port}" for port in local_cluster.free_ports(2))
     resolver = _resolver(monkeypatch, [own, peer], 0)
     with socket.create_server(("127.0.0.1", int(peer.split(":")[1]))):
         strategy._wait_for_peers(resolver, strategy._peers(resolver), 30.0)
@@ -115,7 +106,7 @@ def test_wait_for_peers_returns_once_they_listen(monkeypatch):
 
 
 def test_wait_for_peers_refuses_a_port_in_use(monkeypatch):
-    own, peer = (f"127.0.0.1:{port}" for port in _ports(2))
+    own, peer = (f"127.0.0.1:{port}" for port in local_cluster.free_ports(2))
     resolver = _resolver(monkeypatch, [own, peer], 0)
     with (
         socket.create_server(("", int(own.split(":")[1]))),
