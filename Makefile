@@ -23,7 +23,8 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 # One pytest worker per CPU (pytest-xdist), at most four: the tests are
-# mostly single-threaded TensorFlow tracing of tiny models.
+# mostly single-threaded TensorFlow tracing of tiny models. About 6.5
+# minutes of tests on two idle cores (7.7 with a fresh install).
 test: lint
 	$(PY) -m pytest -n logical --maxprocesses=4 $(PYTEST_ARGS)
 
