@@ -210,16 +210,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     def _writes(self):
         """Whether this process writes the backup: the chief of a
         multi-worker cluster, or the one process otherwise."""
-        strategy = self.model.distribute_strategy
-        resolver = getattr(strategy, "cluster_resolver", None)
-        if not isinstance(
-            strategy, tf.distribute.MultiWorkerMirroredStrategy
-        ) or (resolver is None or not resolver.cluster_spec().as_dict()):
-            return True
-        task_type, task_id = resolver.task_type, resolver.task_id
-        if "chief" in resolver.cluster_spec().as_dict():
-            return task_type == "chief"
-        return task_type in (None, "worker") and not task_id
+        # The strategy's own answer: `MultiWorkerMirroredStrategy` says it
+        # of its chief alone, every other strategy of its one process.
+        return self.model.distribute_strategy.extended.should_checkpoint
 
 
 def _check_space(directory, model):
