@@ -1,5 +1,7 @@
 """Tiny models and data shared by the tests."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -219,3 +221,31 @@ def run_binary(module, *args, timeout=300):
         text=True,
         timeout=timeout,
     )
+
+
+def backed_up_epoch(backup_dir):
+    """The epoch a `BackupAndRestore` backup in `backup_dir` resumes at, 0
+    where there is none (yet)."""
+    try:
+        with open(os.path.join(backup_dir, "training_metadata.json")) as file:
+            return json.load(file)["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def interrupt_third_weights_save(monkeypatch):
+    """Makes the third `save_weights` of the test write half its file, then
+    raise `KeyboardInterrupt`, as a Ctrl-C in the middle of the third
+    backup does (a valid HDF5 start, arrays missing)."""
+    save_weights = keras.Model.save_weights
+    calls = []
+
+    def interrupted(self, filepath, *args, **kwargs):
+        calls.append(filepath)
+        save_weights(self, filepath, *args, **kwargs)
+        if len(calls) == 3:
+            with open(filepath, "r+b") as file:
+                file.truncate(os.path.getsize(filepath) // 2)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.Model, "save_weights", interrupted)

@@ -92,19 +92,7 @@ def test_interruption_during_the_write_leaves_the_previous_backup(
 ):
     expected = _uninterrupted(tmp_path)
     backup_dir = str(tmp_path / "backup")
-    save_weights = keras.Model.save_weights
-    calls = []
-
-    def interrupted(self, filepath, *args, **kwargs):
-        calls.append(filepath)
-        save_weights(self, filepath, *args, **kwargs)
-        if len(calls) == 3:
-            # Half the file on disk when Ctrl-C comes.
-            with open(filepath, "r+b") as file:
-                file.truncate(os.path.getsize(filepath) // 2)
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(keras.Model, "save_weights", interrupted)
+    helpers.interrupt_third_weights_save(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         _fit(_model(), keras_sft.BackupAndRestore(backup_dir))
     monkeypatch.undo()

@@ -26,6 +26,7 @@ from examples.lib import training
 from examples.lib.run_lock import RunLock
 from examples.lib.training_config import TrainingConfig
 from keras_sft import data
+from tests import helpers
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,14 +143,6 @@ def _run(arguments, **kwargs):
     )
 
 
-def _backed_up_epoch(backup_dir):
-    try:
-        with open(os.path.join(backup_dir, "training_metadata.json")) as file:
-            return json.load(file)["epoch"]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 @pytest.mark.slow
 def test_sigkilled_finetune_resumes_and_matches_uninterrupted_run(tmp_path):
     pretrained = _save_classifier(tmp_path / "pretrained.keras")
@@ -183,12 +176,14 @@ def test_sigkilled_finetune_resumes_and_matches_uninterrupted_run(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 240
-    while _backed_up_epoch(backup_dir) < 3 and time.monotonic() < deadline:
+    while (
+        helpers.backed_up_epoch(backup_dir) < 3 and time.monotonic() < deadline
+    ):
         assert process.poll() is None, "finished before it could be killed"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
-    killed_at = _backed_up_epoch(backup_dir)
+    killed_at = helpers.backed_up_epoch(backup_dir)
     assert 3 <= killed_at < epochs
     assert not os.path.exists(tmp_path / "killed.keras")
 
@@ -376,22 +371,11 @@ def test_backup_interrupted_while_written_resumes(tmp_path, monkeypatch):
         tmp_path, "uninterrupted", pretrained, str(tmp_path / "backup_a")
     )
     backup_dir = str(tmp_path / "backup_b")
-    save_weights = keras.Model.save_weights
-    calls = []
-
-    def interrupted_save_weights(self, filepath, *args, **kwargs):
-        calls.append(filepath)
-        save_weights(self, filepath, *args, **kwargs)
-        if len(calls) == 3:
-            with open(filepath, "r+b") as file:
-                file.truncate(os.path.getsize(filepath) // 2)
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(keras.Model, "save_weights", interrupted_save_weights)
+    helpers.interrupt_third_weights_save(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         _finetune_directly(tmp_path, "interrupted", pretrained, backup_dir)
     monkeypatch.undo()
-    assert _backed_up_epoch(backup_dir) == 2
+    assert helpers.backed_up_epoch(backup_dir) == 2
     resumed = _finetune_directly(
         tmp_path, "interrupted", pretrained, backup_dir
     )
@@ -414,7 +398,7 @@ def _interrupted_binary_run(tmp_path, monkeypatch, pretrained, **overrides):
             tmp_path, pretrained, epochs=3, backup_dir=backup_dir, **overrides
         )
     monkeypatch.undo()
-    assert _backed_up_epoch(backup_dir) == 1
+    assert helpers.backed_up_epoch(backup_dir) == 1
     return backup_dir
 
 

@@ -5,7 +5,6 @@ Every test starts processes (slow: `make test-all`) and kills them all
 when it ends, however it ends.
 """
 
-import json
 import os
 import re
 import signal
@@ -20,6 +19,7 @@ import pytest
 
 from examples.lib import classifiers
 from examples.lib import local_cluster
+from tests import helpers
 
 REPO = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,14 +160,6 @@ def test_two_workers_equal_one_process(launched, pretrained, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def _backed_up_epoch(backup_dir):
-    try:
-        with open(os.path.join(backup_dir, "training_metadata.json")) as file:
-            return json.load(file)["epoch"]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 def _start(command, count, directory, *, present=None):
     """Starts the workers `present` (default: all) of a cluster of `count`
     workers of `command` on 127.0.0.1, each with its stderr in
@@ -208,11 +200,7 @@ def test_job_that_lost_a_worker_resumes_when_relaunched(
     command = local_cluster.binary_command("finetune", flags)
     processes, _ = _start(command, 2, tmp_path)
     try:
-        deadline = time.monotonic() + _TIMEOUT_S
-        while _backed_up_epoch(tmp_path / "backup") < 1:
-            assert all(p.poll() is None for p in processes), "ended early"
-            assert time.monotonic() < deadline, "no backup in time"
-            time.sleep(0.05)
+        _wait_for_first_backup(processes, tmp_path / "backup")
         processes[lost].kill()
         killed = time.monotonic()
         survivor = processes[1 - lost]
@@ -220,7 +208,7 @@ def test_job_that_lost_a_worker_resumes_when_relaunched(
         waited = time.monotonic() - killed
     finally:
         local_cluster.stop(processes, seconds=0)
-    killed_at = _backed_up_epoch(tmp_path / "backup")
+    killed_at = helpers.backed_up_epoch(tmp_path / "backup")
     assert 1 <= killed_at < EPOCHS
     # TensorFlow's heartbeats find a dead peer within about 10 s; the
     # survivor stops well within --collective_timeout, with one line.
@@ -303,11 +291,7 @@ def test_sigterm_ends_a_worker_waiting_on_a_stalled_peer(pretrained, tmp_path):
     )
     processes, _ = _start(command, 2, tmp_path)
     try:
-        deadline = time.monotonic() + _TIMEOUT_S
-        while _backed_up_epoch(tmp_path / "backup") < 1:
-            assert all(p.poll() is None for p in processes), "ended early"
-            assert time.monotonic() < deadline, "no backup in time"
-            time.sleep(0.05)
+        _wait_for_first_backup(processes, tmp_path / "backup")
         processes[0].send_signal(signal.SIGSTOP)  # the chief stalls
         time.sleep(2)  # worker 1 waits in a collective
         processes[1].send_signal(signal.SIGTERM)
@@ -315,3 +299,13 @@ def test_sigterm_ends_a_worker_waiting_on_a_stalled_peer(pretrained, tmp_path):
     finally:
         local_cluster.stop(processes, seconds=0)
     assert processes[1].returncode == -signal.SIGTERM
+
+
+def _wait_for_first_backup(processes, backup_dir):
+    """Waits until the job has backed up its first epoch, every worker
+    still running."""
+    deadline = time.monotonic() + _TIMEOUT_S
+    while helpers.backed_up_epoch(backup_dir) < 1:
+        assert all(p.poll() is None for p in processes), "ended early"
+        assert time.monotonic() < deadline, "no backup in time"
+        time.sleep(0.05)
