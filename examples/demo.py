@@ -20,10 +20,10 @@ import dataclasses
 
 from absl import flags
 
+from benchmarks.experiments import forgetting_experiment
+from benchmarks.experiments import new_head_experiment
 from examples import common_flags
 from examples import experiment_flags
-from examples.lib import forgetting_experiment
-from examples.lib import new_head_experiment
 from examples.lib import presets
 
 NEW_HEAD_LAMBDAS = flags.DEFINE_list(

@@ -14,10 +14,10 @@ held-out scenes of both domains. Offline; the defaults are
 
 from absl import flags
 
+from benchmarks.experiments import detection_experiment
 from examples import common_flags
 from examples import experiment_flags
 from examples.lib import console
-from examples.lib import detection_experiment
 from examples.lib import presets
 
 flags.register_validator(

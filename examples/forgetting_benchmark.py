@@ -4,7 +4,8 @@ r"""The forgetting benchmark: shifts times methods times seeds, offline.
     python -m examples.forgetting_benchmark --quick   # a one-minute check
 
 Fine-tunes an MLP pretrained on `--dataset` to each of `--shifts` by each
-of `--methods` for each of `--seeds` (`examples.lib.forgetting_benchmark`);
+of `--methods` for each of `--seeds`
+(`benchmarks.experiments.forgetting_benchmark`);
 writes `forgetting.md`, `forgetting.png`, `sweep.md` and `rows.json` to
 `--output_dir` and prints the table of `forgetting.md`. `--merge` reports
 several such directories together.
@@ -14,10 +15,10 @@ import os
 
 from absl import flags
 
+from benchmarks.experiments import forgetting_benchmark as benchmark
 from examples import common_flags
 from examples import experiment_flags
 from examples.lib import console
-from examples.lib import forgetting_benchmark as benchmark
 from examples.lib import presets
 
 SHIFTS = flags.DEFINE_list(

@@ -16,11 +16,11 @@ the defaults are `examples.lib.presets.SEGMENTATION`.
 
 from absl import flags
 
+from benchmarks.experiments import segmentation_experiment
 from examples import common_flags
 from examples import experiment_flags
 from examples.lib import console
 from examples.lib import presets
-from examples.lib import segmentation_experiment
 
 SCENARIO = flags.DEFINE_enum(
     "scenario",

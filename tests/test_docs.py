@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+import benchmarks.experiments
 import examples.lib
 import keras_sft
 from tests import doc_pages
@@ -106,10 +107,14 @@ def test_examples_readme_table_names_every_binary():
     assert sorted(set(named)) == sorted(_binaries())
 
 
-def test_examples_lib_docstring_names_every_module():
-    named = re.findall(r"`(\w+)`", examples.lib.__doc__)
+@pytest.mark.parametrize(
+    "package", [examples.lib, benchmarks.experiments], ids=lambda p: p.__name__
+)
+def test_package_docstring_names_every_module(package):
+    named = re.findall(r"`(\w+)`", package.__doc__)
     assert len(named) == len(set(named)), "a module is named twice"
-    assert sorted(named) == sorted(_modules("examples/lib") - {"__init__"})
+    folder = package.__name__.replace(".", "/")
+    assert sorted(named) == sorted(_modules(folder) - {"__init__"})
 
 
 def test_user_guide_lists_the_public_api():

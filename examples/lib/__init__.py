@@ -11,11 +11,12 @@ Each module holds one concept:
   run per output) and `run_record` (what made a backup);
 - several workers: `cluster` (which one writes the outputs) and
   `local_cluster` (a multi-worker job on one machine);
+- choosing lambda and keras-hub tasks: `lambda_selection` and
+  `hub_finetuning`;
 - measuring and showing: `accuracy`, `arrays`, `plots` and `console`
-  (results on stdout, progress on stderr);
-- one module per experiment, with its data: `forgetting_experiment` (the
-  demo), `new_head_experiment`, `lambda_selection`, `forgetting_benchmark`
-  with `image_shifts`, `segmentation_experiment` with `segmentation_data`,
-  `detection_experiment` with `detection_data`, and `hub_finetuning`
-  (keras-hub tasks).
+  (results on stdout, progress on stderr).
+
+The experiments that the demo, forgetting-benchmark, segmentation and
+detection binaries run are a harness, not code to copy: they live in
+`benchmarks.experiments`.
 """

@@ -55,7 +55,7 @@ DETECTION = {
 }
 
 # The forgetting benchmark: as the demo, long enough for plain fine-tuning
-# to fit the new data (`examples.lib.forgetting_benchmark.TRAINING`).
+# to fit the new data (`benchmarks.experiments.forgetting_benchmark.TRAINING`).
 FORGETTING_BENCHMARK = {
     "output_dir": "runs/forgetting",
     "epochs": 80,

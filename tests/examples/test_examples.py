@@ -14,13 +14,13 @@ from absl import flags
 from absl.testing import flagsaver
 
 import keras_sft
+from benchmarks.experiments import forgetting_experiment
 from examples import common_flags
 from examples import demo
 from examples import evaluate
 from examples import finetune
 from examples import pretrain
 from examples import segmentation
-from examples.lib import forgetting_experiment
 from examples.lib import presets
 from examples.lib.training_config import TrainingConfig
 from keras_sft import data

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from examples.lib import forgetting_benchmark
+from benchmarks.experiments import forgetting_benchmark
 from examples.lib import presets
 from examples.lib.training_config import TrainingConfig
 

@@ -29,9 +29,9 @@ import numpy as np
 import tensorflow as tf
 
 import keras_sft
+from benchmarks.experiments import segmentation_data
 from examples.lib import arrays
 from examples.lib import console
-from examples.lib import segmentation_data
 from keras_sft.teacher import copy_model
 
 OLD_DIGITS = (0, 1, 2, 3, 4)

@@ -5,8 +5,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import keras_sft
-from examples.lib import segmentation_data
-from examples.lib import segmentation_experiment
+from benchmarks.experiments import segmentation_data
+from benchmarks.experiments import segmentation_experiment
 from examples.lib.training_config import TrainingConfig
 from tests import helpers
 

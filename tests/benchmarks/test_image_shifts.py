@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from examples.lib import image_shifts
+from benchmarks.experiments import image_shifts
 
 # One image, one channel: a vertical stroke in column 1, a dot at (0, 3).
 _IMAGE = np.array(

@@ -3,7 +3,7 @@ import pytest
 import tensorflow_datasets as tfds
 from sklearn import datasets as sklearn_datasets
 
-from examples.lib import segmentation_data
+from benchmarks.experiments import segmentation_data
 
 
 def test_digit_scenes_masks_follow_the_ink():

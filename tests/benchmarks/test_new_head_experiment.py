@@ -3,7 +3,7 @@
 import pytest
 import tensorflow as tf
 
-from examples.lib import new_head_experiment
+from benchmarks.experiments import new_head_experiment
 from examples.lib.training_config import TrainingConfig
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from examples.lib import detection_data
-from examples.lib import detection_experiment
+from benchmarks.experiments import detection_data
+from benchmarks.experiments import detection_experiment
 from examples.lib.training_config import TrainingConfig
 from tests import helpers
 

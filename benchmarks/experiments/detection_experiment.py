@@ -18,8 +18,8 @@ import tensorflow as tf
 from keras import ops
 
 import keras_sft
+from benchmarks.experiments import detection_data
 from examples.lib import console
-from examples.lib import detection_data
 from keras_sft.teacher import copy_model
 
 STRIDE = 8  # pixels per grid cell: three 2x2 poolings

@@ -47,10 +47,10 @@ matplotlib.use("Agg")
 from matplotlib import pyplot  # noqa: E402  (after choosing the backend)
 
 import keras_sft
+from benchmarks.experiments import image_shifts
 from examples.lib import arrays
 from examples.lib import classifiers
 from examples.lib import console
-from examples.lib import image_shifts
 from examples.lib.training_config import TrainingConfig
 from keras_sft import data
 from keras_sft.select_lambda import LambdaScore
