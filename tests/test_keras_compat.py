@@ -49,13 +49,17 @@ def _using(pattern, sources):
 
 
 def test_private_modules_are_imported_by_keras_compat_alone():
-    sources = _sources("keras_sft/*.py", "examples/**/*.py")
+    sources = _sources(
+        "keras_sft/*.py", "examples/**/*.py", "benchmarks/**/*.py"
+    )
     assert _using(_PRIVATE_MODULES, sources) == []
     assert _PRIVATE_MODULES.search(sources[COMPAT])
 
 
 def test_private_keras_names_are_used_by_keras_compat_alone():
-    sources = _sources("keras_sft/*.py")
+    sources = _sources(
+        "keras_sft/*.py", "examples/**/*.py", "benchmarks/**/*.py"
+    )
     assert _using(_PRIVATE_NAMES, sources) == []
     assert _PRIVATE_NAMES.search(sources[COMPAT])
 
