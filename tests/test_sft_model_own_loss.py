@@ -126,6 +126,7 @@ def test_detector_task_loss_is_its_own_and_the_term_is_on_named_outputs():
 
 
 @_needs_keras_hub
+@pytest.mark.slow
 def test_detector_evaluates_and_predicts_as_the_detector_does():
     images, labels = hub_tasks.scenes_with_boxes(8)
     detector = _detector()
