@@ -3,10 +3,10 @@
 Pretrains a small grid detector (a class head and a box head) on scenes
 of digits with their boxes, fine-tunes it on the negatives of such scenes
 plainly, with SFT on both heads for each `--lambdas` (the consistency term
-on the new scenes, then on `--anchor_count` unlabeled old scenes), and with
-L2-SP for each `--l2_sp_alphas`, and prints a table of mAP at IoU 0.5 on
-held-out scenes of both domains. Offline; the defaults are
-`examples.lib.presets.DETECTION`.
+on the new scenes) and each `--anchor_lambdas` (on `--anchor_count`
+unlabeled old scenes instead), and with L2-SP for each `--l2_sp_alphas`,
+and prints a table of mAP at IoU 0.5 on held-out scenes of both domains.
+Offline; the defaults are `examples.lib.presets.DETECTION`.
 
     python -m examples.detection
     python -m examples.detection --lambdas=0.3 --l2_sp_alphas=0.1,1
@@ -58,6 +58,9 @@ def main(argv):
     rows = detection_experiment.run_experiment(
         tasks,
         lambdas=common_flags.positive_floats(experiment_flags.LAMBDAS.value),
+        anchor_lambdas=common_flags.positive_floats(
+            experiment_flags.ANCHOR_LAMBDAS.value
+        ),
         alphas=common_flags.positive_floats(
             experiment_flags.L2_SP_ALPHAS.value
         ),

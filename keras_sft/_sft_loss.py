@@ -8,6 +8,7 @@ with `keras.ops` alone; the number of replicas, which each term is
 divided by, comes from the strategy through `_keras_compat`.
 """
 
+import inspect
 import math
 
 import keras
@@ -129,6 +130,11 @@ class SFTLoss:
             `None` (weight 1). Defaults to `None`.
         distill_features: List of feature names, or `None`. Defaults to
             `None`.
+        model_loss: Callable `(x, y, y_pred, sample_weight, training)`, a
+            model's own loss (`own_compute_loss`), or `None`. When given, it
+            is the whole task loss, on the labels and sample weights as
+            they come, in place of `task_loss`, `loss` and `loss_weights`.
+            Defaults to `None`.
     """
 
     def __init__(
@@ -144,6 +150,7 @@ class SFTLoss:
         distill_outputs=None,
         distill_weights=None,
         distill_features=None,
+        model_loss=None,
     ):
         self.distance_loss = distances.DistanceLoss(
             distance, temperature=temperature
@@ -156,6 +163,7 @@ class SFTLoss:
         self.distill_outputs = distill_outputs
         self.distill_weights = distill_weights or {}
         self.distill_features = distill_features or []
+        self.model_loss = model_loss
 
     def __call__(
         self,
@@ -168,6 +176,8 @@ class SFTLoss:
         features=({}, {}),
         regularization=(),
         anchors=None,
+        x=None,
+        training=True,
     ):
         """Returns `(total, terms)`, each scaled per replica.
 
@@ -180,12 +190,23 @@ class SFTLoss:
         student_features))` on a batch of anchor inputs, or `None`, adds
         the consistency term on them, unweighted: alone where
         `teacher_pred` is `None`, else each consistency term is the mean
-        of its values on the batch and on the anchors.
+        of its values on the batch and on the anchors. `x`, the inputs,
+        and `training` go to `model_loss` alone.
         """
         weights = output_sample_weights(
             y_pred, sample_weight, self.student_names
         )
-        task_loss, task_terms = self.task_terms(y, y_pred, weights)
+        if self.model_loss is None:
+            task_loss, task_terms = self.task_terms(y, y_pred, weights)
+        else:
+            task_loss = ops.cast(
+                self.model_loss(x, y, y_pred, sample_weight, training),
+                "float32",
+            )
+            task_terms = {}
+            # A model's own loss adds its regularization losses itself, as
+            # in its own `fit` (Keras's `compute_loss` does).
+            regularization = ()
         distill_loss, terms = 0.0, {}
         if teacher_pred is not None:
             distill_loss, terms = self.consistency_terms(
@@ -225,11 +246,13 @@ class SFTLoss:
             **terms,
         }
 
-    def step_terms(self, batch, teacher, student, lambda_, regularization):
+    def step_terms(
+        self, batch, teacher, student, lambda_, regularization, *, training=True
+    ):
         """`(total, terms)` of a step on `batch` (a `_batch.Batch`), as
         `__call__`; `teacher` and `student` are `_teacher_outputs.Views`,
         the teacher's `inputs` `None` where the consistency term is on
-        the anchors alone."""
+        the anchors alone; `training` says whether the step trains."""
         on_inputs = teacher.inputs
         return self(
             batch.y,
@@ -244,6 +267,8 @@ class SFTLoss:
             anchors=None
             if teacher.anchors is None
             else (teacher.anchors, student.anchors),
+            x=batch.x,
+            training=training,
         )
 
     def consistency_terms(
@@ -316,6 +341,32 @@ class SFTLoss:
             total += self.distill_weights.get(name, 1.0) * value
             terms[f"{name}_distill_loss"] = value
         return total, terms
+
+
+def own_compute_loss(model):
+    """`model`'s own loss, where its class overrides `compute_loss`, as a
+    callable `(x, y, y_pred, sample_weight, training)`; else `None`.
+
+    A keras-hub object detector's `compute_loss` matches its labels (boxes
+    and classes) to its anchors before applying its compiled losses: those
+    losses cannot take the labels as they come.
+    """
+    if type(model).compute_loss is keras.Model.compute_loss:
+        return None
+    # As Keras's `fit` calls it: `training` only where the override takes
+    # it by name (it was added in Keras 3.3).
+    takes_training = (
+        "training" in inspect.signature(model.compute_loss).parameters
+    )
+
+    def model_loss(x, y, y_pred, sample_weight, training):
+        if takes_training:
+            return model.compute_loss(
+                x, y, y_pred, sample_weight, training=training
+            )
+        return model.compute_loss(x, y, y_pred, sample_weight)
+
+    return model_loss
 
 
 def by_name(values, names):

@@ -211,8 +211,8 @@ def predicted_anchor_outputs(model, anchor_x, *, batch_size, reads):
     count = int(keras.tree.flatten(anchor_x)[0].shape[0])
     if not (may_cache(model) and (reads is None or reads > count)):
         return None
-    outputs = model.teacher.predict(
-        anchor_x, batch_size=max(batch_size, 32), verbose=0
+    outputs = teacher_cache.predicted_outputs(
+        model.teacher, anchor_x, batch_size=max(batch_size, 32)
     )
     return keras.tree.lists_to_tuples(outputs)
 
@@ -479,7 +479,9 @@ def _with_predicted_outputs(teacher, arguments):
 
 def _predicted(teacher, x, batch_size):
     """Inputs `x` packed with the teacher's outputs on them."""
-    outputs = teacher.predict(x, batch_size=batch_size or 32, verbose=0)
+    outputs = teacher_cache.predicted_outputs(
+        teacher, x, batch_size=batch_size or 32
+    )
     return _batch.pack(x, teacher_outputs=outputs)
 
 

@@ -101,6 +101,11 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         arguments (see also `keras_sft.export_saved_model`)."""
         return self.student.export(filepath, **kwargs)
 
+    def predict_step(self, data):
+        # The student's own step, which may post-process its outputs (a
+        # keras-hub object detector's decodes its boxes).
+        return self.student.predict_step(data)
+
     def _symbolic_build_batch(self, batch):
         # Keras builds from 3-tuples: without cached outputs or anchors.
         return _batch.keras_batch(batch)

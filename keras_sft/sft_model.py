@@ -215,19 +215,37 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             loss: The task loss `L_task` on the student's outputs, as in
                 `keras.Model.compile` (one loss, a list in output order, or
                 a dict by output name; `None` values and missing keys give
-                an output no task loss). `None` means
+                an output no task loss). `None` means the student's own
+                `compute_loss` where its class overrides it (a keras-hub
+                object detector's, with the losses the student was compiled
+                with), else
                 `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`
                 for every output. Defaults to `None`.
             loss_weights: Float, list or dict, the weight of each output's
-                task loss in `task_loss`. Defaults to `None` (weight 1).
+                task loss in `task_loss` (`None` with the student's own
+                `compute_loss`). Defaults to `None` (weight 1).
             metrics: Metrics of the student's outputs against `y`.
                 Defaults to `None`.
             **kwargs: Passed to `keras.Model.compile` (for example
                 `jit_compile`, `steps_per_execution`).
         """
-        if loss is None:
+        model_loss = (
+            _sft_loss.own_compute_loss(self.student) if loss is None else None
+        )
+        if model_loss is None and loss is None:
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        if self._student_names is not None and len(self._student_names) > 1:
+        if model_loss is not None:
+            # The student's own loss weighs its outputs itself, with the
+            # losses and weights the student was compiled with.
+            if loss_weights is not None:
+                raise _checks.argument_error(
+                    "loss_weights",
+                    "None where the student's own `compute_loss` is the "
+                    f"task loss (that of {type(self.student).__name__}: "
+                    "compile the student to weigh its losses)",
+                    loss_weights,
+                )
+        elif self._student_names is not None and len(self._student_names) > 1:
             _sft_loss.output_losses(loss, loss_weights, self._student_names)
         elif getattr(self.student, "outputs", None):
             _checks.check_logits_loss(self.student, loss)
@@ -251,6 +269,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             distill_outputs=self.distill_outputs,
             distill_weights=self.distill_weights,
             distill_features=self.distill_features,
+            model_loss=model_loss,
         )
 
     @property
@@ -391,7 +410,12 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         )
         student = student_forward()
         total, terms = self._sft_loss.step_terms(
-            batch, teacher, student, self._current_lambda(), self.student.losses
+            batch,
+            teacher,
+            student,
+            self._current_lambda(),
+            self.student.losses,
+            training=False,
         )
         return self._step_logs(batch, student, total, terms)
 

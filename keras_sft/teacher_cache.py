@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from keras_sft import _checks
 from keras_sft import _keras_compat
+from keras_sft import _task_preprocessing
 
 # Dataset ops whose output can change from one iteration to the next: a
 # cache built from one pass would then pair inputs with the teacher outputs
@@ -99,7 +100,7 @@ def cache_teacher_outputs(teacher, data, *, batch_size=256, directory=None):
 def _in_memory(teacher, data, batch_size):
     """In-memory `data` with the teacher's outputs beside each example."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    outputs = teacher.predict(x, batch_size=batch_size, verbose=0)
+    outputs = predicted_outputs(teacher, x, batch_size=batch_size)
     # `from_tensor_slices` would stack a list (of inputs, or of a
     # multi-output teacher's outputs) into one tensor; tuples stay apart.
     return tf.data.Dataset.from_tensor_slices(
@@ -112,11 +113,44 @@ def _zipped(teacher, dataset, batch_size):
     # Two streamed passes: neither the examples nor a copy of them is ever
     # held in memory whole, only the outputs.
     inputs = dataset.map(lambda x, *_: x).batch(batch_size)
-    outputs = teacher.predict(inputs, verbose=0)
+    outputs = predicted_outputs(teacher, inputs)
     return tf.data.Dataset.zip(
         dataset,
         tf.data.Dataset.from_tensor_slices(keras.tree.lists_to_tuples(outputs)),
     ).map(_with_teacher_outputs)
+
+
+def predicted_outputs(model, x, *, batch_size=None):
+    """What `model(x, training=False)` returns, from one `predict` pass
+    (under the model's strategy, with its preprocessing).
+
+    A model whose own `predict_step` post-processes its outputs (a
+    keras-hub object detector's decodes its boxes) predicts through
+    `_CallOutputs`, whose step returns them as the model's call does.
+    """
+    if type(model).predict_step is not keras.Model.predict_step:
+        with model.distribute_strategy.scope():
+            model = _CallOutputs(model)
+    return model.predict(x, batch_size=batch_size, verbose=0)
+
+
+class _CallOutputs(keras.Model):
+    """Predicts the outputs of `model`'s call, preprocessed as `model`'s
+    own `predict` preprocesses its inputs."""
+
+    def __init__(self, model):
+        super().__init__(name=f"{model.name}_outputs")
+        self.model = model
+
+    def call(self, x):
+        return self.model(x, training=False)
+
+    def predict(self, x, **kwargs):
+        return super().predict(
+            **_task_preprocessing.inference_arguments(
+                self.model, keras.Model.predict, self, (x,), kwargs
+            )
+        )
 
 
 def _read_into_memory(dataset, batch_size):

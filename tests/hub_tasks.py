@@ -5,6 +5,7 @@ a second way from the task's outputs.
 """
 
 import keras_hub
+import numpy as np
 
 
 def gpt2_causal_lm():
@@ -80,3 +81,53 @@ def resnet_image_classifier():
         preprocessor=preprocessor,
         dropout=0.0,
     )
+
+
+def retinanet_object_detector():
+    """A RetinaNet of 2 classes on 64x64 RGB images, boxes in `"xyxy"`
+    pixels: a three-stack ResNet under a feature pyramid of levels 3 and 4
+    (720 anchors), one convolution in each head."""
+    image_encoder = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[3],
+        stackwise_num_filters=[64, 8, 8],
+        stackwise_num_blocks=[1, 1, 1],
+        stackwise_num_strides=[1, 2, 2],
+        block_type="basic_block",
+        image_shape=(64, 64, 3),
+    )
+    backbone = keras_hub.models.RetinaNetBackbone(
+        image_encoder=image_encoder,
+        min_level=3,
+        max_level=4,
+        use_p5=False,
+        image_shape=(64, 64, 3),
+    )
+    return keras_hub.models.RetinaNetObjectDetector(
+        backbone=backbone,
+        num_classes=2,
+        bounding_box_format="xyxy",
+        pre_logits_num_conv_layers=1,
+    )
+
+
+def scenes_with_boxes(count, seed=0):
+    """64x64 black images with one or two rectangles, each filled in the
+    colour channel of its class (0 or 1), with their `"xyxy"` boxes and
+    labels, padded to two per image with -1 as keras-hub pads them."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((count, 64, 64, 3), "float32")
+    boxes = np.full((count, 2, 4), -1.0, "float32")
+    labels = np.full((count, 2), -1, "int32")
+    for image in range(count):
+        for box in range(rng.integers(1, 3)):
+            # Sized like the anchors of level 3 (32 pixels), so that each
+            # matches some.
+            width, height = rng.integers(20, 36, size=2)
+            left = rng.integers(0, 64 - width)
+            top = rng.integers(0, 64 - height)
+            label = rng.integers(0, 2)
+            images[image, top : top + height, left : left + width, label] = 1
+            boxes[image, box] = [left, top, left + width, top + height]
+            labels[image, box] = label
+    return images, {"boxes": boxes, "labels": labels}

@@ -77,6 +77,7 @@ _REDUCED = {
             "--pretrain_epochs=1",
             "--epochs=1",
             "--lambdas=0.1",
+            "--anchor_lambdas=0.1",
             "--l2_sp_alphas=0.01",
             "--anchor_count=16",
         ],
@@ -108,7 +109,7 @@ _INLINE_COMMAND_PAGES = (
     os.path.join("docs", "forgetting.md"),
 )
 # Python snippets slow enough to run only with --run-slow: (page, text).
-_SLOW_SNIPPETS = ()
+_SLOW_SNIPPETS = ((os.path.join("docs", "user_guide.md"), "detector.compile("),)
 _SIZE = 32
 
 
@@ -232,10 +233,26 @@ def _mirrored_namespace(namespace):
     return {**namespace, "dataset": namespace["dataset"].batch(8)}
 
 
+def _detection_namespace(namespace):
+    """For the snippet on object detectors: a tiny keras-hub RetinaNet and
+    eight scenes of boxes (keras-hub installed)."""
+    pytest.importorskip("keras_hub")
+    from tests import hub_tasks
+
+    images, y = hub_tasks.scenes_with_boxes(8)
+    return {
+        **namespace,
+        "detector": hub_tasks.retinanet_object_detector(),
+        "images": images,
+        **y,
+    }
+
+
 # Namespaces of the snippets that need other stand-ins, by their text.
 _SPECIAL = {
     "tfds.load(": _mnist_namespace,
     "MirroredStrategy()": _mirrored_namespace,
+    "detector.compile(": _detection_namespace,
 }
 
 

@@ -366,6 +366,7 @@ def run_experiment(
     anchor_count,
     pretrain_epochs,
     config,
+    anchor_lambdas=(),
     strategy=None,
 ):
     """Pretrains on the old domain, fine-tunes on the new one, scores all.
@@ -376,13 +377,15 @@ def run_experiment(
         tasks: Dict from `digit_tasks`.
         lambdas: Floats > 0, SFT's weights of the consistency term (`"mse"`
             on both heads' outputs): one fine-tuning each with the term on
-            the new scenes, and one with it on `anchor_count` unlabeled old
-            scenes instead (`anchor_x`).
+            the new scenes.
         alphas: Floats > 0, L2-SP's strengths, one fine-tuning each.
         anchor_count: Int > 0, the old training scenes used as anchors.
         pretrain_epochs: Int, epochs on the old domain.
         config: `TrainingConfig`: the epochs of each fine-tuning, and the
             batch size, learning rate, seed and XLA choice of all training.
+        anchor_lambdas: Floats > 0, one SFT fine-tuning each with the term
+            on `anchor_count` unlabeled old scenes instead (`anchor_x`).
+            Defaults to `()`.
         strategy: A `tf.distribute.Strategy` or `None` for the default.
             Defaults to `None`.
 
@@ -392,7 +395,9 @@ def run_experiment(
         `new_map`.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    progress = console.Progress(2 + 2 * len(lambdas) + len(alphas))
+    progress = console.Progress(
+        2 + len(lambdas) + len(anchor_lambdas) + len(alphas)
+    )
     progress.step("pretraining on the old domain")
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
@@ -407,7 +412,7 @@ def run_experiment(
     runs += [(f"SFT (lambda={w:g})", w, None, None) for w in lambdas]
     runs += [
         (f"SFT + {len(anchors)} anchors (lambda={w:g})", w, anchors, None)
-        for w in lambdas
+        for w in anchor_lambdas
     ]
     runs += [(f"L2-SP (alpha={a:g})", 0.0, None, a) for a in alphas]
     models = [("pretrained", pretrained)]

@@ -49,6 +49,7 @@ DETECTION = {
     "batch_size": 64,
     "learning_rate": 3e-3,
     "lambdas": ["0.1", "1"],
+    "anchor_lambdas": ["0.1", "1"],
     "l2_sp_alphas": ["0.01"],
     "anchor_count": 500,
     "image_size": 32,

@@ -219,6 +219,7 @@ def test_experiment_runs():
     rows = detection_experiment.run_experiment(
         tasks,
         lambdas=(0.5,),
+        anchor_lambdas=(0.2,),
         alphas=(0.01,),
         anchor_count=8,
         pretrain_epochs=1,
@@ -228,7 +229,7 @@ def test_experiment_runs():
         "pretrained",
         "plain fine-tuning",
         "SFT (lambda=0.5)",
-        "SFT + 8 anchors (lambda=0.5)",
+        "SFT + 8 anchors (lambda=0.2)",
         "L2-SP (alpha=0.01)",
     ]
     for row in rows:
@@ -255,12 +256,13 @@ def test_binary_prints_the_table():
         "--pretrain_epochs=1",
         "--epochs=1",
         "--lambdas=0.1",
+        "--anchor_lambdas=0.3",
         "--l2_sp_alphas=0.01",
         "--scenes=16",
         "--anchor_count=8",
         "--image_size=16",
     )
     assert run.returncode == 0, run.stderr
-    assert "| SFT + 8 anchors (lambda=0.1) |" in run.stdout
+    assert "| SFT + 8 anchors (lambda=0.3) |" in run.stdout
     assert "| L2-SP (alpha=0.01) |" in run.stdout
     assert "[5/5] L2-SP (alpha=0.01) ..." in run.stderr
