@@ -9,6 +9,8 @@ class holds that plumbing, so that `SFTModel` holds the method: its
 arguments, its step and its config.
 """
 
+import contextlib
+
 import keras
 
 from keras_sft import _batch
@@ -26,9 +28,11 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
     constructor, and define the steps. The model is then built when its
     student is, calls and exports the student, keeps the teacher frozen
     whatever `trainable` is set to, gives the teacher its own copies of
-    shared weights before they train, applies a keras-hub task's
-    preprocessor in `evaluate`, `predict` and the `*_on_batch` methods as
-    the task does, and builds Keras's compiled loss from one replica's
+    shared weights before they train, lists and writes weights as if the
+    teacher held copies of all (as a loaded or cloned model does),
+    applies a keras-hub task's preprocessor in `evaluate`, `predict` and
+    the `*_on_batch` methods as the task does, and builds Keras's compiled
+    loss from one replica's
     batch, without what `fit` packed beside the inputs, under any
     strategy.
 
@@ -68,30 +72,95 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         # Keras's setter reaches every sublayer, the teacher included; the
         # teacher stays the frozen reference whatever the wrapper is set to.
         if getattr(self, "teacher", None) is not None:
-            self._unshare(_shared_teacher.unshare_trained)
+            self._unshare_trained()
             self.teacher.trainable = False
 
     def make_train_function(self, force=False):
         # Layers the user unfroze since the teacher was made would train
         # the weights the teacher shares: it gets its own copies first.
-        self._unshare(_shared_teacher.unshare_trained)
+        self._unshare_trained()
         return super().make_train_function(force=force)
 
-    def load_weights(self, filepath, *args, **kwargs):
-        # Keras loads a LoRA layer's merged kernel into its base kernel.
-        self._unshare(_shared_teacher.unshare_lora)
-        return super().load_weights(filepath, *args, **kwargs)
+    # Keras lists a variable once per model, so a teacher sharing the
+    # student's frozen weights would drop out of the wrapper's lists, and
+    # a weights list would not fit a model whose teacher holds copies (one
+    # loaded or cloned). The teacher's weights are listed whole, last.
+    @property
+    def weights(self):
+        others, teacher_weights = self._weights_by_model()
+        return others + teacher_weights
 
-    def _unshare(self, unshare):
-        """Gives the teacher its own copies of the weights `unshare`
-        (`_shared_teacher.unshare_trained` or `unshare_lora`) picks, and
-        drops the functions traced with the shared ones."""
-        if unshare(self.student, self.teacher, self.distribute_strategy):
-            # Traced functions hold the variables they read.
-            for traced in (self, self.teacher):
-                traced.train_function = None
-                traced.test_function = None
-                traced.predict_function = None
+    @property
+    def trainable_weights(self):
+        # Each once, for optimizers: until `fit` unshares it, a weight the
+        # user just unfroze is the teacher's too.
+        if not self.trainable:
+            return []
+        return [w for w in super().weights if w.trainable]
+
+    @property
+    def non_trainable_weights(self):
+        others, teacher_weights = self._weights_by_model()
+        if not self.trainable:
+            return others + teacher_weights
+        return [w for w in others if not w.trainable] + teacher_weights
+
+    def _weights_by_model(self):
+        """Keras's list of the wrapper's weights without the teacher's
+        own, and the teacher's weights (those it shares included)."""
+        teacher = getattr(self, "teacher", None)
+        if teacher is None:
+            return super().weights, []
+        teacher_weights = teacher.weights
+        owned = {id(w) for w in teacher_weights}
+        owned -= {id(w) for w in self.student.weights}
+        others = [w for w in super().weights if id(w) not in owned]
+        return others, teacher_weights
+
+    def set_weights(self, weights):
+        with self._weights_written():
+            super().set_weights(weights)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        with self._weights_written():
+            return super().load_weights(filepath, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def _weights_written(self):
+        """Gives the teacher its own copies of the weights it shares while
+        weights are written, so that each model's entries reach its own
+        variables, then shares again those left equal."""
+        # A Keras LoRA layer also loads its merged kernel into its base
+        # kernel, which the teacher may share.
+        unshared = _shared_teacher.unshare_all(
+            self.student, self.teacher, self.distribute_strategy
+        )
+        try:
+            yield
+        finally:
+            if _shared_teacher.reshare(self.student, unshared):
+                self._forget_traced()
+
+    def _unshare_trained(self):
+        """Gives the teacher its own copies of the weights it shares that
+        the student now trains."""
+        if _shared_teacher.unshare_trained(
+            self.student, self.teacher, self.distribute_strategy
+        ):
+            self._forget_traced()
+
+    def _forget_traced(self):
+        """Drops the functions traced with the teacher's former variables;
+        makes again the train function `fit` may be running with (a
+        callback restoring weights in `on_train_begin`)."""
+        training = self.train_function is not None
+        # Traced functions hold the variables they read.
+        for traced in (self, self.teacher):
+            traced.train_function = None
+            traced.test_function = None
+            traced.predict_function = None
+        if training:
+            self.make_train_function()
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
