@@ -10,11 +10,13 @@ arguments, its step and its config.
 """
 
 import contextlib
+import os
 
 import keras
 
 from keras_sft import _batch
 from keras_sft import _keras_compat
+from keras_sft import _model_files
 from keras_sft import _shared_teacher
 from keras_sft import _task_preprocessing
 from keras_sft import data_checks
@@ -29,10 +31,10 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
     student is, calls and exports the student, keeps the teacher frozen
     whatever `trainable` is set to, gives the teacher its own copies of
     shared weights before they train, lists and writes weights as if the
-    teacher held copies of all (as a loaded or cloned model does),
-    applies a keras-hub task's preprocessor in `evaluate`, `predict` and
-    the `*_on_batch` methods as the task does, and builds Keras's compiled
-    loss from one replica's
+    teacher held copies of all (as a loaded or cloned model does), saves
+    files whole or not at all, applies a keras-hub task's preprocessor in
+    `evaluate`, `predict` and the `*_on_batch` methods as the task does,
+    and builds Keras's compiled loss from one replica's
     batch, without what `fit` packed beside the inputs, under any
     strategy.
 
@@ -117,13 +119,68 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         others = [w for w in super().weights if id(w) not in owned]
         return others, teacher_weights
 
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """Saves the model as `keras.Model.save` does, whole or not at all.
+
+        A `.keras` file is written beside `filepath`, then renamed
+        over it: a fault leaves the previous file (or none), never half a
+        file, and a full disk raises one `OSError` naming the file and the
+        space free. Takes the arguments of `keras.Model.save`.
+        """
+        suffix = _save_suffix(filepath, zipped)
+        if suffix is None or (not overwrite and os.path.exists(filepath)):
+            # A directory, a URL or a file object; or Keras's question
+            # before overwriting, which `overwrite=False` asks.
+            return super().save(
+                filepath, overwrite=overwrite, zipped=zipped, **kwargs
+            )
+        save = super().save
+        _model_files.write(
+            filepath,
+            lambda staging: save(staging, zipped=zipped, **kwargs),
+            suffix=suffix,
+            variables=_model_files.model_variables(self),
+        )
+
+    def save_weights(self, filepath, overwrite=True, max_shard_size=None):
+        """Saves the weights as `keras.Model.save_weights` does, a single
+        `.weights.h5` file whole or not at all (see `save`)."""
+        if (
+            max_shard_size is not None
+            or not _model_files.is_local(filepath)
+            or not os.fspath(filepath).endswith(".weights.h5")
+            or (not overwrite and os.path.exists(filepath))
+        ):
+            return super().save_weights(
+                filepath, overwrite=overwrite, max_shard_size=max_shard_size
+            )
+        save_weights = super().save_weights
+        _model_files.write(
+            filepath,
+            save_weights,
+            suffix=".weights.h5",
+            variables=_model_files.model_variables(self),
+        )
+
     def set_weights(self, weights):
         with self._weights_written():
             super().set_weights(weights)
 
     def load_weights(self, filepath, *args, **kwargs):
-        with self._weights_written():
-            return super().load_weights(filepath, *args, **kwargs)
+        try:
+            with self._weights_written():
+                return super().load_weights(filepath, *args, **kwargs)
+        except Exception as error:
+            # Keras's own messages name neither the file nor the fix.
+            damage = _model_files.damage(filepath)
+            if damage is None:
+                raise
+            raise ValueError(
+                "Invalid value for argument `filepath`. Expected a whole "
+                "`.weights.h5` or `.keras` file (write it again with "
+                "`save_weights` or `save`, or load another one). Received: "
+                f"filepath={os.fspath(filepath)!r}, {damage}"
+            ) from error
 
     @contextlib.contextmanager
     def _weights_written(self):
@@ -205,3 +262,15 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         return super().predict_on_batch(
             _task_preprocessing.batch(self.student, x)[0]
         )
+
+
+def _save_suffix(filepath, zipped):
+    """The end of the name of a temporary file that `keras.Model.save`
+    writes as it would write `filepath`, or `None` where it does not write
+    one local file."""
+    if not _model_files.is_local(filepath) or zipped is False:
+        return None
+    for suffix in (".keras", ".h5", ".hdf5"):
+        if os.fspath(filepath).endswith(suffix):
+            return suffix
+    return None
