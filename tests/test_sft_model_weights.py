@@ -229,3 +229,35 @@ def test_backup_of_an_unfrozen_run_resumes_as_without_sharing(backup, tmp_path):
     helpers.assert_close_across_op_orders(
         trained[True], trained[False], dtype="float32", terms=16
     )
+
+
+def test_backup_resumes_under_a_mirrored_strategy_as_on_one_device(tmp_path):
+    trained = {}
+    for name in ("one", "mirrored"):
+        strategy = (
+            helpers.two_cpu_strategy(through_one_device=True)
+            if name == "mirrored"
+            else None
+        )
+        backup_dir = str(tmp_path / f"backup-{name}")
+        _trained_with(
+            keras_sft.BackupAndRestore(backup_dir, delete_checkpoint=False),
+            sharing=True,
+        )
+        if strategy is None:
+            resumed = _model(sharing=True)
+        else:
+            with strategy.scope():
+                resumed = _model(sharing=True)
+        _fit(
+            resumed,
+            epochs=2,
+            callbacks=[keras_sft.BackupAndRestore(backup_dir)],
+        )
+        assert not _shares(resumed)
+        _assert_teacher_is_pretrained(resumed)
+        trained[name] = resumed.get_weights()
+
+    helpers.assert_close_across_op_orders(
+        trained["mirrored"], trained["one"], dtype="float32", terms=16
+    )
