@@ -15,6 +15,7 @@ import warnings
 import keras
 import tensorflow as tf
 from keras import ops
+from keras.src.callbacks import monitor_callback
 from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters import array_slicing
 from keras.src.utils import tracking
@@ -343,6 +344,29 @@ def set_initial_epoch(model, epoch):
     # `keras.callbacks.BackupAndRestore` (checked on Keras 3.15) sets this
     # private attribute, which `fit` reads once its callbacks have begun.
     model._initial_epoch = epoch
+
+
+def set_monitor_modes(callbacks, directions):
+    """Gives each of Keras's monitoring callbacks in `callbacks`
+    (`EarlyStopping`, `ReduceLROnPlateau`, `ModelCheckpoint`, any
+    subclass of their private base `MonitorCallback`) left in
+    `mode="auto"` the direction of the log it watches, from `directions`
+    (`"min"` or `"max"` by log name, without the `val_` prefix).
+
+    Keras 3.15's `MonitorCallback._set_monitor_op` infers the direction
+    of `mode="auto"` only for `loss` and for metrics compiled into the
+    model (from their private `_direction`), when the first epoch ends,
+    and raises for any other log (`task_loss`, a callback's log). Checked
+    on Keras 3.15.1.
+    """
+    for callback in getattr(callbacks, "callbacks", callbacks) or ():
+        if (
+            isinstance(callback, monitor_callback.MonitorCallback)
+            and callback.mode == "auto"
+            and callback.monitor_op is None
+        ):
+            monitor = str(callback.monitor).removeprefix("val_")
+            callback.mode = directions.get(monitor, "auto")
 
 
 def has_mask(tensor):

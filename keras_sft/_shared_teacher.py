@@ -31,10 +31,13 @@ def shared_teacher(student):
     freeze-then-unfreeze recipe): `unshare_trained`, which `SFTModel`
     calls when its `trainable` is set and before each `fit` builds its
     training step, copies them into the teacher first, while they still
-    hold the pretrained values. What it
-    cannot see are changes made to a shared variable outside `SFTModel`'s
-    training (`assign`, `student.fit`, loading weights into the student
-    alone): those reach the teacher too.
+    hold the pretrained values. Weights written into the `SFTModel`
+    (`set_weights`, `load_weights`, the callbacks that restore) reach the
+    teacher's own copies (`unshare_all`), and are shared again where the
+    student's and the teacher's values are the same (`reshare`). What it
+    cannot see are changes made to a shared variable outside `SFTModel`
+    (`assign`, `student.fit`, loading weights into the student alone):
+    those reach the teacher too.
 
     Example:
 
@@ -88,31 +91,43 @@ def unshare_trained(student, teacher, strategy):
     student's variables.
     """
     trained = {id(w) for w in student.trainable_weights}
-    return _unshare(
-        student,
-        teacher,
-        strategy,
-        lambda layer, weight: all(
-            weight is not w for w in _shareable(layer, trained)
-        ),
+    return bool(
+        _unshare(
+            student,
+            teacher,
+            strategy,
+            lambda layer, weight: all(
+                weight is not w for w in _shareable(layer, trained)
+            ),
+        )
     )
 
 
-def unshare_lora(student, teacher, strategy):
-    """Copies into `teacher` the base weights it shares with `student`'s
-    LoRA layers; returns whether any was copied.
+def unshare_all(student, teacher, strategy):
+    """Copies into `teacher` every weight it shares with `student`.
 
-    Keras saves a LoRA layer's kernel with its adapters merged in, and
-    loads that merged kernel into the base kernel (zeroing the adapters),
-    so loading weights into the student would write its merged kernel
-    into the teacher's; call this before loading.
+    Call this before writing weights into a model that holds both (the
+    teacher's entries of a weights list or file then reach the teacher's
+    own copies, and the student's the student), then `reshare` with what
+    it returns. The copies are made in `strategy`'s scope.
     """
-    return _unshare(
-        student,
-        teacher,
-        strategy,
-        lambda layer, weight: bool(_keras_compat.lora_adapters(layer)),
-    )
+    return _unshare(student, teacher, strategy, lambda layer, weight: True)
+
+
+def reshare(student, unshared):
+    """Shares again the weights `unshare_all` copied where the copy holds,
+    bit for bit, the student's value and the student does not train them;
+    returns whether any copy stays the teacher's own."""
+    trained = {id(w) for w in student.trainable_weights}
+    kept = False
+    for student_layer, teacher_layer, weight, copy in unshared:
+        if any(weight is w for w in _shareable(student_layer, trained)) and (
+            _same_bits(weight, copy)
+        ):
+            _keras_compat.replace_weight(teacher_layer, copy, weight)
+        else:
+            kept = True
+    return kept
 
 
 def owned_weights(student, teacher):
@@ -166,8 +181,8 @@ def _shared(student_layer, teacher_layer):
 def _unshare(student, teacher, strategy, condition):
     """Gives `teacher` its own copy of each weight it shares with a
     `student` layer where `condition(layer, weight)` holds; returns
-    whether any was copied."""
-    copied = False
+    `(student_layer, teacher_layer, weight, copy)` for each."""
+    unshared = []
     for student_layer, teacher_layer in _layer_pairs(student, teacher) or []:
         for weight in _shared(student_layer, teacher_layer):
             if not condition(student_layer, weight):
@@ -180,8 +195,17 @@ def _unshare(student, teacher, strategy, condition):
                     name=weight.name,
                 )
             _keras_compat.replace_weight(teacher_layer, weight, copy)
-            copied = True
-    return copied
+            unshared.append((student_layer, teacher_layer, weight, copy))
+    return unshared
+
+
+def _same_bits(variable, other):
+    """Whether `variable` and `other` hold the same bytes."""
+    # Bytes, not values: -0.0 and 0.0 differ, and a NaN equals itself.
+    return (
+        ops.convert_to_numpy(variable).tobytes()
+        == ops.convert_to_numpy(other).tobytes()
+    )
 
 
 def _nonzero(variable):

@@ -9,10 +9,14 @@ class holds that plumbing, so that `SFTModel` holds the method: its
 arguments, its step and its config.
 """
 
+import contextlib
+import os
+
 import keras
 
 from keras_sft import _batch
 from keras_sft import _keras_compat
+from keras_sft import _model_files
 from keras_sft import _shared_teacher
 from keras_sft import _task_preprocessing
 from keras_sft import data_checks
@@ -26,9 +30,11 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
     constructor, and define the steps. The model is then built when its
     student is, calls and exports the student, keeps the teacher frozen
     whatever `trainable` is set to, gives the teacher its own copies of
-    shared weights before they train, applies a keras-hub task's
-    preprocessor in `evaluate`, `predict` and the `*_on_batch` methods as
-    the task does, and builds Keras's compiled loss from one replica's
+    shared weights before they train, lists and writes weights as if the
+    teacher held copies of all (as a loaded or cloned model does), saves
+    files whole or not at all, applies a keras-hub task's preprocessor in
+    `evaluate`, `predict` and the `*_on_batch` methods as the task does,
+    and builds Keras's compiled loss from one replica's
     batch, without what `fit` packed beside the inputs, under any
     strategy.
 
@@ -68,30 +74,150 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         # Keras's setter reaches every sublayer, the teacher included; the
         # teacher stays the frozen reference whatever the wrapper is set to.
         if getattr(self, "teacher", None) is not None:
-            self._unshare(_shared_teacher.unshare_trained)
+            self._unshare_trained()
             self.teacher.trainable = False
 
     def make_train_function(self, force=False):
         # Layers the user unfroze since the teacher was made would train
         # the weights the teacher shares: it gets its own copies first.
-        self._unshare(_shared_teacher.unshare_trained)
+        self._unshare_trained()
         return super().make_train_function(force=force)
 
-    def load_weights(self, filepath, *args, **kwargs):
-        # Keras loads a LoRA layer's merged kernel into its base kernel.
-        self._unshare(_shared_teacher.unshare_lora)
-        return super().load_weights(filepath, *args, **kwargs)
+    # Keras lists a variable once per model, so a teacher sharing the
+    # student's frozen weights would drop out of the wrapper's lists, and
+    # a weights list would not fit a model whose teacher holds copies (one
+    # loaded or cloned). The teacher's weights are listed whole, last.
+    @property
+    def weights(self):
+        others, teacher_weights = self._weights_by_model()
+        return others + teacher_weights
 
-    def _unshare(self, unshare):
-        """Gives the teacher its own copies of the weights `unshare`
-        (`_shared_teacher.unshare_trained` or `unshare_lora`) picks, and
-        drops the functions traced with the shared ones."""
-        if unshare(self.student, self.teacher, self.distribute_strategy):
-            # Traced functions hold the variables they read.
-            for traced in (self, self.teacher):
-                traced.train_function = None
-                traced.test_function = None
-                traced.predict_function = None
+    @property
+    def trainable_weights(self):
+        # Each once, for optimizers: until `fit` unshares it, a weight the
+        # user just unfroze is the teacher's too.
+        if not self.trainable:
+            return []
+        return [w for w in super().weights if w.trainable]
+
+    @property
+    def non_trainable_weights(self):
+        others, teacher_weights = self._weights_by_model()
+        if not self.trainable:
+            return others + teacher_weights
+        return [w for w in others if not w.trainable] + teacher_weights
+
+    def _weights_by_model(self):
+        """Keras's list of the wrapper's weights without the teacher's
+        own, and the teacher's weights (those it shares included)."""
+        teacher = getattr(self, "teacher", None)
+        if teacher is None:
+            return super().weights, []
+        teacher_weights = teacher.weights
+        owned = {id(w) for w in teacher_weights}
+        owned -= {id(w) for w in self.student.weights}
+        others = [w for w in super().weights if id(w) not in owned]
+        return others, teacher_weights
+
+    def save(self, filepath, overwrite=True, zipped=None, **kwargs):
+        """Saves the model as `keras.Model.save` does, whole or not at all.
+
+        A `.keras` file is written beside `filepath`, then renamed
+        over it: a fault leaves the previous file (or none), never half a
+        file, and a full disk raises one `OSError` naming the file and the
+        space free. Takes the arguments of `keras.Model.save`.
+        """
+        suffix = _save_suffix(filepath, zipped)
+        if suffix is None or (not overwrite and os.path.exists(filepath)):
+            # A directory, a URL or a file object; or Keras's question
+            # before overwriting, which `overwrite=False` asks.
+            return super().save(
+                filepath, overwrite=overwrite, zipped=zipped, **kwargs
+            )
+        save = super().save
+        _model_files.write(
+            filepath,
+            lambda staging: save(staging, zipped=zipped, **kwargs),
+            suffix=suffix,
+            variables=_model_files.model_variables(self),
+        )
+
+    def save_weights(self, filepath, overwrite=True, max_shard_size=None):
+        """Saves the weights as `keras.Model.save_weights` does, a single
+        `.weights.h5` file whole or not at all (see `save`)."""
+        if (
+            max_shard_size is not None
+            or not _model_files.is_local(filepath)
+            or not os.fspath(filepath).endswith(".weights.h5")
+            or (not overwrite and os.path.exists(filepath))
+        ):
+            return super().save_weights(
+                filepath, overwrite=overwrite, max_shard_size=max_shard_size
+            )
+        save_weights = super().save_weights
+        _model_files.write(
+            filepath,
+            save_weights,
+            suffix=".weights.h5",
+            variables=_model_files.model_variables(self),
+        )
+
+    def set_weights(self, weights):
+        with self._weights_written():
+            super().set_weights(weights)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        try:
+            with self._weights_written():
+                return super().load_weights(filepath, *args, **kwargs)
+        except Exception as error:
+            # Keras's own messages name neither the file nor the fix.
+            damage = _model_files.damage(filepath)
+            if damage is None:
+                raise
+            raise ValueError(
+                "Invalid value for argument `filepath`. Expected a whole "
+                "`.weights.h5` or `.keras` file (write it again with "
+                "`save_weights` or `save`, or load another one). Received: "
+                f"filepath={os.fspath(filepath)!r}, {damage}"
+            ) from error
+
+    @contextlib.contextmanager
+    def _weights_written(self):
+        """Gives the teacher its own copies of the weights it shares while
+        weights are written, so that each model's entries reach its own
+        variables, then shares again those left equal."""
+        # A Keras LoRA layer also loads its merged kernel into its base
+        # kernel, which the teacher may share.
+        unshared = _shared_teacher.unshare_all(
+            self.student, self.teacher, self.distribute_strategy
+        )
+        try:
+            yield
+        finally:
+            if _shared_teacher.reshare(self.student, unshared):
+                self._forget_traced()
+
+    def _unshare_trained(self):
+        """Gives the teacher its own copies of the weights it shares that
+        the student now trains."""
+        if _shared_teacher.unshare_trained(
+            self.student, self.teacher, self.distribute_strategy
+        ):
+            self._forget_traced()
+
+    def _forget_traced(self):
+        """Drops the functions traced with the teacher's former variables;
+        makes again the train function `fit` may be running with (a
+        callback restoring weights in `on_train_begin`)."""
+        training = self.train_function is not None
+        # Traced functions hold the variables they read.
+        for traced in (self, self.teacher):
+            traced.train_function = None
+            traced.test_function = None
+            traced.predict_function = None
+        if training:
+            self.make_train_function()
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
@@ -136,3 +262,15 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         return super().predict_on_batch(
             _task_preprocessing.batch(self.student, x)[0]
         )
+
+
+def _save_suffix(filepath, zipped):
+    """The end of the name of a temporary file that `keras.Model.save`
+    writes as it would write `filepath`, or `None` where it does not write
+    one local file."""
+    if not _model_files.is_local(filepath) or zipped is False:
+        return None
+    for suffix in (".keras", ".h5", ".hdf5"):
+        if os.fspath(filepath).endswith(suffix):
+            return suffix
+    return None

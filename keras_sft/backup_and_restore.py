@@ -1,17 +1,14 @@
 """BackupAndRestore: a preemption backup that no fault leaves half-written."""
 
-import errno
 import glob
 import json
-import math
 import os
-import shutil
 
 import keras
-import tensorflow as tf
 
 from keras_sft import _checks
 from keras_sft import _keras_compat
+from keras_sft import _model_files
 
 _METADATA = "training_metadata.json"
 
@@ -161,7 +158,9 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         try:
             # HDF5 fails on a full disk with pages of errors, at worst a
             # crash: a backup that cannot fit is refused before it starts.
-            _check_space(self.backup_dir, self.model)
+            _model_files.check_space(
+                self.backup_dir, _model_files.model_variables(self.model)
+            )
             self.model.save_weights(weights, overwrite=True)
             # On disk before the record names it, even after a power cut.
             with open(weights, "rb") as file:
@@ -213,22 +212,3 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         # The strategy's own answer: `MultiWorkerMirroredStrategy` says it
         # of its chief alone, every other strategy of its one process.
         return self.model.distribute_strategy.extended.should_checkpoint
-
-
-def _check_space(directory, model):
-    """Raises `OSError(ENOSPC)` unless `directory` has room for a backup of
-    `model`: its weights and optimizer variables, with a margin for HDF5's
-    own structure."""
-    variables = list(model.weights)
-    if model.optimizer is not None:
-        variables += list(model.optimizer.variables)
-    needed = sum(
-        math.prod(v.shape) * tf.as_dtype(v.dtype).size for v in variables
-    )
-    needed = int(needed * 1.1) + 2**20
-    free = shutil.disk_usage(directory).free
-    if free < needed:
-        raise OSError(
-            errno.ENOSPC,
-            f"{free} bytes free, about {needed} needed",
-        )

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from keras_sft import _checks
 from keras_sft import _keras_compat
+from keras_sft import _model_files
 from keras_sft import _serving_signature
 from keras_sft.sft_model import SFTModel
 
@@ -180,7 +181,7 @@ def export_saved_model(
     # atomic. `os.mkdir` (unlike `tempfile.mkdtemp`'s 0700) applies the
     # user's umask, and the rename keeps the mode.
     staging_dir = os.path.join(
-        parent, f".{os.path.basename(export_dir)}.tmp-{uuid.uuid4().hex}"
+        parent, f"{_model_files.temporary_prefix(export_dir)}{uuid.uuid4().hex}"
     )
     os.mkdir(staging_dir)
     try:

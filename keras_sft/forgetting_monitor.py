@@ -6,6 +6,10 @@ import tensorflow as tf
 
 from keras_sft import _checks
 
+# The logs it adds, each better when higher: `SFTModel.fit` tells Keras's
+# monitors (`EarlyStopping` and the like) so, without `mode="max"`.
+LOG_DIRECTIONS = {"retained_accuracy": "max", "teacher_agreement": "max"}
+
 
 class ForgettingMonitor(keras.callbacks.Callback):
     """Adds to each epoch's logs how much of the old task the model keeps.

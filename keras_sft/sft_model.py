@@ -19,6 +19,7 @@ from keras_sft import _task_preprocessing
 from keras_sft import _teacher_outputs
 from keras_sft import _teacher_student_model
 from keras_sft import data_checks
+from keras_sft import forgetting_monitor
 
 # `SFTModel.fit`'s signature: `keras.Model.fit`'s arguments, by position
 # or name, then the anchor options.
@@ -353,6 +354,10 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
                 self._task_loss, self._student_names
             ),
         )
+        _keras_compat.set_monitor_modes(
+            arguments.get("callbacks"),
+            self._log_directions(arguments.get("callbacks")),
+        )
         if self._step_guard is not None:
             arguments = self._step_guard.with_callback(arguments)
         # In "replace" mode the teacher never runs on the labelled inputs,
@@ -375,6 +380,19 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             return super().fit(**arguments)
 
     fit.__signature__ = _FIT_SIGNATURE
+
+    def _log_directions(self, callbacks):
+        """`"min"` or `"max"`, whichever is better, for each log of `fit`
+        that Keras's monitors cannot tell: the loss terms, and what
+        `keras_sft.ForgettingMonitor` adds."""
+        directions = {t.name: "min" for t in self._term_trackers()}
+        callbacks = getattr(callbacks, "callbacks", callbacks) or ()
+        if any(
+            isinstance(c, forgetting_monitor.ForgettingMonitor)
+            for c in callbacks
+        ):
+            directions.update(forgetting_monitor.LOG_DIRECTIONS)
+        return directions
 
     def train_on_batch(self, *args, **kwargs):
         with _step_guard.stopping(self._step_guard):

@@ -1,13 +1,13 @@
 import errno
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
 import pytest
 
 import keras_sft
-from keras_sft import backup_and_restore
 from tests import helpers
 
 
@@ -121,7 +121,7 @@ def test_full_disk_is_one_clear_error_and_keeps_the_previous_backup(
         usage = os.statvfs(path)
         return type("Usage", (), {"free": 1000, "total": usage.f_blocks})
 
-    monkeypatch.setattr(backup_and_restore.shutil, "disk_usage", no_space)
+    monkeypatch.setattr(shutil, "disk_usage", no_space)
     with pytest.raises(OSError, match=r"Could not write the backup") as info:
         _fit(_model(), keras_sft.BackupAndRestore(backup_dir), epochs=3)
     assert info.value.errno == errno.ENOSPC

@@ -1,6 +1,7 @@
 """`SFTModel` where a user touches it as a `keras.Model`: trainability,
 `export`, `summary`, and students built on their first batch."""
 
+import os
 import warnings
 
 import keras
@@ -143,3 +144,64 @@ def test_unbuilt_student_without_teacher_is_refused():
         r" or call it on a batch first. Received: model='subclassed",
     ):
         keras_sft.SFTModel(_SubclassedClassifier(name="subclassed"))
+
+
+def _monitors(monitor, tmp_path, **mode):
+    """Keras's three monitoring callbacks, watching `monitor`."""
+    return [
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=9, **mode),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, patience=9, **mode),
+        keras.callbacks.ModelCheckpoint(
+            str(tmp_path / "best.weights.h5"),
+            monitor=monitor,
+            save_best_only=True,
+            save_weights_only=True,
+            **mode,
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("monitor", "best"),
+    [
+        ("task_loss", min),
+        ("val_task_loss", min),
+        ("distill_loss", min),
+        ("val_distill_loss", min),
+        ("val_loss", min),
+        ("retained_accuracy", max),
+        ("teacher_agreement", max),
+    ],
+)
+def test_monitors_know_which_way_each_log_improves(monitor, best, tmp_path):
+    x, y, _ = helpers.classification_data()
+    model = keras_sft.SFTModel(helpers.mlp(), lambda_=1.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    forgetting = keras_sft.ForgettingMonitor(x[:8], y[:8])
+    monitors = _monitors(monitor, tmp_path)
+
+    history = model.fit(
+        x,
+        y,
+        epochs=3,
+        validation_split=0.25,
+        verbose=0,
+        callbacks=[forgetting, *monitors],
+    )
+
+    for callback in monitors:
+        assert callback.best == best(history.history[monitor])
+    assert os.path.exists(tmp_path / "best.weights.h5")
+
+
+def test_monitors_keep_the_mode_they_are_given(tmp_path):
+    x, y, _ = helpers.classification_data()
+    model = keras_sft.SFTModel(helpers.mlp(), lambda_=1.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    monitors = _monitors("task_loss", tmp_path, mode="max")
+
+    history = model.fit(x, y, epochs=3, verbose=0, callbacks=monitors)
+
+    for callback in monitors:
+        assert callback.mode == "max"
+        assert callback.best == max(history.history["task_loss"])

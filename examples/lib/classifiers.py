@@ -1,9 +1,8 @@
 """The small classifiers of the examples: building and loading them."""
 
-import os
-import zipfile
-
 import keras
+
+from keras_sft import _model_files
 
 MODELS = ("mlp", "cnn")
 
@@ -67,10 +66,9 @@ def load_classifier(path):
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises a dozen types for bad files.
-        if os.path.isfile(path) and not zipfile.is_zipfile(path):
-            # Keras says "File not found" for a file that is there.
-            reason = "not a valid .keras file (truncated or not a zip file)"
-        else:
+        # Keras says "File not found" for a truncated file that is there.
+        reason = _model_files.damage(path)
+        if reason is None:
             reason = str(error).strip().splitlines()[0] if str(error) else ""
             reason = f"{type(error).__name__}: {reason}"
         raise ValueError(

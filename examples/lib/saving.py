@@ -1,7 +1,13 @@
 """Writing files whole or not at all, with the modes of the user's umask."""
 
 import os
-import uuid
+
+from keras_sft import _model_files
+
+# The prefix of the temporary files and directories written beside a path
+# (`.finetuned.keras.tmp-` for `runs/finetuned.keras`); the same for
+# `keras_sft.export_saved_model`'s staging directory.
+temporary_prefix = _model_files.temporary_prefix
 
 
 def save_atomically(model, path):
@@ -15,35 +21,15 @@ def save_atomically(model, path):
 
     Raises:
         OSError: naming `path` (not the temporary file), if it cannot be
-            written.
+            written; on a full disk, with the space free.
     """
     ensure_parent(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    staging = os.path.join(
-        directory, f"{temporary_prefix(path)}{uuid.uuid4().hex}.keras"
+    _model_files.write(
+        path,
+        model.save,
+        suffix=".keras",
+        variables=_model_files.model_variables(model),
     )
-    try:
-        # `os.open` applies the umask, as `tempfile.mkstemp`'s 0600 would
-        # not; the mode it gives is read back rather than the umask itself,
-        # which only `os.umask` reads, by changing it for every thread.
-        os.close(os.open(staging, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-        mode = os.stat(staging).st_mode & 0o777
-        model.save(staging)
-        os.chmod(staging, mode)
-        os.replace(staging, path)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise OSError(f"Cannot write {path!r}: {reason}") from error
-    finally:
-        if os.path.exists(staging):
-            os.remove(staging)
-
-
-def temporary_prefix(path):
-    """The name prefix of the temporary files written for `path`
-    (`.finetuned.keras.tmp-` for `runs/finetuned.keras`), beside it; the
-    same prefix as `keras_sft.export_saved_model`'s staging directory."""
-    return f".{os.path.basename(os.path.normpath(path))}.tmp-"
 
 
 def ensure_parent(path):
