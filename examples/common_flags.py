@@ -140,6 +140,22 @@ ANCHOR_COUNT = flags.DEFINE_integer(
     "finetune's --anchor_split and the demo's anchor rows.",
     lower_bound=1,
 )
+RETAINED_SPLIT = flags.DEFINE_string(
+    "retained_split",
+    None,
+    "Split of --dataset, in TFDS syntax, read without --shift (the domain "
+    "the pretrained model knew): the old task whose accuracy finetune "
+    "reports at each epoch's end as retained_accuracy, beside "
+    "teacher_agreement (keras_sft.ForgettingMonitor: progress bar, "
+    "--log_dir, history), and select_lambda scores as retained accuracy; "
+    "none when unset or empty.",
+)
+RETAINED_CLASSES = flags.DEFINE_list(
+    "retained_classes",
+    [],
+    "Classes of --retained_split to keep, as labels or ranges ('5-9'): "
+    "the old classes the new data lacks; all when empty.",
+)
 # What every binary reads, the segmentation experiment included (its
 # --helpshort lists these; the others adopt the whole module).
 CORE_FLAGS = (
@@ -278,6 +294,7 @@ def _known_dataset(name):
 
 
 flags.register_validator(CLASSES, valid_classes)
+flags.register_validator(RETAINED_CLASSES, valid_classes)
 flags.register_validator(
     LEARNING_RATE,
     lambda rate: math.isfinite(rate) and rate > 0,
@@ -509,13 +526,25 @@ def load_unshifted(split):
     return data.load(DATASET.value, split=split, data_dir=DATA_DIR.value)
 
 
-def load_classes(split, classes):
-    """`load_unshifted(split)` restricted to `classes` (labels or ranges,
-    as `--classes`), or `None` if `classes` is empty."""
-    if not classes:
+def load_retained():
+    """`load_unshifted(--retained_split)` restricted to
+    `--retained_classes` (when given), or `None` if `--retained_split` is
+    unset; refused if it is empty."""
+    if not RETAINED_SPLIT.value:
         return None
-    dataset, _ = load_unshifted(split)
-    return data.select_classes(dataset, parse_classes(classes))
+    dataset, _ = load_unshifted(RETAINED_SPLIT.value)
+    if RETAINED_CLASSES.value:
+        classes = parse_classes(RETAINED_CLASSES.value)
+        dataset = data.select_classes(dataset, classes)
+    if not any(True for _ in dataset.take(1)):
+        classes = ",".join(RETAINED_CLASSES.value)
+        raise ValueError(
+            f"The retained sample is empty: --retained_split="
+            f"{RETAINED_SPLIT.value} of --dataset={DATASET.value}"
+            f"{f' with --retained_classes={classes}' if classes else ''} "
+            "holds no example; pass a split (and classes) with examples"
+        )
+    return dataset
 
 
 def sample_unshifted(split):

@@ -90,6 +90,7 @@ def main(argv):
             overwrite=common_flags.OVERWRITE.value,
             anchor_x=common_flags.sample_unshifted(ANCHOR_SPLIT.value),
             anchor_mode=ANCHOR_MODE.value,
+            retained=common_flags.load_retained(),
         )
 
 

@@ -35,6 +35,20 @@ OUTPUT_PRESET = flags.DEFINE_string(
     None,
     "Directory the fine-tuned task is saved to with save_to_preset.",
 )
+RETAINED_FILE = flags.DEFINE_string(
+    "retained_file",
+    None,
+    "With --task=text_classifier: label<TAB>text lines of the task the "
+    "classifier knew; each epoch's logs then carry retained_accuracy and "
+    "teacher_agreement on them (keras_sft.ForgettingMonitor).",
+)
+flags.register_multi_flags_validator(
+    [RETAINED_FILE, TASK],
+    lambda values: (
+        values["retained_file"] is None or values["task"] == "text_classifier"
+    ),
+    message="--retained_file needs --task=text_classifier",
+)
 flags.adopt_module_key_flags(common_flags)
 flags.adopt_module_key_flags(finetune_flags)
 
@@ -53,6 +67,7 @@ def main(argv):
         epochs=common_flags.EPOCHS.value,
         learning_rate=common_flags.LEARNING_RATE.value,
         seed=common_flags.SEED.value,
+        retained_file=RETAINED_FILE.value,
     )
     logging.info("Fine-tuned task saved to %s", OUTPUT_PRESET.value)
 

@@ -32,18 +32,6 @@ TOLERANCE = flags.DEFINE_float(
     "New-task accuracy (a fraction) to give up for retained accuracy.",
     lower_bound=0.0,
 )
-RETAINED_SPLIT = flags.DEFINE_string(
-    "retained_split",
-    "train[50%:]",
-    "Split of --dataset giving the retained sample (unseen in pretraining).",
-)
-RETAINED_CLASSES = flags.DEFINE_list(
-    "retained_classes",
-    ["5-9"],
-    "Classes of the retained sample, in their original domain; no retained "
-    "accuracy when empty.",
-)
-flags.register_validator(RETAINED_CLASSES, common_flags.valid_classes)
 PLOT = flags.DEFINE_string(
     "plot", "runs/select_lambda.png", "PNG file for the trade-off curve."
 )
@@ -57,9 +45,7 @@ def select():
     return lambda_selection.cross_validate(
         pretrained=common_flags.PRETRAINED.value,
         train=train,
-        retained=common_flags.load_classes(
-            RETAINED_SPLIT.value, RETAINED_CLASSES.value
-        ),
+        retained=common_flags.load_retained(),
         lambdas=[float(value) for value in LAMBDA_GRID.value],
         folds=FOLDS.value,
         tolerance=TOLERANCE.value,

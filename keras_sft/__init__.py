@@ -1,5 +1,6 @@
 """keras-sft: fine-tune pretrained Keras models without forgetting."""
 
+from keras_sft.adaptive_lambda import AdaptiveLambda
 from keras_sft.backup_and_restore import BackupAndRestore
 from keras_sft.data_checks import check_dataset
 from keras_sft.epoch_shuffle import EpochShuffle
@@ -19,6 +20,7 @@ from keras_sft.wise_ft import wise_ft
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveLambda",
     "BackupAndRestore",
     "EpochShuffle",
     "ForgettingMonitor",

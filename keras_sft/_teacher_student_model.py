@@ -58,9 +58,10 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
 
     @property
     def built(self):
-        # The wrapper has no weights of its own, so it is built when its
-        # student is: at construction, or for a subclassed student on the
-        # first batch, which the steps pass to the student directly.
+        # The wrapper has no weights of its own (but an `AdaptiveLambda`'s
+        # value, made with it), so it is built when its student is: at
+        # construction, or for a subclassed student on the first batch,
+        # which the steps pass to the student directly.
         student = getattr(self, "student", None)
         return self._wrapper_built or (student is not None and student.built)
 

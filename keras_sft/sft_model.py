@@ -18,6 +18,7 @@ from keras_sft import _step_guard
 from keras_sft import _task_preprocessing
 from keras_sft import _teacher_outputs
 from keras_sft import _teacher_student_model
+from keras_sft import adaptive_lambda
 from keras_sft import data_checks
 from keras_sft import forgetting_monitor
 
@@ -76,9 +77,11 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         lambda_: Float >= 0, the weight of the consistency term (`0` is
             plain fine-tuning), or a schedule of the optimizer's step (a
             `keras.optimizers.schedules.LearningRateSchedule`, saved with
-            the model, or a callable returning a value >= 0), whose value
-            is logged as `lambda`. Defaults to `0.05`, the best untuned
-            value across the shifts of docs/forgetting.md.
+            the model, or a callable returning a value >= 0), or a
+            `keras_sft.AdaptiveLambda` that `fit` adapts to hold
+            `distill_loss` at a target; a value that changes is logged as
+            `lambda`. Defaults to `0.05`, the best untuned value across
+            the shifts of docs/forgetting.md.
         distance: String, the distance `D` (docs/user_guide.md,
             "Distances"): `"mse"`, `"normalized_mse"` (invariant to the
             scale of the logits), `"squared_l2"` or `"kl"` (with
@@ -163,6 +166,10 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         self.lambda_ = (
             float(lambda_) if isinstance(lambda_, numbers.Real) else lambda_
         )
+        if isinstance(lambda_, adaptive_lambda.AdaptiveLambda):
+            # A weight of the model, made in its strategy's scope: saved
+            # with it and in its backups.
+            self.lambda_variable = lambda_.build()
         self.distance = distance
         self.temperature = float(temperature)
         self.distill_outputs = _copy(list, distill_outputs)
@@ -360,6 +367,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         )
         if self._step_guard is not None:
             arguments = self._step_guard.with_callback(arguments)
+        arguments = adaptive_lambda.fit_arguments(self, arguments)
         # In "replace" mode the teacher never runs on the labelled inputs,
         # so caching its outputs there would be waste.
         caching = anchor_x is None or anchor_mode == "both"

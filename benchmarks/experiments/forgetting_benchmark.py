@@ -36,6 +36,7 @@ example `fit_options=lambda task: {"anchor_x": task.anchor_x}`).
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable
 
@@ -115,12 +116,17 @@ class Method:
         l2_sp: Bool, whether the strengths are L2-SP's `alpha` instead.
         fit_options: Callable from the `Task` to extra `SFTModel.fit`
             keyword arguments.
+        adaptive: Dict or `None`. A dict makes the strengths the
+            `target_distill_loss` of a `keras_sft.AdaptiveLambda` with
+            these further arguments, updated once per epoch, instead of a
+            fixed `lambda_`.
     """
 
     distance: str | None
     strengths: tuple
     l2_sp: bool = False
     fit_options: Callable = _no_options
+    adaptive: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +138,13 @@ class WiseFT:
     alphas: tuple
 
 
+def _anchors(task):
+    """The pretraining inputs as anchors (`fit(anchor_x=...)`)."""
+    return {"anchor_x": task.anchor_x}
+
+
+_ADAPTIVE = {"horizon": 10}
+
 # Two strengths a factor of 10 apart beside 0 (the time budget: each is one
 # fine-tuning per shift and seed); `squared_l2` is `mse` times the number
 # of outputs, so its grid sits between `mse`'s (0.0015 x 10 units = 0.015).
@@ -142,6 +155,17 @@ METHODS = {
     "SFT squared_l2": Method("squared_l2", (0.0, 0.0015, 0.015)),
     "SFT kl": Method("kl", (0.0, 0.3, 3.0)),
     "SFT normalized_mse": Method("normalized_mse", (0.0, 0.3, 3.0)),
+    # `SFTModel`'s defaults, never tuned, on the new inputs or on anchors.
+    "SFT defaults": Method("mse", (0.05,)),
+    "SFT defaults on anchors": Method("mse", (0.05,), fit_options=_anchors),
+    # No strength: `lambda_` adapted to hold `distill_loss` at a target
+    # (docs/forgetting.md, "No strength to tune"); a horizon of about one
+    # epoch, so that it can reach the target within the run.
+    "SFT adaptive 0.5": Method("mse", (0.5,), adaptive=_ADAPTIVE),
+    "SFT adaptive 2": Method("mse", (2.0,), adaptive=_ADAPTIVE),
+    "SFT adaptive 0.5 on anchors": Method(
+        "mse", (0.5,), adaptive=_ADAPTIVE, fit_options=_anchors
+    ),
     "WiSE-FT 0.5 of plain": WiseFT("plain", (0.5,)),
     "WiSE-FT of plain": WiseFT("plain", (0.25, 0.5, 0.75, 1.0)),
     "WiSE-FT 0.5 of SFT mse": WiseFT("SFT mse", (0.5,)),
@@ -496,7 +520,12 @@ def _run_shift(pretrained, task, methods, config, seed):
         key = (
             (None, 0.0)
             if strength == 0
-            else ("l2_sp" if method.l2_sp else distance, strength)
+            else (
+                "l2_sp" if method.l2_sp else distance,
+                strength,
+                repr(method.adaptive),
+                method.fit_options,
+            )
         )
         if key not in runs:
             student = _finetune(
@@ -509,7 +538,7 @@ def _run_shift(pretrained, task, methods, config, seed):
             )
         return runs[key]
 
-    chosen, rows, sweep = {}, [], []
+    chosen, rows, sweep, swept = {}, [], [], set()
     for name in methods:
         method = METHODS[name]
         if isinstance(method, WiseFT):
@@ -523,11 +552,21 @@ def _run_shift(pretrained, task, methods, config, seed):
         )
         chosen[name] = results[strength][0]
         rows.append(_row(name, strength, results[strength][2]))
-        if method.distance is not None and not method.l2_sp:
-            sweep += [
-                dict(_row(None, value, result[2]), distance=method.distance)
-                for value, result in results.items()
-            ]
+        # The sweep is of fixed `lambda_` values on the new inputs alone.
+        if (
+            method.distance is None
+            or method.l2_sp
+            or method.adaptive is not None
+            or method.fit_options is not _no_options
+        ):
+            continue
+        for value, result in results.items():
+            # Once per distance and lambda_, whichever methods ran it.
+            if (method.distance, value) not in swept:
+                swept.add((method.distance, value))
+                sweep.append(
+                    dict(_row(None, value, result[2]), distance=method.distance)
+                )
     for name in methods:
         method = METHODS[name]
         if not isinstance(method, WiseFT):
@@ -599,6 +638,14 @@ def _finetune(pretrained, task, method, strength, *, config, seed):
     if method.l2_sp:
         keras_sft.apply_l2_sp(student, strength)
     x, y = task.train
+    if method.adaptive is not None and strength > 0:
+        # One `fit` epoch holds every epoch (below): update at each of
+        # those epochs' ends.
+        lambda_ = keras_sft.AdaptiveLambda(
+            strength,
+            update_freq=math.ceil(len(x) / config.batch_size),
+            **method.adaptive,
+        )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     options = {}
     if task.num_new_classes is not None:

@@ -6,7 +6,9 @@ per SFT weight, once per L2-SP strength and once per SFT weight with the
 consistency term on anchors (unlabeled inputs of the pretraining split).
 Each model is scored on the classes the new data does not cover, in their
 original domain (retained), and on the covered classes in the new domain
-(new).
+(new). The retained accuracy is also watched while each fine-tuning runs
+(`keras_sft.ForgettingMonitor`): a second table gives it at a few epochs,
+with the student's agreement with its teacher at the end.
 """
 
 import dataclasses
@@ -40,7 +42,7 @@ def run_demo(
     dataset="digits",
     data_dir=None,
 ):
-    """Runs the experiment; writes and prints its table, returns its rows.
+    """Runs the experiment; writes and prints its tables, returns its rows.
 
     Progress goes to stderr (`console.Progress`), the table to stdout.
 
@@ -72,7 +74,10 @@ def run_demo(
     Returns:
         A list of dicts, one per model, with keys `"model"`, `"lambda"`,
         `"retained"`, `"new"` and `"overall"` (accuracies in `[0, 1]`), and
-        `"anchors"` (the number of anchor inputs, 0 for none).
+        `"anchors"` (the number of anchor inputs, 0 for none); those of the
+        fine-tuned models also `"retained_by_epoch"` (the retained accuracy
+        at each epoch's end, a list) and `"teacher_agreement"` (at the
+        end), from `keras_sft.ForgettingMonitor`.
     """
     config = dataclasses.replace(config, verbose=0)
     os.makedirs(output_dir, exist_ok=True)
@@ -88,10 +93,11 @@ def run_demo(
         data.select_classes(finetune_set, covered), shift
     )
     test_set, _ = data.load(dataset, split=TEST_SPLIT, data_dir=data_dir)
+    retained_set = data.select_classes(test_set, uncovered)
     # Uncovered classes as they were, covered classes in the new domain:
     # what the fine-tuned model is expected to recognise afterwards.
     evaluation = data.batch(
-        data.select_classes(test_set, uncovered).concatenate(
+        retained_set.concatenate(
             data.shift_domain(data.select_classes(test_set, covered), shift)
         ),
         batch_size=256,
@@ -159,15 +165,23 @@ def run_demo(
             config=config,
             l2_sp_alpha=l2_sp_alpha,
             anchor_x=anchors,
+            # The retained set of the table, watched at each epoch's end,
+            # in one batch for the digits (a second, smaller batch would
+            # trace each model's predict function a second time).
+            callbacks=[
+                training.forgetting_monitor(retained_set, batch_size=1024)
+            ],
         )
-        rows.append(
-            score(
-                name,
-                row_lambda,
-                model.student,
-                0 if anchors is None else len(anchors),
-            )
+        row = score(
+            name,
+            row_lambda,
+            model.student,
+            0 if anchors is None else len(anchors),
         )
+        history = model.history.history
+        row["retained_by_epoch"] = history["retained_accuracy"]
+        row["teacher_agreement"] = history["teacher_agreement"][-1]
+        rows.append(row)
 
     table = _markdown_table(rows, covered, uncovered, shift)
     results_path = os.path.join(output_dir, "results.md")
@@ -177,6 +191,15 @@ def run_demo(
         rows, os.path.join(output_dir, "forgetting.png"), shift
     )
     console.print_table(f"Forgetting (also in {results_path}):", table)
+    by_epoch = _by_epoch_table(rows[1:], config.epochs)
+    by_epoch_path = os.path.join(output_dir, "retained_by_epoch.md")
+    with open(by_epoch_path, "w") as file:
+        file.write(by_epoch)
+    console.print_table(
+        "Retained accuracy while fine-tuning, at the end of some epochs "
+        f"(keras_sft.ForgettingMonitor; also in {by_epoch_path}):",
+        by_epoch,
+    )
     return rows
 
 
@@ -198,3 +221,32 @@ def _markdown_table(rows, covered, uncovered, shift):
         "| --- | ---: | ---: | ---: | ---: |\n"
     )
     return header + "\n".join(_format_row(row) for row in rows) + "\n"
+
+
+# The epochs the second table shows, where the run has them (and its last).
+_SHOWN_EPOCHS = (1, 5, 10, 20, 40)
+
+
+def _by_epoch_table(rows, epochs):
+    """The retained accuracy of each fine-tuned model at some epochs, and
+    its agreement with its teacher at the end, as a markdown table."""
+    shown = sorted({e for e in _SHOWN_EPOCHS if e < epochs} | {epochs})
+    header = (
+        "| model | lambda | "
+        + " | ".join(f"epoch {epoch}" for epoch in shown)
+        + " | teacher agreement |\n"
+        + "| --- | ---: |"
+        + " ---: |" * (len(shown) + 1)
+        + "\n"
+    )
+    lines = []
+    for row in rows:
+        lambda_ = "-" if row["lambda"] is None else f"{row['lambda']:g}"
+        cells = [row["model"], lambda_]
+        cells += [
+            f"{100 * row['retained_by_epoch'][epoch - 1]:.1f}"
+            for epoch in shown
+        ]
+        cells.append(f"{100 * row['teacher_agreement']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return header + "\n".join(lines) + "\n"

@@ -44,6 +44,7 @@ def finetune_hub(
     epochs=1,
     learning_rate=1e-4,
     seed=0,
+    retained_file=None,
 ):
     """Fine-tunes the keras-hub task of `preset` with `keras_sft.SFTModel`.
 
@@ -67,6 +68,11 @@ def finetune_hub(
         epochs: Integer, the number of epochs. Defaults to `1`.
         learning_rate: Float, Adam's learning rate. Defaults to `1e-4`.
         seed: Integer, the seed of Keras's randomness. Defaults to `0`.
+        retained_file: String or `None`, `label<TAB>text` lines of the
+            task the classifier knew before: each epoch's logs then carry
+            `retained_accuracy` and `teacher_agreement` on them
+            (`keras_sft.ForgettingMonitor`). For a `"text_classifier"`
+            only. Defaults to `None`.
 
     Returns:
         The `keras.callbacks.History` of the fine-tuning.
@@ -79,6 +85,13 @@ def finetune_hub(
             f"Invalid value for argument `task`. Expected one of {TASKS}. "
             f"Received: task={task!r}"
         )
+    if retained_file is not None and task != "text_classifier":
+        # A causal LM's top class is per token, padding included.
+        raise ValueError(
+            "Invalid value for argument `retained_file`. Expected None "
+            "unless task='text_classifier'. Received: "
+            f"retained_file={retained_file!r} with task={task!r}"
+        )
     keras.utils.set_random_seed(seed)
     classes = {
         "causal_lm": keras_hub.models.CausalLM,
@@ -88,8 +101,20 @@ def finetune_hub(
     texts, labels = read_texts(train_file, labelled=task != "causal_lm")
     model = keras_sft.SFTModel(student, lambda_=lambda_, distance=distance)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    callbacks = []
+    if retained_file is not None:
+        callbacks.append(
+            keras_sft.ForgettingMonitor(
+                *read_texts(retained_file, labelled=True)
+            )
+        )
     history = model.fit(
-        texts, labels, batch_size=batch_size, epochs=epochs, verbose=2
+        texts,
+        labels,
+        batch_size=batch_size,
+        epochs=epochs,
+        verbose=2,
+        callbacks=callbacks,
     )
     student.save_to_preset(output_preset)
     if export_dir:

@@ -37,6 +37,8 @@ HUB = {"distance": "kl", "lambda": 0.5}
 SELECT_LAMBDA = {
     "train_split": "train[50%:]",
     "classes": ["0-4"],
+    "retained_split": "train[50%:]",
+    "retained_classes": ["5-9"],
     "shift": "invert",
     "epochs": 80,
 }

@@ -175,6 +175,7 @@ def finetune_splits(
     dataset,
     cache=False,
     cache_dir=None,
+    retained=None,
     **finetune_args,
 ):
     """`finetune` on unbatched splits of `dataset`, as `examples.finetune`
@@ -193,6 +194,11 @@ def finetune_splits(
             once, before training (`cache_teacher`). Defaults to `False`.
         cache_dir: String, where `cache` keeps the cache on disk, or `None`
             for memory. Defaults to `None`.
+        retained: Unbatched `tf.data.Dataset` of `(image, label)` of the
+            old task (the pretraining domain), or `None`: with one, each
+            epoch's logs (progress bar, TensorBoard, history) carry
+            `retained_accuracy` and `teacher_agreement` on it
+            (`forgetting_monitor`). Defaults to `None`.
         **finetune_args: `finetune`'s other arguments (`lambda_`,
             `output`, `strategy` and `config` at least), but `train`,
             `validation`, `export_preprocessing` and `callbacks`.
@@ -213,12 +219,15 @@ def finetune_splits(
         train, epoch_shuffle = shuffled_batches(
             train, seed=config.seed, batch_size=config.batch_size
         )
+        monitors = []
+        if retained is not None:
+            monitors.append(forgetting_monitor(retained))
         model = finetune(
             pretrained=pretrained,
             train=train,
             validation=data.batch(test, batch_size=config.batch_size),
             export_preprocessing=data.rescaling(dataset),
-            callbacks=[epoch_shuffle],
+            callbacks=[*monitors, epoch_shuffle],
             **finetune_args,
         )
     if not writes:
@@ -240,6 +249,17 @@ def finetune_splits(
             data.max_intensity(dataset),
         )
     return model
+
+
+def forgetting_monitor(retained, *, batch_size=256):
+    """A `keras_sft.ForgettingMonitor` of the unbatched `(image, label)`
+    dataset `retained`: put it first in `fit`'s callbacks, so that those
+    after it (`BackupAndRestore`, `ModelCheckpoint`, `TensorBoard`,
+    `EarlyStopping`) and the progress bar see `retained_accuracy` and
+    `teacher_agreement`."""
+    return keras_sft.ForgettingMonitor(
+        data.batch(retained, batch_size=batch_size)
+    )
 
 
 def shuffled_batches(dataset, *, seed, batch_size):

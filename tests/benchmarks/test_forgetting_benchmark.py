@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import keras_sft
 from benchmarks.experiments import forgetting_benchmark
 from examples.lib import presets
 from examples.lib.training_config import TrainingConfig
@@ -188,3 +189,48 @@ def test_quick_run_writes_table_plot_and_merges(tmp_path):
     # The same seed twice: the same means, no spread, the same table.
     merged_table = (merged / "forgetting.md").read_text().splitlines()
     assert merged_table == table
+
+
+def test_untuned_and_adaptive_methods_each_train_their_own_model(
+    tmp_path, monkeypatch
+):
+    made = []
+    sft_model = keras_sft.SFTModel
+
+    def recording(student, **kwargs):
+        made.append(kwargs["lambda_"])
+        return sft_model(student, **kwargs)
+
+    monkeypatch.setattr(keras_sft, "SFTModel", recording)
+    methods = (
+        "SFT defaults",
+        "SFT defaults on anchors",
+        "SFT adaptive 0.5",
+        "SFT adaptive 0.5 on anchors",
+    )
+    rows, sweep = forgetting_benchmark.run_benchmark(
+        output_dir=str(tmp_path),
+        shifts=("invert",),
+        methods=methods,
+        seeds=(0,),
+        config=TrainingConfig(epochs=1, verbose=0),
+        pretrain_epochs=1,
+    )
+    assert [(row["method"], row["strength"]) for row in rows] == [
+        ("SFT defaults", 0.05),
+        ("SFT defaults on anchors", 0.05),
+        ("SFT adaptive 0.5", 0.5),
+        ("SFT adaptive 0.5 on anchors", 0.5),
+    ]
+    # Four fits: the anchors and the adaptive lambda_ are part of the key.
+    assert made[:2] == [0.05, 0.05]
+    for adaptive in made[2:]:
+        assert isinstance(adaptive, keras_sft.AdaptiveLambda)
+        # One update per epoch of the new data, in batches of 32.
+        assert adaptive.update_freq == 8
+        assert adaptive.target_distill_loss == 0.5
+    assert len(made) == 4
+    # Fixed values on the new inputs alone in the sweep.
+    assert [(row["distance"], row["lambda"]) for row in sweep] == [
+        ("mse", 0.05)
+    ]

@@ -159,7 +159,8 @@ def test_demo_writes_its_table_and_plot(tmp_path, capsys):
         demo.main(["demo"])
 
     table = (tmp_path / "results.md").read_text().splitlines()
-    assert "\n".join(table) in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "\n".join(table) in out
     assert [line.split(" | ")[0] for line in table[2:]] == [
         "| pretrained",
         "| plain fine-tuning",
@@ -176,6 +177,18 @@ def test_demo_writes_its_table_and_plot(tmp_path, capsys):
         retained, new, overall = (float(v) for v in line.split("|")[3:6])
         assert overall == pytest.approx(
             (1 - share_new) * retained + share_new * new, abs=0.06
+        )
+    # Retained accuracy watched while fine-tuning: at its last epoch (the
+    # only one here) it is the table's, of the same model on the same set.
+    # (One image may differ where batches round differently.)
+    by_epoch = (tmp_path / "retained_by_epoch.md").read_text().splitlines()
+    assert "\n".join(by_epoch) in out
+    assert by_epoch[0] == "| model | lambda | epoch 1 | teacher agreement |"
+    assert len(by_epoch) == len(table) - 1
+    for watched, scored in zip(by_epoch[2:], table[3:], strict=True):
+        assert watched.split("|")[1:3] == scored.split("|")[1:3]
+        assert float(watched.split("|")[3]) == pytest.approx(
+            float(scored.split("|")[3]), abs=0.4
         )
 
 

@@ -58,3 +58,53 @@ def test_causal_lm_is_fine_tuned_from_its_preset_and_exported(tmp_path):
     assert max(moved) > 0
     assert tuned.generate(["a b"], max_length=8)[0].startswith("a b")
     assert (tmp_path / "export" / "saved_model.pb").exists()
+
+
+def test_retained_file_needs_a_classifier():
+    with pytest.raises(
+        ValueError,
+        match=r"^Invalid value for argument `retained_file`. Expected None "
+        r"unless task='text_classifier'. Received: "
+        r"retained_file='old.tsv' with task='causal_lm'$",
+    ):
+        hub_finetuning.finetune_hub(
+            "preset",
+            "train.txt",
+            output_preset="out",
+            retained_file="old.tsv",
+        )
+
+
+@pytest.mark.slow
+def test_retained_file_puts_forgetting_in_the_logs(tmp_path):
+    classifier = hub_tasks.bert_text_classifier()
+    classifier.save_to_preset(str(tmp_path / "preset"))
+    train_file = tmp_path / "train.tsv"
+    train_file.write_text("0\tthe fox\n1\tquick brown\n", encoding="utf-8")
+    old_file = tmp_path / "old.tsv"
+    old_file.write_text(
+        "2\tjumps the fox\n0\tthe\n1\tbrown fox jumps\n", encoding="utf-8"
+    )
+
+    history = hub_finetuning.finetune_hub(
+        str(tmp_path / "preset"),
+        str(train_file),
+        task="text_classifier",
+        output_preset=str(tmp_path / "tuned"),
+        epochs=2,
+        batch_size=2,
+        learning_rate=1e-2,
+        retained_file=str(old_file),
+    )
+
+    texts, labels = hub_finetuning.read_texts(str(old_file), labelled=True)
+    tuned = keras_hub.models.TextClassifier.from_preset(str(tmp_path / "tuned"))
+    classes = tuned.predict(texts, verbose=0).argmax(-1)
+    before = classifier.predict(texts, verbose=0).argmax(-1)
+    assert len(history.history["retained_accuracy"]) == 2
+    assert history.history["retained_accuracy"][-1] == pytest.approx(
+        np.mean(classes == labels)
+    )
+    assert history.history["teacher_agreement"][-1] == pytest.approx(
+        np.mean(classes == before)
+    )
