@@ -150,10 +150,10 @@ def _bad_weights(sample_weight):
     return negative
 
 
-def _classes(y_pred):
-    """The number of classes of the output `y_pred` (its last axis), `None`
-    if unknown."""
-    shape = tuple(y_pred.shape) if y_pred is not None else ()
+def _classes(output_shape):
+    """The number of classes of an output of `output_shape` (its last
+    axis), `None` if unknown."""
+    shape = tuple(output_shape or ())
     return int(shape[-1]) if len(shape) >= 2 and shape[-1] else None
 
 
@@ -244,20 +244,13 @@ def _check_spec(student, y_spec, weight_spec, rule):
     ):
         raise _checks.argument_error(
             "y",
-            rule.expected(_classes_of(student)),
+            rule.expected(_classes(_output_shape(student))),
             received=f"labels of dtype {y_spec.dtype.name}",
         )
     if isinstance(weight_spec, tf.TensorSpec):
         _check_weight_spec(
             "sample_weight", weight_spec.dtype, weight_spec.shape, student
         )
-
-
-def _classes_of(student):
-    """The number of classes of `student`'s single output, `None` if
-    unknown."""
-    shape = _output_shape(student)
-    return int(shape[-1]) if shape and len(shape) >= 2 and shape[-1] else None
 
 
 def _check_weight_spec(name, dtype, shape, student):
@@ -306,14 +299,13 @@ def check_arrays(student, x, y, sample_weight, *, names, rule):
             )
     if rule is not None and y is not None and not keras.tree.is_nested(y):
         y = np.asarray(y)
-        expected = rule.expected(_classes_of(student))
+        classes = _classes(_output_shape(student))
+        expected = rule.expected(classes)
         if not _numeric(y.dtype):
             raise _checks.argument_error(
                 y_name, expected, received=f"{y_name} of dtype {y.dtype}"
             )
-        _refuse_values(
-            y_name, expected, y, _bad_labels(rule, y, _classes_of(student))
-        )
+        _refuse_values(y_name, expected, y, _bad_labels(rule, y, classes))
     if sample_weight is not None and not keras.tree.is_nested(sample_weight):
         weights = np.asarray(sample_weight)
         _check_weight_spec(weight_name, weights.dtype, weights.shape, student)
@@ -398,7 +390,7 @@ def check_dataset(dataset, model, *, num_classes=None, class_labels=True):
     if not class_labels:
         return
     if num_classes is None:
-        num_classes = _classes_of(model)
+        num_classes = _classes(_output_shape(model))
     y = np.asarray(y)
     if not _numeric(y.dtype):
         _fail(
@@ -500,7 +492,7 @@ class BatchCheck:
         single = y_pred is not None and not nested(y_pred)
         checks = []
         if self.rule is not None and y is not None and not nested(y):
-            classes = _classes(y_pred) if single else None
+            classes = _classes(y_pred.shape) if single else None
             self.expected_labels = self.rule.expected(classes)
             if not _numeric(y.dtype):
                 raise _checks.argument_error(
