@@ -28,7 +28,8 @@ from keras_sft import _keras_compat
 from keras_sft import terminate_on_nan
 
 # What the guard checks, in the order its message names them: the inputs
-# (looked at only once a step is not finite), then the step's own values.
+# (looked at only once a step is not finite), then the step's own values,
+# then the verdict of the batch's check (`data_checks.BatchCheck`).
 _INPUTS = ("inputs `x`", "labels `y`", "`sample_weight`")
 _VALUES = (
     "lambda_ (NaN, Inf or < 0)",
@@ -37,13 +38,14 @@ _VALUES = (
     "loss",
     "gradients",
 )
+_INVALID = ("labels or `sample_weight` (invalid for the loss)",)
 # `lambda_`, the first of the values, must also be >= 0.
 _LAMBDA_MASK = (True, False, False, False)
 _REFUSED = "StepGuard refused a step"
-_BITS = tuple(float(2**i) for i in range(len(_INPUTS + _VALUES)))
+_BITS = tuple(float(2**i) for i in range(len(_INPUTS + _VALUES + _INVALID)))
 
 
-def apply_gradients(guard, optimizer, update, data, values):
+def apply_gradients(guard, optimizer, update, data, values, *, valid=None):
     """Applies `SFTModel`'s step through `guard`, or, with `guard=None` or
     nothing to train, as Keras does.
 
@@ -54,6 +56,9 @@ def apply_gradients(guard, optimizer, update, data, values):
         data: `(x, y, sample_weight)` of the step.
         values: `(lambda_, terms, loss)`, `terms` the step's loss terms
             by log name (`task_loss`, `distill_loss`, ...).
+        valid: Boolean scalar or `None`: whether the batch's labels and
+            sample weights are valid for the loss; a step on an invalid
+            batch is refused.
     """
     gradients, variables = update
     if guard is None or not variables:
@@ -66,6 +71,7 @@ def apply_gradients(guard, optimizer, update, data, values):
         variables,
         data,
         [lambda_, terms["task_loss"], terms["distill_loss"], loss],
+        valid=valid,
     )
 
 
@@ -97,7 +103,9 @@ class StepGuard:
         self.epoch = 0
         self.steps_before_epoch = 0
 
-    def apply_gradients(self, optimizer, gradients, variables, data, values):
+    def apply_gradients(
+        self, optimizer, gradients, variables, data, values, valid=None
+    ):
         """Applies `gradients` with `optimizer` unless the step is refused.
 
         Args:
@@ -107,6 +115,8 @@ class StepGuard:
             data: `(x, y, sample_weight)` of the step.
             values: List of scalars in the order of `_VALUES` but the
                 gradients: `lambda_`, `task_loss`, `distill_loss`, loss.
+            valid: Boolean scalar or `None`: whether the batch is valid
+                for the loss (`data_checks.BatchCheck`).
         """
         values = [ops.cast(v, "float32") for v in values]
         checked = gradients
@@ -122,10 +132,13 @@ class StepGuard:
         total = ops.sum(
             ops.stack([ops.sqrt(lambda_), *losses, *_sums(checked)])
         )
+        fine = ops.isfinite(total)
+        if valid is not None:
+            fine = ops.logical_and(fine, valid)
         flags = ops.cond(
-            ops.isfinite(total),
+            fine,
             lambda: ops.zeros((len(_BITS),)),
-            lambda: _flags(data, values, checked),
+            lambda: _flags(data, values, checked, valid),
         )
         context = tf.distribute.get_replica_context()
         if context.num_replicas_in_sync > 1:
@@ -174,7 +187,9 @@ class StepGuard:
     def _error(self):
         code, step = (int(v) for v in self.refusal.numpy())
         names = [
-            name for i, name in enumerate(_INPUTS + _VALUES) if code & (1 << i)
+            name
+            for i, name in enumerate(_INPUTS + _VALUES + _INVALID)
+            if code & (1 << i)
         ]
         return terminate_on_nan.non_finite_error(
             self.epoch,
@@ -220,9 +235,9 @@ def _sums(tensors):
     return [ops.cast(ops.sum(t), "float32") for t in _floats(tensors)]
 
 
-def _flags(data, values, gradients):
-    """What is not finite, exactly, in the order of `_INPUTS + _VALUES`:
-    1.0 for each that is not, else 0.0."""
+def _flags(data, values, gradients, valid):
+    """What is not finite, exactly, in the order of `_INPUTS + _VALUES`,
+    then whether the batch is invalid: 1.0 for each, else 0.0."""
     values = ops.stack(values)
     bad_values = ops.logical_or(
         ops.logical_not(ops.isfinite(values)),
@@ -230,8 +245,10 @@ def _flags(data, values, gradients):
     )
     bad_inputs = ops.stack([ops.logical_not(_all_finite(t)) for t in data])
     bad_gradients = ops.logical_not(_all_finite(gradients))[None]
+    invalid = ops.logical_not(True if valid is None else valid)[None]
     return ops.cast(
-        ops.concatenate([bad_inputs, bad_values, bad_gradients]), "float32"
+        ops.concatenate([bad_inputs, bad_values, bad_gradients, invalid]),
+        "float32",
     )
 
 

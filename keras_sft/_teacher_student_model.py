@@ -19,7 +19,6 @@ from keras_sft import _keras_compat
 from keras_sft import _model_files
 from keras_sft import _shared_teacher
 from keras_sft import _task_preprocessing
-from keras_sft import data_checks
 
 
 class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
@@ -241,8 +240,7 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         arguments = _task_preprocessing.inference_arguments(
             self.student, keras.Model.evaluate, self, args, kwargs
         )
-        with data_checks.one_line_label_errors():
-            return super().evaluate(**arguments)
+        return super().evaluate(**arguments)
 
     def predict(self, *args, **kwargs):
         return super().predict(

@@ -1,37 +1,330 @@
-"""Up-front checks of training data against the model it will train.
+"""Checks of training data against the loss it trains with.
 
-Checking every batch inside the training step would cost speed (and
-`tf.debugging` assertions are dropped under XLA), so `check_dataset` looks at
-the dataset's element spec and at its first batch, once, before training:
+Only what is certainly wrong for the compiled loss is refused, with a
+`ValueError` of one line:
 
-- the dataset yields at least one batch;
-- the input shape matches the model's input shape;
-- the first batch's inputs are finite (no NaN or Inf);
-- the first batch's labels are integers in `[0, num_classes)`.
+- for Keras's own losses, labels that are not numbers, or not finite;
+- for a sparse categorical loss, labels that are not integer class
+  indices in `[0, classes)` (its `ignore_class` allowed);
+- for every loss, sample weights that are negative or NaN, or whose
+  shape cannot broadcast to the loss per example (per token, per pixel).
 
-Later batches are not inspected: a NaN that appears later is caught by
-`SFTModel`'s step guard (or `keras_sft.TerminateOnNaN`) through the loss
-it produces, and a label out of range by TensorFlow inside the step, whose
-error `one_line_label_errors` shortens to one line.
+Inputs are the model's business: a model may impute NaN itself or look
+strings up in a vocabulary, so they are not checked, and a NaN that
+reaches the loss is kept off the weights by `SFTModel`'s step guard. A
+custom loss decides what its labels mean, so its labels are not checked.
 
-`check_fit_data` runs these checks in `SFTModel.fit`: on arrays, all of
-them, with messages in Keras's form; on a dataset, `check_dataset`.
+- `check_fit_data` runs in `SFTModel.fit`, before training: arrays whole,
+  a dataset from its element spec (the dtypes and shapes of every batch)
+  and that it yields a batch.
+- `BatchCheck` checks the values of every batch inside the training and
+  evaluation steps (datasets, generators and arrays alike) in a few
+  elementwise operations and one reduction over the labels and weights.
+  A faulty batch stops the execution before its loss is computed, and
+  `fit`, `evaluate` and `*_on_batch` raise the error naming it. Under
+  XLA, which drops `tf.debugging` assertions, the step records the fault
+  instead: the step guard refuses that step and every later one, and
+  `fit` raises at the epoch's end (`evaluate` at its end).
+- `check_dataset` (public) looks at a dataset's spec and first batch, for
+  binaries that check their data before training.
 """
 
+import collections
 import contextlib
-import re
+import math
 
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from keras_sft import _checks
 
-# The losses whose labels are class indices (`SFTModel`'s default).
-_SPARSE_LOSSES = (
-    "sparse_categorical_crossentropy",
-    keras.losses.sparse_categorical_crossentropy,
-)
+# The message of the assertion that stops a step on a faulty batch.
+_FAULT = "BatchCheck found a faulty batch"
+# What `BatchCheck` records: no fault, a label, a sample weight.
+_NO_FAULT, _LABEL, _WEIGHT = 0.0, 1.0, 2.0
+
+
+class LabelRule(
+    collections.namedtuple("LabelRule", ["loss_name", "sparse", "ignore_class"])
+):
+    """What the labels of one of Keras's losses must be: finite numbers, and
+    for a sparse categorical loss (`sparse`) integer class indices, where
+    labels equal to `ignore_class` (if not `None`) are allowed."""
+
+    def expected(self, classes):
+        """What the labels must be, for `classes` classes (`None` if
+        unknown), as an error message words it."""
+        if not self.sparse:
+            return f"finite numeric labels for the loss `{self.loss_name}`"
+        indices = f"in [0, {classes})" if classes else ">= 0"
+        if self.ignore_class is not None:
+            indices += f" (or {self.ignore_class}, the ignored class)"
+        return (
+            f"integer class indices {indices} for the loss `{self.loss_name}`"
+        )
+
+
+def label_rule(loss, output_names):
+    """The `LabelRule` of `compile`'s `loss` for a model with outputs
+    `output_names` (`None` if unknown), or `None`: for a custom loss, or
+    for several outputs."""
+    if output_names is not None and len(output_names) > 1:
+        return None
+    if isinstance(loss, dict) and len(loss) == 1:
+        (loss,) = loss.values()
+    if isinstance(loss, (list, tuple)) and len(loss) == 1:
+        (loss,) = loss
+    if isinstance(loss, str):
+        try:
+            loss = keras.losses.get(loss)
+        except ValueError:
+            return None
+    if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        return LabelRule(
+            type(loss).__name__, True, loss.get_config().get("ignore_class")
+        )
+    if loss is keras.losses.sparse_categorical_crossentropy:
+        return LabelRule(loss.__name__, True, None)
+    # Keras's own loss classes and functions; a Keras wrapper of a custom
+    # function (its `fn`) is custom.
+    owners = [loss]
+    if isinstance(loss, keras.losses.Loss):
+        owners = [type(loss), getattr(loss, "fn", type(loss))]
+    if any(
+        getattr(owner, "__module__", "").split(".")[0] != "keras"
+        for owner in owners
+    ):
+        return None
+    name = type(loss).__name__ if isinstance(loss, keras.losses.Loss) else ""
+    return LabelRule(name or getattr(loss, "__name__", str(loss)), False, None)
+
+
+def _numeric(dtype):
+    """Whether `dtype` (NumPy's or TensorFlow's) holds numbers."""
+    try:
+        return keras.backend.standardize_dtype(dtype) != "string"
+    except ValueError:
+        return False
+
+
+def _bad_labels(rule, y, classes):
+    """Where the labels `y` break `rule` (a boolean tensor), for `classes`
+    classes (`None` if unknown); `None` where no value can."""
+    dtype = keras.backend.standardize_dtype(y.dtype)
+    if dtype == "bool":
+        return None
+    if keras.backend.is_float_dtype(dtype):
+        if not rule.sparse:
+            return ops.logical_not(ops.isfinite(y))
+        # A NaN is unequal to its floor, and `+inf >= inf`.
+        bad = ops.logical_or(
+            ops.not_equal(y, ops.floor(y)),
+            ops.logical_or(
+                ops.less(y, 0), ops.greater_equal(y, classes or math.inf)
+            ),
+        )
+    elif not rule.sparse:
+        return None
+    else:
+        bad = ops.less(y, 0)
+        if classes:
+            bad = ops.logical_or(bad, ops.greater_equal(y, classes))
+    if rule.ignore_class is not None:
+        bad = ops.logical_and(bad, ops.not_equal(y, rule.ignore_class))
+    return bad
+
+
+def _bad_weights(sample_weight):
+    """Where `sample_weight` is negative or NaN (a boolean tensor); `None`
+    where no value can be."""
+    dtype = keras.backend.standardize_dtype(sample_weight.dtype)
+    if dtype == "bool" or dtype.startswith("uint"):
+        return None
+    negative = ops.less(sample_weight, 0)
+    if keras.backend.is_float_dtype(dtype):
+        # Not `logical_not(w >= 0)`: Grappler rewrites it to `w < 0`,
+        # false for NaN.
+        return ops.logical_or(negative, ops.isnan(sample_weight))
+    return negative
+
+
+def _classes(output_shape):
+    """The number of classes of an output of `output_shape` (its last
+    axis), `None` if unknown."""
+    shape = tuple(output_shape or ())
+    return int(shape[-1]) if len(shape) >= 2 and shape[-1] else None
+
+
+def _weight_shape_error(weight_shape, output_shape):
+    """What a sample weight of `weight_shape` must be to broadcast to the
+    loss per example of an output of `output_shape`, or `None` if it does
+    (or either is unknown)."""
+    if weight_shape is None or output_shape is None or len(output_shape) < 2:
+        return None
+    weight, positions = tuple(weight_shape)[1:], tuple(output_shape)[1:-1]
+
+    def matches(shape):
+        return len(shape) == len(positions) and all(
+            a is None or b is None or a == b
+            for a, b in zip(shape, positions, strict=True)
+        )
+
+    if (
+        (
+            all(size == 1 for size in weight)
+            and len(weight) <= len(positions) + 1
+        )
+        or matches(weight)
+        or (weight[-1:] == (1,) and matches(weight[:-1]))
+    ):
+        return None
+    per_position = f" or {(None, *positions)}" if positions else ""
+    return (
+        f"shape (N,){per_position}, the loss per example of an output of "
+        f"shape {tuple(output_shape)}"
+    )
+
+
+def _output_shape(student):
+    """The shape of `student`'s single output, `None` if unknown or
+    several."""
+    outputs = getattr(student, "outputs", None)
+    if not outputs or len(outputs) != 1:
+        return None
+    return tuple(outputs[0].shape)
+
+
+def check_fit_data(student, arguments, *, rule):
+    """Raises `ValueError` unless `SFTModel.fit(**arguments)` can train
+    `student` on its data with a loss whose labels follow `rule` (a
+    `LabelRule` or `None`): arrays whole, a dataset from its element spec
+    and its first batch's presence."""
+    x = arguments.get("x")
+    if isinstance(x, tf.data.Dataset):
+        if next(iter(x.take(1)), None) is None:
+            _fail(
+                "The dataset is empty: it yielded no batch",
+                "check the data source, the class selection and any filter",
+            )
+        spec = x.element_spec
+        # A fourth element holds cached teacher outputs.
+        if isinstance(spec, tuple) and len(spec) in (2, 3, 4):
+            _check_spec(student, spec[1], (*spec, None)[2], rule)
+        return
+    if _arrays(x):
+        check_arrays(
+            student,
+            x,
+            arguments.get("y"),
+            arguments.get("sample_weight"),
+            names=("x", "y", "sample_weight"),
+            rule=rule,
+        )
+    validation = arguments.get("validation_data")
+    if isinstance(validation, (tuple, list)) and _arrays(validation[0]):
+        check_arrays(
+            student,
+            *validation[:3],
+            *[None] * (3 - len(validation[:3])),
+            names=tuple(f"validation_data[{i}]" for i in range(3)),
+            rule=rule,
+        )
+
+
+def _check_spec(student, y_spec, weight_spec, rule):
+    """Raises unless a dataset's label and sample weight specs can train
+    `student` (what is static in every batch: dtypes and shapes)."""
+    # `None` parts have a `NoneTensorSpec`, structures no dtype.
+    if (
+        rule is not None
+        and isinstance(y_spec, tf.TensorSpec)
+        and not _numeric(y_spec.dtype)
+    ):
+        raise _checks.argument_error(
+            "y",
+            rule.expected(_classes(_output_shape(student))),
+            received=f"labels of dtype {y_spec.dtype.name}",
+        )
+    if isinstance(weight_spec, tf.TensorSpec):
+        _check_weight_spec(
+            "sample_weight", weight_spec.dtype, weight_spec.shape, student
+        )
+
+
+def _check_weight_spec(name, dtype, shape, student):
+    """Raises unless sample weights of `dtype` and `shape` can weigh the
+    loss of `student`'s single output."""
+    if not _numeric(dtype):
+        raise _checks.argument_error(
+            name, "numeric weights", received=f"{name} of dtype {dtype}"
+        )
+    expected = _weight_shape_error(shape, _output_shape(student))
+    if expected is not None:
+        raise _checks.argument_error(
+            name, expected, received=f"{name}.shape={tuple(shape)}"
+        )
+
+
+def _arrays(x):
+    """Whether `x` is a NumPy array or tensor, or a structure of them."""
+    leaves = keras.tree.flatten(x) if x is not None else []
+    return bool(leaves) and all(
+        isinstance(leaf, (np.ndarray, tf.Tensor)) for leaf in leaves
+    )
+
+
+def check_arrays(student, x, y, sample_weight, *, names, rule):
+    """Raises `ValueError` in Keras's form unless arrays `x`, `y` and
+    `sample_weight` (named `names`) can train `student` with a loss whose
+    labels follow `rule` (a `LabelRule` or `None`)."""
+    x_name, y_name, weight_name = names
+    lengths = {}
+    for name, part in ((x_name, x), (y_name, y), (weight_name, sample_weight)):
+        for leaf in keras.tree.flatten(part) if part is not None else []:
+            shape = np.shape(leaf)
+            lengths.setdefault(name, shape[0] if shape else 1)
+    count = lengths.get(x_name, 0)
+    if count == 0:
+        raise _checks.argument_error(
+            x_name, "at least one example", received=f"{x_name} with 0"
+        )
+    for name, length in lengths.items():
+        if length != count:
+            raise _checks.argument_error(
+                name,
+                f"as many examples as `{x_name}` ({count})",
+                received=f"sizes {x_name}={count}, {name}={length}",
+            )
+    if rule is not None and y is not None and not keras.tree.is_nested(y):
+        y = np.asarray(y)
+        classes = _classes(_output_shape(student))
+        expected = rule.expected(classes)
+        if not _numeric(y.dtype):
+            raise _checks.argument_error(
+                y_name, expected, received=f"{y_name} of dtype {y.dtype}"
+            )
+        _refuse_values(y_name, expected, y, _bad_labels(rule, y, classes))
+    if sample_weight is not None and not keras.tree.is_nested(sample_weight):
+        weights = np.asarray(sample_weight)
+        _check_weight_spec(weight_name, weights.dtype, weights.shape, student)
+        _refuse_values(
+            weight_name, "weights >= 0", weights, _bad_weights(weights)
+        )
+
+
+def _refuse_values(name, expected, values, bad):
+    """Raises unless the boolean `bad` (or `None`) is false everywhere,
+    quoting up to three of the `values` where it is true."""
+    bad = np.zeros((), bool) if bad is None else ops.convert_to_numpy(bad)
+    if np.any(bad):
+        raise _checks.argument_error(
+            name,
+            expected,
+            received=f"{name} with values such as "
+            f"{values[bad].ravel()[:3].tolist()}",
+        )
 
 
 def _fail(problem, fix):
@@ -41,6 +334,14 @@ def _fail(problem, fix):
 
 def check_dataset(dataset, model, *, num_classes=None, class_labels=True):
     """Checks that `dataset` can train `model`, from its spec and first batch.
+
+    Refuses only what is certainly wrong: no batch at all, inputs of the
+    model's rank but another shape, labels that are not integer class
+    indices in `[0, num_classes)` (with `class_labels`), sample weights
+    that are negative or NaN. Inputs are not checked for NaN or dtype:
+    that is the model's business. `SFTModel.fit` checks every batch
+    inside its steps; this function serves code that checks its data
+    before building a model, as the example binaries do.
 
     Example:
 
@@ -77,28 +378,27 @@ def check_dataset(dataset, model, *, num_classes=None, class_labels=True):
             "map the dataset to such tuples",
         )
     x, y = first[0], first[1]
-    # Subclassed models have no symbolic inputs or outputs to compare with.
-    inputs = getattr(model, "inputs", None)
-    outputs = getattr(model, "outputs", None)
-    expected = tuple(inputs[0].shape)[1:] if inputs else None
-    if expected is not None and tuple(x.shape)[1:] != expected:
-        _fail(
-            f"Input shape {tuple(x.shape)[1:]} does not match the model's "
-            f"input shape {expected}",
-            "reshape the data, or use a model built for this dataset",
-        )
-    x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-        _fail(
-            f"The inputs contain {np.sum(~np.isfinite(x))} NaN or Inf values "
-            "in the first batch",
-            "clean or impute the data before training",
-        )
+    _check_input_shape(x, model)
+    if len(first) > 2 and first[2] is not None:
+        weights = np.asarray(first[2])
+        if _numeric(weights.dtype) and np.any(_bad_weights(weights)):
+            _fail(
+                "The sample weights must be >= 0; the first batch holds "
+                f"{np.min(weights)}",
+                "weigh each example by a number >= 0",
+            )
     if not class_labels:
         return
-    if num_classes is None and outputs:
-        num_classes = int(outputs[0].shape[-1])
+    if num_classes is None:
+        num_classes = _classes(_output_shape(model))
     y = np.asarray(y)
+    if not _numeric(y.dtype):
+        _fail(
+            "The labels must be integer class indices; the first batch "
+            f"holds {y.dtype} values such as {y.ravel()[:3].tolist()}",
+            "encode each label as an integer class index (a StringLookup "
+            "layer maps strings to indices)",
+        )
     if not _integral(y):
         _fail(
             "The labels must be integer class indices; the first batch "
@@ -118,6 +418,25 @@ def check_dataset(dataset, model, *, num_classes=None, class_labels=True):
         )
 
 
+def _check_input_shape(x, model):
+    """Fails if `x` has the rank of `model`'s single input but a size that
+    differs where both are known (Keras adapts inputs of another rank)."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs) != 1 or keras.tree.is_nested(x):
+        return
+    expected = tuple(inputs[0].shape)[1:]
+    received = tuple(x.shape)[1:]
+    if len(received) == len(expected) and any(
+        a is not None and a != b
+        for a, b in zip(expected, received, strict=True)
+    ):
+        _fail(
+            f"Input shape {received} does not match the model's input shape "
+            f"{expected}",
+            "reshape the data, or use a model built for this dataset",
+        )
+
+
 def _integral(values):
     """Whether the numeric array `values` holds only finite integers."""
     return bool(
@@ -125,169 +444,235 @@ def _integral(values):
     )
 
 
-def sparse_labels(loss, output_names):
-    """Whether a model with outputs `output_names` (`None` if unknown) is
-    trained with `loss` on a single output and a sparse categorical loss,
-    whose labels are class indices."""
-    if output_names is not None and len(output_names) > 1:
-        return False
-    if isinstance(loss, str):
-        return loss == "sparse_categorical_crossentropy"
-    return isinstance(loss, keras.losses.SparseCategoricalCrossentropy) or (
-        loss is keras.losses.sparse_categorical_crossentropy
-    )
+class BatchCheck:
+    """Checks the labels and sample weights of every batch inside a step.
 
+    The step calls `check` on its batch and the student's outputs: a few
+    elementwise comparisons and one reduction, and one counter update per
+    step. A faulty batch (a label or weight that `LabelRule` and
+    `_bad_weights` refuse) is recorded with its position, and the step
+    stops before its loss is computed; `stopping` then raises the one-line
+    `ValueError` naming the batch and the value. Under XLA, which drops
+    the stop, the step guard refuses the step (`check` returns whether it
+    is valid) and `fit` raises at the epoch's end (`with_callback`).
 
-def check_fit_data(student, arguments, *, sparse):
-    """Raises `ValueError` unless `SFTModel.fit(**arguments)` can train
-    `student` on its data: arrays fully, a dataset from its first batch.
-    `sparse`: whether the labels are class indices (`sparse_labels`)."""
-    x = arguments.get("x")
-    if isinstance(x, tf.data.Dataset):
-        spec = x.element_spec
-        if isinstance(spec, tuple) and not any(
-            keras.tree.is_nested(part) for part in spec[:2]
-        ):
-            check_dataset(x, student, class_labels=sparse)
-        return
-    if _arrays(x):
-        check_arrays(
-            student,
-            x,
-            arguments.get("y"),
-            arguments.get("sample_weight"),
-            names=("x", "y", "sample_weight"),
-            sparse=sparse,
-        )
-    validation = arguments.get("validation_data")
-    if isinstance(validation, (tuple, list)) and _arrays(validation[0]):
-        check_arrays(
-            student,
-            *validation[:3],
-            *[None] * (3 - len(validation[:3])),
-            names=tuple(f"validation_data[{i}]" for i in range(3)),
-            sparse=sparse,
-        )
+    Example:
 
-
-def _arrays(x):
-    """Whether `x` is a NumPy array or tensor, or a structure of them."""
-    leaves = keras.tree.flatten(x) if x is not None else []
-    return bool(leaves) and all(
-        isinstance(leaf, (np.ndarray, tf.Tensor)) for leaf in leaves
-    )
-
-
-def check_arrays(student, x, y, sample_weight, *, names, sparse):
-    """Raises `ValueError` in Keras's form unless arrays `x`, `y` and
-    `sample_weight` (named `names`) can train `student`."""
-    x_name, y_name, weight_name = names
-    parts = [(x_name, x), (y_name, y), (weight_name, sample_weight)]
-    lengths = {}
-    for name, part in parts:
-        if part is None:
-            continue
-        for leaf in keras.tree.flatten(part):
-            leaf = np.asarray(leaf)
-            if leaf.dtype.kind not in "biuf":
-                raise _checks.argument_error(
-                    name,
-                    "numeric arrays",
-                    received=f"{name} of dtype {leaf.dtype}",
-                )
-            if leaf.dtype.kind == "f" and not np.all(np.isfinite(leaf)):
-                raise _checks.argument_error(
-                    name,
-                    "finite values",
-                    received=f"{name} with "
-                    f"{np.sum(~np.isfinite(leaf))} NaN or Inf values",
-                )
-            lengths.setdefault(name, len(leaf) if leaf.ndim else 1)
-    count = lengths.get(x_name, 0)
-    if count == 0:
-        raise _checks.argument_error(
-            x_name, "at least one example", received=f"{x_name} with 0"
-        )
-    for name, length in lengths.items():
-        if length != count:
-            raise _checks.argument_error(
-                name,
-                f"as many examples as `{x_name}` ({count})",
-                received=f"sizes {x_name}={count}, {name}={length}",
-            )
-    if sparse and y is not None and not keras.tree.is_nested(y):
-        _check_class_labels(student, np.asarray(y), y_name)
-    if sample_weight is not None:
-        _check_sample_weight(student, np.asarray(sample_weight), weight_name)
-
-
-def _check_class_labels(student, y, name):
-    """Raises unless `y` holds class indices of `student`'s single output."""
-    classes = (_output_shape(student) or (None,))[-1]
-    expected = "integer class indices" + (
-        f" in [0, {classes})" if classes else ""
-    )
-    bad = ~np.isclose(y, np.round(y), rtol=0, atol=0)
-    bad |= y < 0
-    if classes:
-        bad |= y >= classes
-    if np.any(bad):
-        raise _checks.argument_error(
-            name,
-            f"{expected} for a sparse categorical loss",
-            received=f"{name} with values such as "
-            f"{y[bad].ravel()[:3].tolist()}",
-        )
-
-
-def _check_sample_weight(student, weights, name):
-    """Raises unless `weights` are finite, >= 0, not all zero, and of shape
-    `(N,)` or the positions of `student`'s outputs."""
-    shape = _output_shape(student)
-    if shape is not None and weights.shape[1:] not in ((), (1,), shape[1:-1]):
-        raise _checks.argument_error(
-            name,
-            f"shape (N,) or (N, *{shape[1:-1]}), the output's positions",
-            received=f"{name}.shape={weights.shape}",
-        )
-    if np.any(weights < 0) or not np.any(weights > 0):
-        raise _checks.argument_error(
-            name,
-            "weights >= 0, not all zero",
-            received=f"{name} with minimum {weights.min()} and maximum "
-            f"{weights.max()}",
-        )
-
-
-def _output_shape(student):
-    """The shape of `student`'s single output, `None` if unknown or
-    several."""
-    outputs = getattr(student, "outputs", None)
-    if not outputs or len(outputs) != 1:
-        return None
-    return tuple(outputs[0].shape)
-
-
-@contextlib.contextmanager
-def one_line_label_errors():
-    """Turns TensorFlow's error about an out-of-range label, found inside a
-    step (after the up-front checks), into a one-line `ValueError`.
-
-    The graph trace is dropped from the message; the original error stays
-    in the `__context__` of the new one.
+    ```python
+    check = BatchCheck()  # in the strategy's scope, with the model
+    check.rule = label_rule(loss, output_names)
+    batch, valid = check.check(batch, y_pred)  # in the step
+    with check.stopping("fit"):
+        model.fit(**check.with_callback(arguments))
+    ```
     """
-    try:
-        yield
-    except tf.errors.InvalidArgumentError as error:
-        match = re.search(
-            r"Received a label value of (-?\d+) which is outside the valid "
-            r"range of \[0, (\d+)\)",
-            error.message,
+
+    def __init__(self):
+        self.rule = None
+        # The step's batch in the epoch (or evaluation), and the first
+        # faulty one: what (`_LABEL`, `_WEIGHT`), the value, its batch.
+        self.batches = _state("batch_check_batches", 0, "int64")
+        self.fault = _state("batch_check_fault", [_NO_FAULT] * 3, "float32")
+        # What the traced step's labels must be, for the error message.
+        self.expected_labels = None
+        self.where = None
+        self.epoch = 0
+
+    def check(self, batch, y_pred):
+        """Returns `batch` (a `_batch.Batch`), its labels and sample
+        weights read only after they are checked against the outputs
+        `y_pred`, and whether they are valid (a boolean scalar, `None`
+        where nothing is checked).
+
+        Raises `ValueError` while tracing for what the dtypes and shapes
+        already say (string labels, a weight shape that cannot broadcast).
+        """
+        y, sample_weight = batch.y, batch.sample_weight
+        nested = keras.tree.is_nested
+        single = y_pred is not None and not nested(y_pred)
+        checks = []
+        if self.rule is not None and y is not None and not nested(y):
+            classes = _classes(y_pred.shape) if single else None
+            self.expected_labels = self.rule.expected(classes)
+            if not _numeric(y.dtype):
+                raise _checks.argument_error(
+                    "y",
+                    self.expected_labels,
+                    received=f"labels of dtype {y.dtype.name}",
+                )
+            checks.append((_LABEL, y, _bad_labels(self.rule, y, classes)))
+        if sample_weight is not None and not nested(sample_weight):
+            expected = _weight_shape_error(
+                sample_weight.shape, y_pred.shape if single else None
+            )
+            if expected is not None:
+                raise _checks.argument_error(
+                    "sample_weight",
+                    expected,
+                    received=f"sample_weight.shape={tuple(sample_weight.shape)}",
+                )
+            checks.append((_WEIGHT, sample_weight, _bad_weights(sample_weight)))
+        checks = [c for c in checks if c[2] is not None]
+        if not checks:
+            return batch, None
+        valid, done = self._record_fault(checks)
+        with tf.control_dependencies([done]):
+            checked = {
+                "y" if what == _LABEL else "sample_weight": tf.identity(values)
+                for what, values, _ in checks
+            }
+            valid = tf.identity(valid)
+        return batch._replace(**checked), valid
+
+    def _record_fault(self, checks):
+        """Whether every replica's batch is valid, and the op that records
+        a fault (and, but under XLA, stops the step)."""
+
+        def details():
+            # Per check: whether it failed, and a value that failed it.
+            parts = []
+            for _, values, bad in checks:
+                flat = ops.reshape(bad, (-1,))
+                first = ops.argmax(ops.cast(flat, "int32"))
+                value = ops.take(ops.reshape(values, (-1,)), first)
+                parts += [ops.cast(ops.any(flat), "float32")]
+                parts += [ops.cast(value, "float32")]
+            return ops.stack(parts)[None]
+
+        codes = [what for what, _, _ in checks]
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            # Every replica must agree, and record the same fault. The
+            # variable's assignment may need a merge call, which a cond in
+            # the replica context cannot hold: it is made at every step.
+            rows = context.all_gather(details(), axis=0)
+            invalid = ops.any(rows[:, 0::2] > 0)
+            done = self._record(rows, codes, invalid)
+        else:
+            invalid = ops.any(checks[0][2])
+            for _, _, bad in checks[1:]:
+                invalid = ops.logical_or(invalid, ops.any(bad))
+            # Valid batches, all but one at most, run no more than this.
+            done = ops.cond(
+                invalid,
+                lambda: self._record(details(), codes, invalid),
+                lambda: ops.convert_to_tensor(True),
+            )
+        self.batches.assign_add(1)
+        return ops.logical_not(invalid), done
+
+    def _record(self, rows, codes, invalid):
+        """Keeps the first fault (the first failed check, on the first
+        replica that failed it) if `invalid`, and then stops the step."""
+        failed = rows[:, 0::2] > 0
+        check = ops.argmax(ops.cast(ops.any(failed, axis=0), "int32"))
+        replica = ops.argmax(ops.cast(ops.take(failed, check, axis=1), "int32"))
+        value = rows[replica, 2 * check + 1]
+        index = ops.cast(ops.convert_to_tensor(self.batches), "float32")
+        code = ops.take(ops.convert_to_tensor(codes), check)
+        fault = ops.convert_to_tensor(self.fault)
+        self.fault.assign(
+            ops.where(
+                ops.logical_and(invalid, fault[0] == _NO_FAULT),
+                ops.stack([code, value, index]),
+                fault,
+            )
         )
-        if match is None:
-            raise
-        raise _checks.argument_error(
-            "y",
-            f"integer class indices in [0, {match[2]})",
-            received=f"a label value of {match[1]} in a batch after the first",
-        ) from None
+        # The read orders the stop after the assignment; XLA drops it.
+        recorded = ops.convert_to_tensor(self.fault)[0]
+        valid = ops.logical_or(ops.logical_not(invalid), recorded == _NO_FAULT)
+        tf.debugging.Assert(valid, [_FAULT])
+        return valid
+
+    @contextlib.contextmanager
+    def stopping(self, where):
+        """Resets the check, and raises its `ValueError` where a batch was
+        faulty: for the step's stop, the step guard's refusal of it, or
+        after the call (under XLA).
+
+        Args:
+            where: String, what the batches are: `"fit"` (batch and epoch
+                named), `"validation"`, `"evaluate"` or `"batch"` (one
+                batch, `*_on_batch`).
+        """
+        self.where = where
+        self.batches.assign(0)
+        self.fault.assign([_NO_FAULT] * 3)
+        try:
+            yield
+        except Exception:
+            error = self.take_error()
+            if error is None:
+                raise
+            raise error from None
+        error = self.take_error()
+        if error is not None:
+            raise error
+
+    def take_error(self):
+        """The `ValueError` of the recorded fault, which it clears, or
+        `None`."""
+        what, value, batch = (float(v) for v in self.fault.numpy())
+        if what == _NO_FAULT:
+            return None
+        self.fault.assign([_NO_FAULT] * 3)
+        place = {
+            "fit": f"in batch {int(batch) + 1} of epoch {self.epoch + 1}",
+            "validation": f"in batch {int(batch) + 1} of `validation_data`",
+            "evaluate": f"in batch {int(batch) + 1} of the evaluated data",
+        }.get(self.where, "in the batch")
+        if what == _LABEL:
+            name, expected, noun = "y", self.expected_labels, "the label"
+        else:
+            name, expected, noun = "sample_weight", "weights >= 0", "the weight"
+        return _checks.argument_error(
+            name, expected, received=f"{noun} {_number(value)} {place}"
+        )
+
+    def with_callback(self, arguments):
+        """`fit`'s `arguments` with, before the user's callbacks, one that
+        counts each epoch's batches from 0 and raises at the epoch's end
+        if one was faulty (where XLA dropped the step's stop), before any
+        callback (a checkpoint) sees the epoch."""
+        callbacks = list(arguments.get("callbacks") or [])
+        return {
+            **arguments,
+            "callbacks": [_StopAtFaultyBatch(self), *callbacks],
+        }
+
+
+def _number(value):
+    """`value` as a message writes it: `7` for a whole number, else as is."""
+    if math.isfinite(value) and value == int(value):
+        return str(int(value))
+    return str(value)
+
+
+def _state(name, value, dtype):
+    """A variable of a `BatchCheck`, one value for all replicas."""
+    return keras.Variable(
+        value,
+        dtype=dtype,
+        trainable=False,
+        aggregation="only_first_replica",
+        name=name,
+    )
+
+
+class _StopAtFaultyBatch(keras.callbacks.Callback):
+    """Counts each epoch's batches from 0 and raises the check's error at
+    the epoch's end. It has no per-batch hook, so Keras keeps dispatching
+    batches asynchronously."""
+
+    def __init__(self, check):
+        super().__init__()
+        self._check = check
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._check.epoch = epoch
+        self._check.batches.assign(0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        error = self._check.take_error()
+        if error is not None:
+            raise error

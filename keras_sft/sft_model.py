@@ -182,6 +182,10 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         self.guard_nonfinite = guard_nonfinite
         # Not a model weight: the guard's state lives for one `fit`.
         self._step_guard = _step_guard.StepGuard() if guard_nonfinite else None
+        # Each batch's labels and sample weights, checked in the training
+        # and the evaluation steps (validation runs inside `fit`).
+        self._train_check = data_checks.BatchCheck()
+        self._test_check = data_checks.BatchCheck()
         if student_names is not None:
             # `compile` maps dict losses and metrics of list outputs by name.
             self.output_names = student_names
@@ -266,6 +270,8 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         )
         self._task_loss = loss
         self._task_loss_weights = loss_weights
+        rule = data_checks.label_rule(loss, self._student_names)
+        self._train_check.rule = self._test_check.rule = rule
         self._sft_loss = _sft_loss.SFTLoss(
             self.distance,
             temperature=self.temperature,
@@ -355,16 +361,13 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         arguments = _task_preprocessing.fit_arguments(self.student, arguments)
         # Before the packing below: the checks read the user's own data.
         data_checks.check_fit_data(
-            self.student,
-            arguments,
-            sparse=data_checks.sparse_labels(
-                self._task_loss, self._student_names
-            ),
+            self.student, arguments, rule=self._train_check.rule
         )
         _keras_compat.set_monitor_modes(
             arguments.get("callbacks"),
             self._log_directions(arguments.get("callbacks")),
         )
+        arguments = self._train_check.with_callback(arguments)
         if self._step_guard is not None:
             arguments = self._step_guard.with_callback(arguments)
         arguments = adaptive_lambda.fit_arguments(self, arguments)
@@ -372,10 +375,10 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         # so caching its outputs there would be waste.
         caching = anchor_x is None or anchor_mode == "both"
         with (
+            self._train_check.stopping("fit"),
             self._teacher_outputs.cached_fit(
                 self, arguments, enabled=caching
             ) as arguments,
-            data_checks.one_line_label_errors(),
             _step_guard.stopping(self._step_guard),
         ):
             arguments = _anchors.fit_arguments(
@@ -403,8 +406,22 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         return directions
 
     def train_on_batch(self, *args, **kwargs):
-        with _step_guard.stopping(self._step_guard):
+        with (
+            self._train_check.stopping("batch"),
+            _step_guard.stopping(self._step_guard),
+        ):
             return super().train_on_batch(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        inside_fit = _keras_compat.evaluates_inside_fit(kwargs)
+        with self._test_check.stopping(
+            "validation" if inside_fit else "evaluate"
+        ):
+            return super().evaluate(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        with self._test_check.stopping("batch"):
+            return super().test_on_batch(*args, **kwargs)
 
     def train_step(self, data):
         batch = _batch.unpack(data)
@@ -414,6 +431,9 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         )
         with tf.GradientTape() as tape:
             student = student_forward()
+            batch, valid = self._train_check.check(
+                batch, student.inputs.outputs
+            )
             total, terms = self._sft_loss.step_terms(
                 batch, teacher, student, lambda_, self.student.losses
             )
@@ -426,6 +446,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             (gradients, trainable_weights),
             batch[:3],
             (lambda_, terms, total),
+            valid=valid,
         )
         return self._step_logs(batch, student, total, terms)
 
@@ -435,6 +456,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             batch, training=False
         )
         student = student_forward()
+        batch, _ = self._test_check.check(batch, student.inputs.outputs)
         total, terms = self._sft_loss.step_terms(
             batch,
             teacher,

@@ -6,6 +6,7 @@ import tempfile
 import warnings
 
 import keras
+import numpy as np
 
 from keras_sft import _keras_compat
 
@@ -26,11 +27,13 @@ def clone_teacher(model):
     Sequential and Functional models, `keras.applications` models, keras-hub
     models and subclassed models that implement `get_config` can be copied;
     custom classes need not be registered with
-    `keras.saving.register_keras_serializable`. A subclassed model that
-    relies on Keras's automatic config while its `__init__` takes
-    arguments is refused: Keras's config records the defaults of those
-    arguments rather than the values the model was built with, so its copy
-    could differ silently.
+    `keras.saving.register_keras_serializable`. A subclassed model without
+    `get_config` whose `__init__` takes plain arguments is copied when the
+    config Keras generates for it holds the values it was built with:
+    Keras 3 records the defaults of those arguments, not the values given,
+    so such a model built with other values is refused, as is one whose
+    copy does not take its weights, holds another value in an attribute
+    named after an argument, or computes other outputs on a probe batch.
 
     Example:
 
@@ -70,7 +73,7 @@ def copy_model(model):
         )
     layers = _keras_compat.all_layers(model)
     try:
-        _check_configs(layers)
+        generated = _generated_configs(layers)
         with tempfile.TemporaryDirectory() as directory:
             path = os.path.join(directory, "model.keras")
             with warnings.catch_warnings():
@@ -82,12 +85,24 @@ def copy_model(model):
                 model.save(path)
             # The archive is the one just written from `model`, so loading
             # the Python functions of its `Lambda` layers is safe.
-            copy = keras.saving.load_model(
-                path,
-                custom_objects=_custom_classes(layers),
-                compile=False,
-                safe_mode=False,
-            )
+            try:
+                copy = keras.saving.load_model(
+                    path,
+                    custom_objects=_custom_classes(layers),
+                    compile=False,
+                    safe_mode=False,
+                )
+            except ValueError as error:
+                if not generated:
+                    raise
+                first = str(error).strip().splitlines()[0].split(". ")[0]
+                raise ValueError(
+                    f"{_rebuilt_from_defaults(generated)}; the model rebuilt "
+                    f"from them does not take its weights ({first})"
+                ) from error
+        copied_layers = _keras_compat.all_layers(copy)
+        _share_lambda_functions(layers, copied_layers)
+        _check_generated_copies(model, copy, generated, copied_layers)
     except (NotImplementedError, TypeError, ValueError) as error:
         raise ValueError(
             "Invalid value for argument `model`. Expected a model that can "
@@ -95,7 +110,6 @@ def copy_model(model):
             f"`teacher=` explicitly). Received: model={model.name!r} "
             f"({type(model).__name__}: {error})"
         ) from error
-    _share_lambda_functions(layers, _keras_compat.all_layers(copy))
     return copy
 
 
@@ -117,31 +131,134 @@ def _share_lambda_functions(layers, copied_layers):
             copied.function = layer.function
 
 
-def _check_configs(layers):
-    """Raises `NotImplementedError` for a model Keras's config misdescribes."""
-    for layer in layers:
+def _generated_configs(layers):
+    """The subclassed models among `layers` whose config Keras generates
+    while their `__init__` takes arguments: `(class name, argument names)`
+    by position in `layers`.
+
+    Raises `NotImplementedError` where Keras cannot generate it (an
+    argument without a default, or whose value is not a plain type).
+    """
+    generated = {}
+    for position, layer in enumerate(layers):
         cls = type(layer)
         if not isinstance(layer, keras.Model) or (
             cls.get_config is not keras.Model.get_config
         ):
             continue
-        # `keras.Model.__new__` drops the arguments given to `__init__`, so
-        # the automatic config holds their defaults and a copy would be
-        # built with those: a weight-shape error at best, a silently
-        # different model at worst.
         parameters = list(inspect.signature(cls.__init__).parameters.values())
         arguments = [
             parameter.name
             for parameter in parameters[1:]
             if parameter.kind
             not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+            and parameter.name != "name"
         ]
-        if arguments:
+        if not arguments:
+            continue
+        try:
+            layer.get_config()
+        except NotImplementedError as error:
             raise NotImplementedError(
-                f"{cls.__name__} does not implement `get_config`, and Keras's "
-                "automatic config of a subclassed model does not record the "
-                f"values of its `__init__` arguments {arguments}"
-            )
+                f"{cls.__name__} does not implement `get_config`, and Keras "
+                f"cannot generate its config from the `__init__` arguments "
+                f"{arguments} (one has no default, or a value that is not a "
+                "plain number, string or bool)"
+            ) from error
+        generated[position] = (cls.__name__, arguments)
+    return generated
+
+
+def _rebuilt_from_defaults(generated):
+    """What Keras's generated configs of `generated` (`_generated_configs`)
+    hold, as an error message says it."""
+    described = ", ".join(
+        f"{name} (`__init__` arguments {arguments})"
+        for name, arguments in generated.values()
+    )
+    return (
+        f"{described} does not implement `get_config`, and Keras 3 "
+        "generates the config of such a subclassed model from the defaults "
+        "of its `__init__` arguments, not from the values it was built with"
+    )
+
+
+def _check_generated_copies(model, copy, generated, copied_layers):
+    """Raises `ValueError` where a copy rebuilt from Keras's generated
+    config (`_generated_configs`) differs from the original: an attribute
+    named after an `__init__` argument that holds another value, or other
+    outputs on a probe batch."""
+    if not generated:
+        return
+    layers = _keras_compat.all_layers(model)
+    if len(copied_layers) != len(layers):
+        raise ValueError(
+            f"{_rebuilt_from_defaults(generated)}; the copy has "
+            f"{len(copied_layers)} layers where the model has {len(layers)}"
+        )
+    for position, (_, arguments) in generated.items():
+        original, copied = vars(layers[position]), vars(copied_layers[position])
+        for argument in arguments:
+            for name in (argument, f"_{argument}"):
+                if name in original and not _same(
+                    original[name], copied.get(name)
+                ):
+                    raise ValueError(
+                        f"{_rebuilt_from_defaults(generated)}: "
+                        f"{type(layers[position]).__name__} holds "
+                        f"{name}={original[name]!r}, its copy "
+                        f"{name}={copied.get(name)!r}"
+                    )
+    probe = _probe(model)
+    if probe is None:
+        return
+    expected = keras.tree.flatten(model(probe, training=False))
+    received = keras.tree.flatten(copy(probe, training=False))
+    if len(expected) != len(received) or not all(
+        np.array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        )
+        for a, b in zip(expected, received, strict=True)
+    ):
+        raise ValueError(
+            f"{_rebuilt_from_defaults(generated)}, and the copy rebuilt "
+            "from them computes other outputs than the model"
+        )
+
+
+def _same(a, b):
+    """Whether two attribute values are equal (plain values; tuples and
+    lists alike), `False` for values that cannot be compared."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(map(_same, a, b))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _probe(model):
+    """A batch of two random inputs of `model`'s single input (zeros for
+    integer inputs), or `None` where its shape or dtype is unknown."""
+    inputs = getattr(model, "inputs", None)
+    if inputs:
+        if len(inputs) != 1:
+            return None
+        shape, dtype = tuple(inputs[0].shape), inputs[0].dtype
+    else:
+        shape = (model.get_build_config() or {}).get("input_shape")
+        dtype = model.compute_dtype
+    if not isinstance(shape, (tuple, list)) or not all(
+        size is None or isinstance(size, int) for size in shape
+    ):
+        return None
+    dtype = keras.backend.standardize_dtype(dtype)
+    if dtype == "string" or not shape:
+        return None
+    shape = (2, *(3 if size is None else size for size in shape[1:]))
+    if not keras.backend.is_float_dtype(dtype):
+        return np.zeros(shape, dtype)
+    return np.random.default_rng(0).uniform(0.0, 1.0, shape).astype(dtype)
 
 
 def _custom_classes(layers):

@@ -37,15 +37,23 @@ def _batches(*arrays):
 
 
 def _assert_refused_third_step(
-    arrays, *, lambda_=1.0, what, jit_compile="auto", activation="relu"
+    arrays,
+    *,
+    lambda_=1.0,
+    what=None,
+    error=None,
+    jit_compile="auto",
+    activation="relu",
 ):
     """Training on 32 examples in batches of 8 stops at step 3 and keeps
     the state of a run stopped after step 2 (Adam's moments and
-    iterations included)."""
+    iterations included), with the guard's error naming `what`, or
+    `error`, `(type, pattern)`."""
     reference = _model(lambda_, jit_compile, activation)
     reference.fit(_batches(*arrays).take(2), epochs=1, shuffle=False, verbose=0)
     model = _model(lambda_, jit_compile, activation)
-    with pytest.raises(NonFiniteLossError, match=_REFUSED.format(what=what)):
+    kind, pattern = error or (NonFiniteLossError, _REFUSED.format(what=what))
+    with pytest.raises(kind, match=pattern):
         model.fit(_batches(*arrays), epochs=2, shuffle=False, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 2
     for a, b in zip(_state(model), _state(reference), strict=True):
@@ -107,8 +115,9 @@ def test_train_on_batch_refuses_a_nan_batch_with_the_guards_error(
     assert int(model.optimizer.iterations.numpy()) == 2
 
 
-def _guarded_step(variable, gradient):
-    """One `StepGuard` step of SGD(1.0) on `variable`, as `fit` runs it."""
+def _guarded_step(variable, gradient, valid=None):
+    """One `StepGuard` step of SGD(1.0) on `variable`, as `fit` runs it,
+    on a batch that its check found `valid`."""
     optimizer = keras.optimizers.SGD(1.0)
     optimizer.build([variable])
     guard = StepGuard()
@@ -122,6 +131,7 @@ def _guarded_step(variable, gradient):
             [variable],
             data,
             [1.0, 0.5, 0.5, 1.0],
+            valid=valid,
         )
 
     with guard.stopping_fit():
@@ -146,12 +156,30 @@ def test_a_gradient_with_one_nan_is_refused_and_named():
     np.testing.assert_array_equal(variable.numpy(), [0.0, 0.0])
 
 
+def test_a_finite_step_on_an_invalid_batch_is_refused_and_named():
+    variable = keras.Variable(np.zeros(2, "float32"))
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"^Non-finite labels or `sample_weight` \(invalid for the "
+        r"loss\) at epoch 1, step 1:",
+    ):
+        _guarded_step(variable, [1.0, 2.0], valid=tf.constant(False))
+    np.testing.assert_array_equal(variable.numpy(), [0.0, 0.0])
+    _guarded_step(variable, [1.0, 2.0], valid=tf.constant(True))
+    np.testing.assert_array_equal(variable.numpy(), [-1.0, -2.0])
+
+
 def test_one_nan_sample_weight_is_never_applied():
     x, y, weights = helpers.classification_data(n=32)
     weights[17] = np.nan
+    # The batch's check names it, before the guard sees the NaN loss.
     _assert_refused_third_step(
         (x, y, weights),
-        what=r"`sample_weight`, task_loss, distill_loss, loss, gradients",
+        error=(
+            ValueError,
+            r"^Invalid value for argument `sample_weight`\. Expected weights "
+            r">= 0\. Received: the weight nan in batch 3 of epoch 1$",
+        ),
     )
 
 
