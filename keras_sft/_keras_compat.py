@@ -10,6 +10,7 @@ Keras upgrade is checked against this file first;
 module.
 """
 
+import contextlib
 import warnings
 
 import keras
@@ -28,17 +29,29 @@ KERAS_VERSIONS = ("3.15",)
 
 
 class OneReplicaSymbolicBuild(keras.Model):
-    """A `keras.Model` whose symbolic build under a strategy reads the
-    first replica's part of the first batch.
+    """A `keras.Model` whose symbolic build reads the first replica's part
+    of the first batch, and runs on one device too.
 
-    Work-around for Keras 3.15 (no upstream issue found; checked on Keras
-    3.15.1): before building the compiled loss and metrics from the first
-    batch's shapes, the private hook `keras.Model._maybe_symbolic_build`
-    averages that batch over replicas with `strategy.reduce`, which
-    `MultiWorkerMirroredStrategy` cannot do on per-replica data ("Attempt
-    to convert a value (PerReplica:{...}) ... to a Tensor"). One replica's
-    part has the same shapes. Subclasses give, in `_symbolic_build_batch`,
-    the `(x, y, sample_weight)` that Keras should build from.
+    Two work-arounds for Keras 3.15 (no upstream issue found; checked on
+    Keras 3.15.1), in the private hook `keras.Model._maybe_symbolic_build`
+    that builds the model, its optimizer and its compiled loss and metrics
+    from the first batch's shapes before the step is traced:
+
+    - under a strategy, Keras averages that batch over replicas with
+      `strategy.reduce`, which `MultiWorkerMirroredStrategy` cannot do on
+      per-replica data ("Attempt to convert a value (PerReplica:{...})
+      ... to a Tensor"). One replica's part has the same shapes.
+    - without a strategy, Keras skips the build and leaves it to the
+      first trace of the step, which then creates the optimizer's (and
+      the compiled metrics') variables; `tf.function` traces a function
+      that created variables a second time, which doubles the tracing of
+      the step (about half of a short `fit`'s own cost). Building first,
+      as Keras does under a strategy, leaves one trace. Where Keras cannot
+      build a model symbolically, the build is left to the trace, as
+      Keras leaves it.
+
+    Subclasses give, in `_symbolic_build_batch`, the `(x, y,
+    sample_weight)` that Keras should build from.
     """
 
     def _symbolic_build_batch(self, batch):
@@ -46,15 +59,27 @@ class OneReplicaSymbolicBuild(keras.Model):
         return batch
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # As in Keras: no symbolic build for a model made outside a
-        # strategy's scope.
+        if self._distribute_strategy is None and not _unbuilt_state(self):
+            return
+        batch = first_replica_batch(
+            self.distribute_strategy, iterator, data_batch
+        )
+        if batch is not None:
+            batch = self._symbolic_build_batch(batch)
         if self._distribute_strategy is not None:
-            batch = first_replica_batch(
-                self.distribute_strategy, iterator, data_batch
-            )
-            if batch is not None:
-                batch = self._symbolic_build_batch(batch)
             super()._maybe_symbolic_build(data_batch=batch)
+            return
+        # Keras's "Unable to automatically build the model" is a
+        # `RuntimeError`: the first trace builds it then, as Keras would.
+        with contextlib.suppress(RuntimeError):
+            self._symbolic_build(data_batch=batch)
+
+
+def _unbuilt_state(model):
+    """Whether the first trace of `model`'s step would create variables:
+    its optimizer's, compiled metrics', or loss trackers'."""
+    pieces = (model.optimizer, model._compile_metrics, model._compile_loss)
+    return any(piece is not None and not piece.built for piece in pieces)
 
 
 def made_in_strategy_scope(model):
