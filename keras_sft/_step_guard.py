@@ -4,14 +4,19 @@ never applied.
 `SFTModel` trains the user's pretrained model in place, often the only
 copy they hold, so one NaN batch must not reach its weights. The guard
 checks each step in one fused test (the loss, its terms, `lambda_` and the
-gradients), agrees on the result across replicas with one all-reduce
-(none on one device), and applies the gradients only if every replica's
-step is finite and no earlier step of this `fit` was refused. A refused
-step changes nothing: neither weights nor optimizer state (moments,
-`iterations`); it stops the execution, and `fit` raises a
-`NonFiniteLossError` naming the epoch, the step and what was not finite.
-Under XLA, which drops that stop, every later step of the epoch is
-refused and `fit` stops at the epoch's end.
+gradients) and applies the gradients only if the step is finite and no
+earlier step of this `fit` was refused. A refused step changes nothing:
+neither weights nor optimizer state (moments, `iterations`); it stops the
+execution, and `fit` raises a `NonFiniteLossError` naming the epoch, the
+step and what was not finite.
+
+On one device the update waits for an in-graph assert, which stops the
+execution before any variable is written: no conditional holds the
+optimizer, whose trace inside a `cond` costs a short `fit` about a tenth
+of a second more. Under several replicas, which must agree (one
+all-reduce of a few flags), and under XLA, which drops asserts, a `cond`
+applies the update or refuses the step; under XLA every later step of the
+epoch is then refused and `fit` stops at the epoch's end.
 
 Under a `keras.optimizers.LossScaleOptimizer` (`mixed_float16`),
 non-finite gradients are routine: the optimizer skips such steps and
@@ -43,7 +48,7 @@ _REFUSED = "StepGuard refused a step"
 _BITS = tuple(float(2**i) for i in range(len(_INPUTS + _VALUES)))
 
 
-def apply_gradients(guard, optimizer, update, data, values):
+def apply_gradients(guard, optimizer, update, data, values, *, jit_compile):
     """Applies `SFTModel`'s step through `guard`, or, with `guard=None` or
     nothing to train, as Keras does.
 
@@ -54,6 +59,7 @@ def apply_gradients(guard, optimizer, update, data, values):
         data: `(x, y, sample_weight)` of the step.
         values: `(lambda_, terms, loss)`, `terms` the step's loss terms
             by log name (`task_loss`, `distill_loss`, ...).
+        jit_compile: Bool, whether the step is compiled with XLA.
     """
     gradients, variables = update
     if guard is None or not variables:
@@ -66,6 +72,7 @@ def apply_gradients(guard, optimizer, update, data, values):
         variables,
         data,
         [lambda_, terms["task_loss"], terms["distill_loss"], loss],
+        jit_compile=jit_compile,
     )
 
 
@@ -82,7 +89,9 @@ class StepGuard:
 
     ```python
     guard = StepGuard()  # in the strategy's scope, with the model
-    guard.apply_gradients(optimizer, gradients, variables, data, values)
+    guard.apply_gradients(
+        optimizer, gradients, variables, data, values, jit_compile=False
+    )
     model.fit(**guard.with_callback(fit_arguments))
     ```
     """
@@ -97,7 +106,9 @@ class StepGuard:
         self.epoch = 0
         self.steps_before_epoch = 0
 
-    def apply_gradients(self, optimizer, gradients, variables, data, values):
+    def apply_gradients(
+        self, optimizer, gradients, variables, data, values, *, jit_compile
+    ):
         """Applies `gradients` with `optimizer` unless the step is refused.
 
         Args:
@@ -107,6 +118,8 @@ class StepGuard:
             data: `(x, y, sample_weight)` of the step.
             values: List of scalars in the order of `_VALUES` but the
                 gradients: `lambda_`, `task_loss`, `distill_loss`, loss.
+            jit_compile: Bool, whether the step is compiled with XLA
+                (which drops the assert that stops a refused step).
         """
         values = [ops.cast(v, "float32") for v in values]
         checked = gradients
@@ -116,12 +129,46 @@ class StepGuard:
         # element is and `lambda_` >= 0 (the square root of a negative is
         # NaN): one pass over each gradient, no temporary. A sum that is
         # not finite (or that overflows) makes the step a suspect, looked
-        # at exactly in the cond, which no finite step runs; no collective
+        # at exactly in a cond, which no finite step runs; no collective
         # runs inside it.
         lambda_, *losses = values
         total = ops.sum(
             ops.stack([ops.sqrt(lambda_), *losses, *_sums(checked)])
         )
+        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+        if jit_compile or replicas > 1:
+            self._apply_agreed(
+                total, optimizer, gradients, variables, data, values, checked
+            )
+        else:
+            self._apply_or_stop(
+                total, optimizer, gradients, variables, data, values, checked
+            )
+        self.steps.assign_add(1)
+
+    def _apply_or_stop(
+        self, total, optimizer, gradients, variables, data, values, checked
+    ):
+        """One device: a suspect step's exact check records a refusal, and
+        the update waits for an assert that no refusal was recorded."""
+
+        def check():
+            self._record(_flags(data, values, checked))
+
+        ops.cond(ops.isfinite(total), lambda: None, check)
+        # The read follows the cond, which writes the refusal: automatic
+        # control dependencies order the two.
+        stop = tf.debugging.Assert(
+            ops.convert_to_tensor(self.refusal)[0] == 0, [_REFUSED]
+        )
+        with tf.control_dependencies([stop]):
+            optimizer.apply_gradients(zip(gradients, variables, strict=True))
+
+    def _apply_agreed(
+        self, total, optimizer, gradients, variables, data, values, checked
+    ):
+        """Several replicas or XLA: the replicas agree on the step's flags,
+        and a cond applies the update or refuses the step."""
         flags = ops.cond(
             ops.isfinite(total),
             lambda: ops.zeros((len(_BITS),)),
@@ -134,11 +181,10 @@ class StepGuard:
             ops.max(flags) == 0, ops.convert_to_tensor(self.refusal)[0] == 0
         )
         _apply_if(apply, optimizer, gradients, variables, self._refuse, flags)
-        self.steps.assign_add(1)
 
-    def _refuse(self, flags):
-        """Keeps the first refusal of this `fit` and stops the execution,
-        with no per-step read on the host."""
+    def _record(self, flags):
+        """Keeps the first refusal of this `fit`: the bits of `flags` (none
+        for a finite step) and the step's index."""
         refusal = ops.convert_to_tensor(self.refusal)
         code = ops.cast(ops.sum(ops.sign(flags) * _BITS), "int64")
         self.refusal.assign(
@@ -148,6 +194,11 @@ class StepGuard:
                 refusal,
             )
         )
+
+    def _refuse(self, flags):
+        """Records the refusal and stops the execution, with no per-step
+        read on the host."""
+        self._record(flags)
         # The read orders the stop after the assignment. XLA drops
         # asserts: there the callback stops `fit` at the epoch's end,
         # every later step refused.

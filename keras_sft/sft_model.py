@@ -381,6 +381,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             (gradients, trainable_weights),
             batch[:3],
             (lambda_, terms, total),
+            jit_compile=self.jit_compile,
         )
         return self._step_logs(batch, student, total, terms)
 

@@ -122,6 +122,7 @@ def _guarded_step(variable, gradient):
             [variable],
             data,
             [1.0, 0.5, 0.5, 1.0],
+            jit_compile=False,
         )
 
     with guard.stopping_fit():
