@@ -10,13 +10,14 @@ neither weights nor optimizer state (moments, `iterations`); it stops the
 execution, and `fit` raises a `NonFiniteLossError` naming the epoch, the
 step and what was not finite.
 
-On one device the update waits for an in-graph assert, which stops the
-execution before any variable is written: no conditional holds the
-optimizer, whose trace inside a `cond` costs a short `fit` about a tenth
-of a second more. Under several replicas, which must agree (one
-all-reduce of a few flags), and under XLA, which drops asserts, a `cond`
-applies the update or refuses the step; under XLA every later step of the
-epoch is then refused and `fit` stops at the epoch's end.
+Outside a `tf.distribute` strategy the update waits for an in-graph
+assert, which stops the execution before any variable is written: no
+conditional holds the optimizer, whose trace inside a `cond` costs a
+short `fit` about a tenth of a second more. Under a strategy, whose
+replicas must agree (one all-reduce of a few flags) and whose optimizer
+may write from another thread, and under XLA, which drops asserts, a
+`cond` applies the update or refuses the step; under XLA every later step
+of the epoch is then refused and `fit` stops at the epoch's end.
 
 Under a `keras.optimizers.LossScaleOptimizer` (`mixed_float16`),
 non-finite gradients are routine: the optimizer skips such steps and
@@ -135,8 +136,10 @@ class StepGuard:
         total = ops.sum(
             ops.stack([ops.sqrt(lambda_), *losses, *_sums(checked)])
         )
-        replicas = tf.distribute.get_replica_context().num_replicas_in_sync
-        if jit_compile or replicas > 1:
+        # Under a strategy, even of one replica, the optimizer may write
+        # through `merge_call` on another thread, out of reach of a
+        # control dependency.
+        if jit_compile or tf.distribute.has_strategy():
             self._apply_agreed(
                 total, optimizer, gradients, variables, data, values, checked
             )
@@ -149,8 +152,8 @@ class StepGuard:
     def _apply_or_stop(
         self, total, optimizer, gradients, variables, data, values, checked
     ):
-        """One device: a suspect step's exact check records a refusal, and
-        the update waits for an assert that no refusal was recorded."""
+        """No strategy: a suspect step's exact check records a refusal,
+        and the update waits for an assert that no refusal was recorded."""
 
         def check():
             self._record(_flags(data, values, checked))
@@ -167,8 +170,8 @@ class StepGuard:
     def _apply_agreed(
         self, total, optimizer, gradients, variables, data, values, checked
     ):
-        """Several replicas or XLA: the replicas agree on the step's flags,
-        and a cond applies the update or refuses the step."""
+        """A strategy or XLA: the replicas agree on the step's flags, and a
+        cond applies the update or refuses the step."""
         flags = ops.cond(
             ops.isfinite(total),
             lambda: ops.zeros((len(_BITS),)),
