@@ -10,12 +10,12 @@ Keras upgrade is checked against this file first;
 module.
 """
 
-import contextlib
 import warnings
 
 import keras
 import tensorflow as tf
 from keras import ops
+from keras.src.backend import compute_output_spec
 from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters import array_slicing
 from keras.src.utils import tracking
@@ -30,25 +30,32 @@ KERAS_VERSIONS = ("3.15",)
 
 class OneReplicaSymbolicBuild(keras.Model):
     """A `keras.Model` whose symbolic build reads the first replica's part
-    of the first batch, and runs on one device too.
+    of the first batch, and whose state is built before the first trace
+    on one device too.
 
     Two work-arounds for Keras 3.15 (no upstream issue found; checked on
     Keras 3.15.1), in the private hook `keras.Model._maybe_symbolic_build`
-    that builds the model, its optimizer and its compiled loss and metrics
-    from the first batch's shapes before the step is traced:
+    that `fit`, `evaluate` and the `*_on_batch` methods call before the
+    step is traced:
 
-    - under a strategy, Keras averages that batch over replicas with
-      `strategy.reduce`, which `MultiWorkerMirroredStrategy` cannot do on
-      per-replica data ("Attempt to convert a value (PerReplica:{...})
-      ... to a Tensor"). One replica's part has the same shapes.
-    - without a strategy, Keras skips the build and leaves it to the
-      first trace of the step, which then creates the optimizer's (and
-      the compiled metrics') variables; `tf.function` traces a function
-      that created variables a second time, which doubles the tracing of
-      the step (about half of a short `fit`'s own cost). Building first,
-      as Keras does under a strategy, leaves one trace. Where Keras cannot
-      build a model symbolically, the build is left to the trace, as
-      Keras leaves it.
+    - under a strategy, Keras builds the model, its optimizer and its
+      compiled loss and metrics from the first batch's shapes, which it
+      averages over replicas with `strategy.reduce`;
+      `MultiWorkerMirroredStrategy` cannot do that on per-replica data
+      ("Attempt to convert a value (PerReplica:{...}) ... to a Tensor").
+      One replica's part has the same shapes.
+    - without a strategy, Keras builds nothing and leaves the optimizer's
+      variables (and those of compiled metrics and unbuilt layers) to the
+      first trace of the step; `tf.function` traces a function that
+      created variables a second time, which doubles the tracing of the
+      step (about half of what a short `fit` costs beyond its epochs).
+      Here they are built first, with the private
+      `keras.Model._compile_metrics` and `keras.src.backend`'s
+      `compute_output_spec` (what Keras's own symbolic build uses): the
+      optimizer from the trainable variables, the rest from the first
+      batch's shapes (not Keras's compiled loss, which the steps of a
+      subclass may not call). Where the model cannot run symbolically,
+      the trace builds them, as Keras leaves it.
 
     Subclasses give, in `_symbolic_build_batch`, the `(x, y,
     sample_weight)` that Keras should build from.
@@ -59,27 +66,52 @@ class OneReplicaSymbolicBuild(keras.Model):
         return batch
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if self._distribute_strategy is None and not _unbuilt_state(self):
+        if self._distribute_strategy is None:
+            self._build_before_trace(iterator, data_batch)
             return
         batch = first_replica_batch(
             self.distribute_strategy, iterator, data_batch
         )
         if batch is not None:
             batch = self._symbolic_build_batch(batch)
-        if self._distribute_strategy is not None:
-            super()._maybe_symbolic_build(data_batch=batch)
-            return
-        # Keras's "Unable to automatically build the model" is a
-        # `RuntimeError`: the first trace builds it then, as Keras would.
-        with contextlib.suppress(RuntimeError):
-            self._symbolic_build(data_batch=batch)
+        super()._maybe_symbolic_build(data_batch=batch)
+
+    def _build_before_trace(self, iterator, data_batch):
+        """Builds, without a strategy, the variables the first trace of
+        the step would otherwise create."""
+        metrics = self._compile_metrics
+        if not self.built or (metrics is not None and not metrics.built):
+            batch = first_replica_batch(
+                self.distribute_strategy, iterator, data_batch
+            )
+            if batch is None:
+                return
+            x, y, sample_weight = keras.tree.map_structure(
+                _symbolic, self._symbolic_build_batch(batch)
+            )
+            try:
+                y_pred = compute_output_spec(self, x, training=False)
+                if metrics is not None and not metrics.built:
+                    compute_output_spec(
+                        self.compute_metrics,
+                        x,
+                        y,
+                        y_pred,
+                        sample_weight=sample_weight,
+                    )
+            except Exception:  # noqa: BLE001 - the trace builds them
+                return
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
 
 
-def _unbuilt_state(model):
-    """Whether the first trace of `model`'s step would create variables:
-    its optimizer's, compiled metrics', or loss trackers'."""
-    pieces = (model.optimizer, model._compile_metrics, model._compile_loss)
-    return any(piece is not None and not piece.built for piece in pieces)
+def _symbolic(value):
+    """A `KerasTensor` of `value`'s shape and dtype (`None` kept)."""
+    if value is None:
+        return None
+    return keras.KerasTensor(
+        value.shape, dtype=keras.backend.standardize_dtype(value.dtype)
+    )
 
 
 def made_in_strategy_scope(model):
