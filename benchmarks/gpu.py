@@ -9,6 +9,8 @@ accelerator's user chooses between:
 3. `sft_cached`: `keras_sft.SFTModel` on `keras_sft.cache_teacher_outputs`
    of the same arrays (the teacher's outputs computed once, `cache s`);
 4. `distiller`: `keras.distillation.Distiller` weighted as SFT's objective;
+5. `sft_bfloat16`: `sft_live` with the teacher in bfloat16
+   (`teacher_dtype`);
 
 each with `jit_compile` false and true and with `steps_per_execution` 1
 and 32, on the MLP 784-256-10 (batch 1024) and on `variants.resnet`, a
@@ -52,7 +54,7 @@ from absl import logging  # noqa: E402
 from benchmarks import report  # noqa: E402
 from benchmarks import variants  # noqa: E402
 
-VARIANTS = ("plain", "sft_live", "sft_cached", "distiller")
+VARIANTS = ("plain", "sft_live", "sft_cached", "distiller", "sft_bfloat16")
 MODELS = ("mlp", "resnet")
 BATCH_SIZES = {"mlp": 1024, "resnet": 256}
 # Weights of the models' shares of `--budget_s`: the residual CNN's XLA
@@ -351,6 +353,7 @@ def main(argv):
     import keras
     import tensorflow as tf
 
+    print(report.machine(), flush=True)
     start = time.perf_counter()
     if _MIXED_PRECISION.value != "none":
         keras.config.set_dtype_policy(_MIXED_PRECISION.value)

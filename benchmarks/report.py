@@ -96,3 +96,42 @@ def markdown(rows, columns):
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def machine():
+    """One line naming where and when the benchmark ran, read from the
+    machine: the UTC time, the CPU model and its logical CPUs (with
+    `avx512_bf16` where the CPU has it), the accelerators TensorFlow sees,
+    the load average and the versions of TensorFlow and Keras."""
+    import datetime
+    import os
+    import platform
+
+    import keras
+    import tensorflow as tf
+
+    model, bf16 = platform.processor() or "unknown CPU", False
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    bf16 = "avx512_bf16" in value.split()
+    except OSError:
+        pass
+    gpus = [
+        tf.config.experimental.get_device_details(gpu).get(
+            "device_name", gpu.name
+        )
+        for gpu in tf.config.list_physical_devices("GPU")
+    ]
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        f"{now:%Y-%m-%d %H:%M} UTC, {model} ({os.cpu_count()} logical CPUs"
+        f"{', avx512_bf16' if bf16 else ''}), "
+        f"{', '.join(gpus) if gpus else 'no GPU'}, load average "
+        f"{os.getloadavg()[0]:.1f}, TensorFlow {tf.__version__}, "
+        f"Keras {keras.__version__}"
+    )

@@ -23,6 +23,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from benchmarks import report  # noqa: E402
 from benchmarks import throughput  # noqa: E402
 
 # `--models`, `--variants` and `--rounds` are throughput's flags; its
@@ -74,6 +75,7 @@ def _measure(model_name, variants):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    print(report.machine(), flush=True)
     print(
         "| model | variant | graph ops | step ms (fastest) | step ms (median) "
         "| vs plain (fastest) |"

@@ -331,6 +331,7 @@ def main(argv):
         results = _run(model_name, variants.split(","), int(rounds))
         print(json.dumps(results))
         return
+    print(report.machine(), flush=True)
     print(
         "| model | variant | jit_compile | steps_per_execution | samples/s "
         "| vs plain | peak RSS MiB | cache_s |"

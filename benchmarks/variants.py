@@ -8,7 +8,10 @@ times the same students and the same objectives:
 - `distiller`: `keras.distillation.Distiller` with MSE on the outputs,
   weighted as SFT's objective (see `compiled`);
 - `sft_live` and `sft_cached`: `keras_sft.SFTModel`, the second fed the
-  teacher's outputs (`examples`) or at its defaults on arrays.
+  teacher's outputs (`examples`) or at its defaults on arrays;
+- `sft_unguarded`: `sft_live` without the non-finite step guard;
+- `sft_bfloat16` and `sft_float16`: `sft_live` with the teacher in that
+  precision (`teacher_dtype`).
 
 No flags here: the binaries that import this module define their own.
 """
@@ -155,7 +158,8 @@ def compiled(student, variant, *, cache_teacher=None, **compile_kwargs):
 
     `cache_teacher` is `SFTModel`'s argument for the `sft_*` variants;
     None leaves its default. `sft_unguarded` is `sft_live` without the
-    non-finite step guard. The Distiller computes
+    non-finite step guard; `sft_bfloat16` and `sft_float16` run the
+    teacher in that precision. The Distiller computes
     `w * task + (1 - w) * mse`; with `w = 1 / (1 + LAMBDA)` that is SFT's
     `task + LAMBDA * mse` divided by `1 + LAMBDA`, the same objective.
     """
@@ -181,6 +185,9 @@ def compiled(student, variant, *, cache_teacher=None, **compile_kwargs):
         options = (
             {} if cache_teacher is None else {"cache_teacher": cache_teacher}
         )
+        precision = variant.removeprefix("sft_")
+        if precision in ("bfloat16", "float16"):
+            options["teacher_dtype"] = precision
         # "mse", the Distiller's distance, whatever SFTModel's default.
         model = keras_sft.SFTModel(
             student,

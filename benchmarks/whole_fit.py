@@ -78,6 +78,7 @@ def _measure(model_name, epochs):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    print(report.machine(), flush=True)
     columns = report.markdown([], _COLUMNS)
     print("\n".join(columns), flush=True)
     for model_name in throughput._MODELS.value:

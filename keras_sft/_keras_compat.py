@@ -15,6 +15,7 @@ import warnings
 import keras
 import tensorflow as tf
 from keras import ops
+from keras.src.backend import compute_output_spec
 from keras.src.callbacks import monitor_callback
 from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters import array_slicing
@@ -29,17 +30,36 @@ KERAS_VERSIONS = ("3.15",)
 
 
 class OneReplicaSymbolicBuild(keras.Model):
-    """A `keras.Model` whose symbolic build under a strategy reads the
-    first replica's part of the first batch.
+    """A `keras.Model` whose symbolic build reads the first replica's part
+    of the first batch, and whose state is built before the first trace
+    on one device too.
 
-    Work-around for Keras 3.15 (no upstream issue found; checked on Keras
-    3.15.1): before building the compiled loss and metrics from the first
-    batch's shapes, the private hook `keras.Model._maybe_symbolic_build`
-    averages that batch over replicas with `strategy.reduce`, which
-    `MultiWorkerMirroredStrategy` cannot do on per-replica data ("Attempt
-    to convert a value (PerReplica:{...}) ... to a Tensor"). One replica's
-    part has the same shapes. Subclasses give, in `_symbolic_build_batch`,
-    the `(x, y, sample_weight)` that Keras should build from.
+    Two work-arounds for Keras 3.15 (no upstream issue found; checked on
+    Keras 3.15.1), in the private hook `keras.Model._maybe_symbolic_build`
+    that `fit`, `evaluate` and the `*_on_batch` methods call before the
+    step is traced:
+
+    - under a strategy, Keras builds the model, its optimizer and its
+      compiled loss and metrics from the first batch's shapes, which it
+      averages over replicas with `strategy.reduce`;
+      `MultiWorkerMirroredStrategy` cannot do that on per-replica data
+      ("Attempt to convert a value (PerReplica:{...}) ... to a Tensor").
+      One replica's part has the same shapes.
+    - without a strategy, Keras builds nothing and leaves the optimizer's
+      variables (and those of compiled metrics and unbuilt layers) to the
+      first trace of the step; `tf.function` traces a function that
+      created variables a second time, which doubles the tracing of the
+      step (about half of what a short `fit` costs beyond its epochs).
+      Here they are built first, with the private
+      `keras.Model._compile_metrics` and `keras.src.backend`'s
+      `compute_output_spec` (what Keras's own symbolic build uses): the
+      optimizer from the trainable variables, the rest from the first
+      batch's shapes (not Keras's compiled loss, which the steps of a
+      subclass may not call). Where the model cannot run symbolically,
+      the trace builds them, as Keras leaves it.
+
+    Subclasses give, in `_symbolic_build_batch`, the `(x, y,
+    sample_weight)` that Keras should build from.
     """
 
     def _symbolic_build_batch(self, batch):
@@ -47,15 +67,52 @@ class OneReplicaSymbolicBuild(keras.Model):
         return batch
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # As in Keras: no symbolic build for a model made outside a
-        # strategy's scope.
-        if self._distribute_strategy is not None:
+        if self._distribute_strategy is None:
+            self._build_before_trace(iterator, data_batch)
+            return
+        batch = first_replica_batch(
+            self.distribute_strategy, iterator, data_batch
+        )
+        if batch is not None:
+            batch = self._symbolic_build_batch(batch)
+        super()._maybe_symbolic_build(data_batch=batch)
+
+    def _build_before_trace(self, iterator, data_batch):
+        """Builds, without a strategy, the variables the first trace of
+        the step would otherwise create."""
+        metrics = self._compile_metrics
+        if not self.built or (metrics is not None and not metrics.built):
             batch = first_replica_batch(
                 self.distribute_strategy, iterator, data_batch
             )
-            if batch is not None:
-                batch = self._symbolic_build_batch(batch)
-            super()._maybe_symbolic_build(data_batch=batch)
+            if batch is None:
+                return
+            x, y, sample_weight = keras.tree.map_structure(
+                _symbolic, self._symbolic_build_batch(batch)
+            )
+            try:
+                y_pred = compute_output_spec(self, x, training=False)
+                if metrics is not None and not metrics.built:
+                    compute_output_spec(
+                        self.compute_metrics,
+                        x,
+                        y,
+                        y_pred,
+                        sample_weight=sample_weight,
+                    )
+            except Exception:  # noqa: BLE001 - the trace builds them
+                return
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+
+
+def _symbolic(value):
+    """A `KerasTensor` of `value`'s shape and dtype (`None` kept)."""
+    if value is None:
+        return None
+    return keras.KerasTensor(
+        value.shape, dtype=keras.backend.standardize_dtype(value.dtype)
+    )
 
 
 def made_in_strategy_scope(model):

@@ -4,14 +4,20 @@ never applied.
 `SFTModel` trains the user's pretrained model in place, often the only
 copy they hold, so one NaN batch must not reach its weights. The guard
 checks each step in one fused test (the loss, its terms, `lambda_` and the
-gradients), agrees on the result across replicas with one all-reduce
-(none on one device), and applies the gradients only if every replica's
-step is finite and no earlier step of this `fit` was refused. A refused
-step changes nothing: neither weights nor optimizer state (moments,
-`iterations`); it stops the execution, and `fit` raises a
-`NonFiniteLossError` naming the epoch, the step and what was not finite.
-Under XLA, which drops that stop, every later step of the epoch is
-refused and `fit` stops at the epoch's end.
+gradients) and applies the gradients only if the step is finite and no
+earlier step of this `fit` was refused. A refused step changes nothing:
+neither weights nor optimizer state (moments, `iterations`); it stops the
+execution, and `fit` raises a `NonFiniteLossError` naming the epoch, the
+step and what was not finite.
+
+Outside a `tf.distribute` strategy the update waits for an in-graph
+assert, which stops the execution before any variable is written: no
+conditional holds the optimizer, whose trace inside a `cond` costs a
+short `fit` about a tenth of a second more. Under a strategy, whose
+replicas must agree (one all-reduce of a few flags) and whose optimizer
+may write from another thread, and under XLA, which drops asserts, a
+`cond` applies the update or refuses the step; under XLA every later step
+of the epoch is then refused and `fit` stops at the epoch's end.
 
 Under a `keras.optimizers.LossScaleOptimizer` (`mixed_float16`),
 non-finite gradients are routine: the optimizer skips such steps and
@@ -45,7 +51,9 @@ _REFUSED = "StepGuard refused a step"
 _BITS = tuple(float(2**i) for i in range(len(_INPUTS + _VALUES + _INVALID)))
 
 
-def apply_gradients(guard, optimizer, update, data, values, *, valid=None):
+def apply_gradients(
+    guard, optimizer, update, data, values, *, jit_compile, valid=None
+):
     """Applies `SFTModel`'s step through `guard`, or, with `guard=None` or
     nothing to train, as Keras does.
 
@@ -56,6 +64,7 @@ def apply_gradients(guard, optimizer, update, data, values, *, valid=None):
         data: `(x, y, sample_weight)` of the step.
         values: `(lambda_, terms, loss)`, `terms` the step's loss terms
             by log name (`task_loss`, `distill_loss`, ...).
+        jit_compile: Bool, whether the step is compiled with XLA.
         valid: Boolean scalar or `None`: whether the batch's labels and
             sample weights are valid for the loss; a step on an invalid
             batch is refused.
@@ -71,6 +80,7 @@ def apply_gradients(guard, optimizer, update, data, values, *, valid=None):
         variables,
         data,
         [lambda_, terms["task_loss"], terms["distill_loss"], loss],
+        jit_compile=jit_compile,
         valid=valid,
     )
 
@@ -88,7 +98,9 @@ class StepGuard:
 
     ```python
     guard = StepGuard()  # in the strategy's scope, with the model
-    guard.apply_gradients(optimizer, gradients, variables, data, values)
+    guard.apply_gradients(
+        optimizer, gradients, variables, data, values, jit_compile=False
+    )
     model.fit(**guard.with_callback(fit_arguments))
     ```
     """
@@ -104,7 +116,15 @@ class StepGuard:
         self.steps_before_epoch = 0
 
     def apply_gradients(
-        self, optimizer, gradients, variables, data, values, valid=None
+        self,
+        optimizer,
+        gradients,
+        variables,
+        data,
+        values,
+        *,
+        jit_compile,
+        valid=None,
     ):
         """Applies `gradients` with `optimizer` unless the step is refused.
 
@@ -115,6 +135,8 @@ class StepGuard:
             data: `(x, y, sample_weight)` of the step.
             values: List of scalars in the order of `_VALUES` but the
                 gradients: `lambda_`, `task_loss`, `distill_loss`, loss.
+            jit_compile: Bool, whether the step is compiled with XLA
+                (which drops the assert that stops a refused step).
             valid: Boolean scalar or `None`: whether the batch is valid
                 for the loss (`data_checks.BatchCheck`).
         """
@@ -126,15 +148,64 @@ class StepGuard:
         # element is and `lambda_` >= 0 (the square root of a negative is
         # NaN): one pass over each gradient, no temporary. A sum that is
         # not finite (or that overflows) makes the step a suspect, looked
-        # at exactly in the cond, which no finite step runs; no collective
+        # at exactly in a cond, which no finite step runs; no collective
         # runs inside it.
         lambda_, *losses = values
         total = ops.sum(
             ops.stack([ops.sqrt(lambda_), *losses, *_sums(checked)])
         )
+        # Under a strategy, even of one replica, the optimizer may write
+        # through `merge_call` on another thread, out of reach of a
+        # control dependency.
         fine = ops.isfinite(total)
         if valid is not None:
             fine = ops.logical_and(fine, valid)
+        step = (optimizer, gradients, variables, data, values, checked, valid)
+        if jit_compile or tf.distribute.has_strategy():
+            self._apply_agreed(fine, *step)
+        else:
+            self._apply_or_stop(fine, *step)
+        self.steps.assign_add(1)
+
+    def _apply_or_stop(
+        self,
+        fine,
+        optimizer,
+        gradients,
+        variables,
+        data,
+        values,
+        checked,
+        valid,
+    ):
+        """No strategy: a suspect step's exact check records a refusal,
+        and the update waits for an assert that no refusal was recorded."""
+
+        def check():
+            self._record(_flags(data, values, checked, valid))
+
+        ops.cond(fine, lambda: None, check)
+        # The read follows the cond, which writes the refusal: automatic
+        # control dependencies order the two.
+        stop = tf.debugging.Assert(
+            ops.convert_to_tensor(self.refusal)[0] == 0, [_REFUSED]
+        )
+        with tf.control_dependencies([stop]):
+            optimizer.apply_gradients(zip(gradients, variables, strict=True))
+
+    def _apply_agreed(
+        self,
+        fine,
+        optimizer,
+        gradients,
+        variables,
+        data,
+        values,
+        checked,
+        valid,
+    ):
+        """A strategy or XLA: the replicas agree on the step's flags, and a
+        cond applies the update or refuses the step."""
         flags = ops.cond(
             fine,
             lambda: ops.zeros((len(_BITS),)),
@@ -147,11 +218,10 @@ class StepGuard:
             ops.max(flags) == 0, ops.convert_to_tensor(self.refusal)[0] == 0
         )
         _apply_if(apply, optimizer, gradients, variables, self._refuse, flags)
-        self.steps.assign_add(1)
 
-    def _refuse(self, flags):
-        """Keeps the first refusal of this `fit` and stops the execution,
-        with no per-step read on the host."""
+    def _record(self, flags):
+        """Keeps the first refusal of this `fit`: the bits of `flags` (none
+        for a finite step) and the step's index."""
         refusal = ops.convert_to_tensor(self.refusal)
         code = ops.cast(ops.sum(ops.sign(flags) * _BITS), "int64")
         self.refusal.assign(
@@ -161,6 +231,11 @@ class StepGuard:
                 refusal,
             )
         )
+
+    def _refuse(self, flags):
+        """Records the refusal and stops the execution, with no per-step
+        read on the host."""
+        self._record(flags)
         # The read orders the stop after the assignment. XLA drops
         # asserts: there the callback stops `fit` at the epoch's end,
         # every later step refused.

@@ -335,7 +335,14 @@ class _FirstEpochCache:
             )
 
         def compute():
-            outputs = self.teacher(x, training=False)
+            # In the buffers' dtype: a Functional teacher cast to another
+            # precision (`teacher_dtype`) still reports its first outputs'
+            # dtype, and casting its outputs up is exact.
+            outputs = keras.tree.map_structure(
+                lambda value, variable: ops.cast(value, variable.dtype),
+                self.teacher(x, training=False),
+                self._outputs,
+            )
             for variable, value in zip(
                 keras.tree.flatten(self._outputs),
                 keras.tree.flatten(outputs),

@@ -21,6 +21,7 @@ from keras_sft import _teacher_student_model
 from keras_sft import adaptive_lambda
 from keras_sft import data_checks
 from keras_sft import forgetting_monitor
+from keras_sft import teacher as teacher_module
 
 # `SFTModel.fit`'s signature: `keras.Model.fit`'s arguments, by position
 # or name, then the anchor options.
@@ -110,6 +111,14 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             the weights of the last finite step. Under a
             `LossScaleOptimizer`, which skips non-finite gradients itself,
             only the loss is checked. Defaults to `True`.
+        teacher_dtype: String or `None`. `"bfloat16"` or `"float16"` runs
+            the frozen teacher in that precision and stores the weights it
+            holds apart from the student in it (half their float32
+            memory; the teacher given as `teacher` is changed in place);
+            the consistency term is still computed in float32, on
+            outputs that differ from the float32 teacher's by the
+            rounding of that precision (docs/performance.md). `None` keeps
+            the teacher's own precision. Defaults to `None`.
         **kwargs: Passed to `keras.Model` (for example `name`). The dtype
             policy defaults to the student's.
 
@@ -133,8 +142,13 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         distill_features=None,
         cache_teacher=True,
         guard_nonfinite=True,
+        teacher_dtype=None,
         **kwargs,
     ):
+        if teacher_dtype is not None:
+            _checks.check_one_of(
+                "teacher_dtype", teacher_dtype, teacher_module.TEACHER_DTYPES
+            )
         _checks.check_sft_arguments(
             student,
             teacher,
@@ -163,6 +177,10 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             else teacher
         )
         self.teacher.trainable = False
+        if teacher_dtype is not None:
+            teacher_module.cast_teacher(
+                self.teacher, teacher_dtype, shared_weights=student.weights
+            )
         self.lambda_ = (
             float(lambda_) if isinstance(lambda_, numbers.Real) else lambda_
         )
@@ -180,6 +198,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         self.distill_features = _copy(list, distill_features)
         self.cache_teacher = cache_teacher
         self.guard_nonfinite = guard_nonfinite
+        self.teacher_dtype = teacher_dtype
         # Not a model weight: the guard's state lives for one `fit`.
         self._step_guard = _step_guard.StepGuard() if guard_nonfinite else None
         # Each batch's labels and sample weights, checked in the training
@@ -447,6 +466,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             batch[:3],
             (lambda_, terms, total),
             valid=valid,
+            jit_compile=self.jit_compile,
         )
         return self._step_logs(batch, student, total, terms)
 
@@ -533,6 +553,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
 
 # The constructor's arguments that are stored as they were given.
 _CONFIG = ("distance", "temperature", "cache_teacher", "guard_nonfinite")
+_CONFIG += ("teacher_dtype",)
 _CONFIG += ("distill_outputs", "distill_weights", "distill_features")
 
 

@@ -270,3 +270,47 @@ def _custom_classes(layers):
         for layer in layers
         if not type(layer).__module__.startswith("keras.")
     }
+
+
+# The precisions `SFTModel(teacher_dtype=...)` runs a teacher in, beside
+# `None` (the teacher's own).
+TEACHER_DTYPES = ("bfloat16", "float16")
+
+
+def cast_teacher(teacher, dtype, *, shared_weights=()):
+    """Makes the frozen `teacher` compute in `dtype`, and store its own
+    floating weights in it, in place.
+
+    Each layer gets the mixed policy of `dtype` (computations in `dtype`,
+    variables read in it), and each floating weight the teacher owns is
+    replaced by a copy in `dtype`: half the memory of float32. Weights in
+    `shared_weights` (the student's variables that a shared teacher
+    reads) stay as they are, read in `dtype` at each call.
+    `BatchNormalization` computes in float32 whatever its policy, as Keras
+    makes it.
+
+    Args:
+        teacher: A built, frozen `keras.Model`.
+        dtype: String, one of `TEACHER_DTYPES`.
+        shared_weights: The variables to leave in place. Defaults to `()`.
+    """
+    policy = keras.DTypePolicy(f"mixed_{dtype}")
+    shared = {id(w) for w in shared_weights}
+    for layer in _keras_compat.all_layers(teacher):
+        layer.dtype_policy = policy
+        for weights in _keras_compat.own_weights(layer):
+            for weight in list(weights):
+                if id(weight) in shared or not _is_float(weight.dtype):
+                    continue
+                copy = keras.Variable(
+                    keras.ops.cast(weight, dtype),
+                    dtype=dtype,
+                    trainable=False,
+                    name=weight.name,
+                )
+                _keras_compat.replace_weight(layer, weight, copy)
+
+
+def _is_float(dtype):
+    """Whether `dtype` is a floating dtype."""
+    return keras.backend.is_float_dtype(keras.backend.standardize_dtype(dtype))

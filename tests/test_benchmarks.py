@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-# Six TensorFlow processes on the full benchmark data: about 30 s.
+# Six TensorFlow processes on the full benchmark data: about 30 s; the
+# defaults table about two minutes more.
 pytestmark = pytest.mark.slow
 
 _ROOT = pathlib.Path(__file__).parent.parent
@@ -53,4 +54,49 @@ def test_whole_fit_prints_a_row_per_variant():
         "distiller",
         "sft_live",
         "sft_cached",
+    ]
+
+
+def test_defaults_prints_each_table_and_the_decisions():
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.defaults",
+            "--models=mlp",
+            "--rounds=1",
+            "--epochs=1",
+            "--fit_rounds=1",
+            "--seeds=1",
+        ],
+        cwd=_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "logical CPUs" in lines[0]
+    rows = [line.split("|")[1:3] for line in lines if line.startswith("| mlp")]
+    variants = [variant.strip() for _, variant in rows]
+    # Seven step variants, five short fits, four whole fits, then three
+    # precisions.
+    assert variants[:7] == [
+        "plain",
+        "distiller",
+        "sft_live",
+        "sft_unguarded",
+        "sft_cached",
+        "sft_bfloat16",
+        "sft_float16",
+    ]
+    assert len(rows) == 7 + 5 + 4 + 3
+    decisions = [line for line in lines if line.startswith("- ")]
+    assert [line.split(" ")[1] for line in decisions] == [
+        "guard_nonfinite=True",
+        "cache_teacher=True",
+        "teacher_dtype=None",
+        "digits",
     ]

@@ -98,7 +98,7 @@ def test_markdown_formats_each_column_and_prints_missing_values_as_na():
 
 @pytest.mark.slow
 def test_smoke_run_prints_and_writes_every_row(tmp_path):
-    # 32 rows, each traced and compiled on CPU: 5 to 15 minutes on two
+    # 40 rows, each traced and compiled on CPU: 5 to 15 minutes on two
     # shared cores.
     result = subprocess.run(
         [
@@ -123,7 +123,7 @@ def test_smoke_run_prints_and_writes_every_row(tmp_path):
             ("mlp", "resnet"),
             (False, True),
             (1, 4),
-            ("plain", "sft_live", "sft_cached", "distiller"),
+            ("plain", "sft_live", "sft_cached", "distiller", "sft_bfloat16"),
         )
     ]
     assert len(rows) == 2 + len(expected)
@@ -132,7 +132,7 @@ def test_smoke_run_prints_and_writes_every_row(tmp_path):
     ]
     assert starts == expected
     # Each row compared with its own setting's plain and Distiller rows.
-    assert all(row.split("|")[7].strip() == "1.00" for row in rows[2::4])
+    assert all(row.split("|")[7].strip() == "1.00" for row in rows[2::5])
     assert all(row.split("|")[8].strip() == "1.00" for row in rows[5::4])
     # No GPU here: memory is not available.
     assert all("| n/a | n/a |" in row for row in rows[2:])

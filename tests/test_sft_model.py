@@ -259,6 +259,49 @@ def test_mixed_bfloat16_trains():
     assert max(np.abs(d).max() for d in deltas) > 1e-3
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_teacher_halves_its_weights_term_in_float32(dtype):
+    student = helpers.mlp()
+    # Weights in {-0.5, 0, 0.5} and inputs in {-1, 0, 1}: every sum the
+    # teacher makes is exact in `dtype`, in any order, so its outputs are
+    # the float32 ones; the student's are not, so a difference or square
+    # rounded to `dtype` would show.
+    teacher = keras.models.clone_model(student)
+    teacher.set_weights(
+        [np.round(np.clip(w, -0.5, 0.5) * 2) / 2 for w in student.get_weights()]
+    )
+    rng = np.random.default_rng(0)
+    x = rng.integers(-1, 2, size=(32, 6)).astype("float32")
+    y = rng.integers(0, 3, size=32).astype("int32")
+    teacher_bytes = sum(w.numpy().nbytes for w in teacher.weights)
+    model = keras_sft.SFTModel(student, teacher=teacher, teacher_dtype=dtype)
+    assert model.teacher_dtype == dtype
+    assert 2 * sum(w.numpy().nbytes for w in teacher.weights) == teacher_bytes
+    model.compile(optimizer="sgd")
+    logs = model.evaluate(x, y, return_dict=True, verbose=0)
+    s = helpers.numpy_mlp_logits(model.student.get_weights(), x)
+    t = helpers.numpy_mlp_logits(
+        [w.astype("float32") for w in teacher.get_weights()], x
+    )
+    np.testing.assert_allclose(
+        logs["distill_loss"], ((s - t) ** 2).mean(), rtol=1e-5
+    )
+
+
+def test_half_precision_teacher_round_trips(tmp_path):
+    x, y, _ = helpers.classification_data()
+    model = _sft(teacher_dtype="bfloat16")
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=1, verbose=0)
+    loaded = helpers.keras_round_trip(model, tmp_path, "sft.keras")
+    assert loaded.teacher_dtype == "bfloat16"
+    assert {w.dtype for w in loaded.teacher.weights} == {"bfloat16"}
+    for a, b in zip(
+        loaded.teacher.get_weights(), model.teacher.get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
 # 7. Saving and loading.
 
 
@@ -320,6 +363,11 @@ def test_keras_round_trip(tmp_path):
             r"Received: temperature=0",
         ),
         ({"temperature": -2.0}, r"Received: temperature=-2.0"),
+        (
+            {"teacher_dtype": "int8"},
+            r"Invalid value for argument `teacher_dtype`. Expected one of "
+            r"\('bfloat16', 'float16'\). Received: teacher_dtype='int8'",
+        ),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, message):

@@ -83,6 +83,12 @@ def test_cached_fit_equals_live(kwargs, monkeypatch):
         assert "val_distill_loss" in cached[1]
 
 
+def test_cached_fit_equals_live_with_a_bfloat16_teacher():
+    cached = _fit(_model(cache_teacher=True, teacher_dtype="bfloat16"))
+    live = _fit(_model(cache_teacher=False, teacher_dtype="bfloat16"))
+    _assert_same(cached, live)
+
+
 def test_cached_fit_equals_live_mirrored(monkeypatch):
     mirrored = helpers.two_cpu_strategy
     cached_model = _model(cache_teacher=True, strategy=mirrored())

@@ -159,3 +159,31 @@ def test_a_module_the_step_reaches_is_counted(monkeypatch):
 
     monkeypatch.setattr(_batch, "unpack", unpack_then_check)
     assert "_checks" in _modules_in_train_step(fit)
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("live", {}),
+        ("cached", {}),
+        ("live", {"metrics": ["accuracy"]}),
+        ("unguarded", {}),
+    ],
+)
+def test_fit_traces_the_step_once(name, kwargs, monkeypatch):
+    """The optimizer and compiled metrics are built before the step is
+    traced: a step that created them would be traced twice, and the
+    cached epochs read the buffers through the first epoch's graph."""
+    model, _ = _case(name)
+    model.compile(optimizer="adam", **kwargs)
+    traces = []
+    train_step = sft_model.SFTModel.train_step
+
+    def counted(self, data):
+        traces.append(data)
+        return train_step(self, data)
+
+    monkeypatch.setattr(sft_model.SFTModel, "train_step", counted)
+    x, y, _ = helpers.classification_data(n=16)
+    model.fit(x, y, batch_size=8, epochs=3, verbose=0)
+    assert len(traces) == 1

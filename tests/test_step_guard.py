@@ -132,6 +132,7 @@ def _guarded_step(variable, gradient, valid=None):
             data,
             [1.0, 0.5, 0.5, 1.0],
             valid=valid,
+            jit_compile=False,
         )
 
     with guard.stopping_fit():

@@ -3,9 +3,12 @@ import tempfile
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_sft
+from keras_sft import _shared_teacher
 from keras_sft import clone_teacher
+from keras_sft.teacher import cast_teacher
 from keras_sft.teacher import copy_model
 from tests import helpers
 
@@ -310,3 +313,37 @@ def test_model_compiled_with_a_lambda_is_copied_without_warning():
     model.compile(optimizer="sgd", loss=lambda y, p: keras.ops.mean(p * p))
     teacher = clone_teacher(model)
     _assert_same_weights(model, teacher)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_cast_teacher_computes_in_dtype_and_stores_its_weights_in_it(dtype):
+    teacher = clone_teacher(helpers.mlp())
+    x, _, _ = helpers.classification_data()
+    expected = helpers.numpy_mlp_logits(teacher.get_weights(), x)
+    cast_teacher(teacher, dtype)
+    assert {w.dtype for w in teacher.weights} == {dtype}
+    outputs = teacher(x)
+    assert keras.backend.standardize_dtype(outputs.dtype) == dtype
+    # Sums of 6 then 8 products, and the rounding of the inputs, the
+    # weights, the hidden layer and the outputs to `dtype`.
+    helpers.assert_close_across_op_orders(
+        np.asarray(outputs, "float32"),
+        expected,
+        dtype=tf.as_dtype(dtype).as_numpy_dtype,
+        terms=6 + 8 + 4,
+    )
+
+
+def test_cast_teacher_leaves_shared_weights_in_place():
+    student = helpers.mlp()
+    student.layers[1].trainable = False
+    teacher = _shared_teacher.shared_teacher(student)
+    shared = teacher.layers[1].kernel
+    assert shared is student.layers[1].kernel
+    cast_teacher(teacher, "bfloat16", shared_weights=student.weights)
+    assert teacher.layers[1].kernel is shared
+    assert shared.dtype == "float32"
+    owned = _shared_teacher.owned_weights(student, teacher)
+    assert owned and {w.dtype for w in owned} == {"bfloat16"}
+    x, _, _ = helpers.classification_data()
+    assert keras.backend.standardize_dtype(teacher(x).dtype) == "bfloat16"
