@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_sft  # noqa: E402
+from benchmarks import report  # noqa: E402
 
 
 def _models(seed=0):
@@ -80,6 +81,7 @@ def main():
         tf.config.list_physical_devices("CPU")[0],
         [tf.config.LogicalDeviceConfiguration()] * 2,
     )
+    print(report.machine(), flush=True)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(48, 6)).astype("float32")
     y = rng.integers(0, 3, size=48)

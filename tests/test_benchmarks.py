@@ -57,13 +57,13 @@ def test_whole_fit_prints_a_row_per_variant():
     ]
 
 
-def test_defaults_prints_each_table_and_the_decisions():
+def test_speed_prints_each_table_and_the_decisions():
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     result = subprocess.run(
         [
             sys.executable,
             "-m",
-            "benchmarks.defaults",
+            "benchmarks.speed",
             "--models=mlp",
             "--rounds=1",
             "--epochs=1",

@@ -92,6 +92,10 @@ _REDUCED = {
         ["--models=mlp", "--variants=plain,sft_live"],
     ),
     "benchmarks.whole_fit": (["--epochs=1", "--rounds=1"], ["--models=mlp"]),
+    "benchmarks.speed": (
+        ["--rounds=1", "--epochs=1", "--fit_rounds=1", "--seeds=1"],
+        ["--models=mlp"],
+    ),
     "benchmarks.step_ops": (
         ["--rounds=1", "--steps=2"],
         ["--models=mlp", "--variants=plain,sft_live"],
