@@ -150,10 +150,18 @@ def _bad_weights(sample_weight):
     return negative
 
 
+def _dims(shape):
+    """`shape` as a tuple, `None` if it or its rank is unknown (a step
+    retraced with `reduce_retracing` may see tensors of unknown rank)."""
+    if shape is None or getattr(shape, "rank", 0) is None:
+        return None
+    return tuple(shape)
+
+
 def _classes(output_shape):
     """The number of classes of an output of `output_shape` (its last
     axis), `None` if unknown."""
-    shape = tuple(output_shape or ())
+    shape = _dims(output_shape) or ()
     return int(shape[-1]) if len(shape) >= 2 and shape[-1] else None
 
 
@@ -161,9 +169,10 @@ def _weight_shape_error(weight_shape, output_shape):
     """What a sample weight of `weight_shape` must be to broadcast to the
     loss per example of an output of `output_shape`, or `None` if it does
     (or either is unknown)."""
+    weight_shape, output_shape = _dims(weight_shape), _dims(output_shape)
     if weight_shape is None or output_shape is None or len(output_shape) < 2:
         return None
-    weight, positions = tuple(weight_shape)[1:], tuple(output_shape)[1:-1]
+    weight, positions = weight_shape[1:], output_shape[1:-1]
 
     def matches(shape):
         return len(shape) == len(positions) and all(
@@ -183,7 +192,7 @@ def _weight_shape_error(weight_shape, output_shape):
     per_position = f" or {(None, *positions)}" if positions else ""
     return (
         f"shape (N,){per_position}, the loss per example of an output of "
-        f"shape {tuple(output_shape)}"
+        f"shape {output_shape}"
     )
 
 

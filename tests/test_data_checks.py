@@ -187,3 +187,10 @@ def test_sample_weights_must_broadcast_to_the_loss_per_example(
 ):
     error = data_checks._weight_shape_error(weight_shape, output_shape)
     assert (error is None) == broadcasts
+
+
+def test_a_weight_shape_of_unknown_rank_is_left_to_the_step():
+    # A step retraced with `reduce_retracing` sees such shapes.
+    unknown = tf.TensorShape(None)
+    assert data_checks._weight_shape_error(unknown, (None, 3)) is None
+    assert data_checks._weight_shape_error((8, 3), unknown) is None
