@@ -30,7 +30,7 @@ On `fit` of NumPy arrays (`fit(x, y, batch_size=128)`), the MLP
    (each batch of the arrays, the student trained by part 1), and the
    test accuracy that fine-tuning reaches with each precision on
    scikit-learn's digits (an MLP pretrained on the digits, fine-tuned on
-   the same digits inverted with `lambda_=1`: accuracy on the inverted
+   the same digits inverted with `lambda_=0.1`: accuracy on the inverted
    test digits, the new task, and on the plain ones, the old task), over
    `--seeds` seeds.
 
@@ -76,6 +76,10 @@ STEPS = {"mlp": 100, "cnn": 24}
 FIT_EXAMPLES = {"mlp": 200 * BATCH_SIZE, "cnn": 24 * BATCH_SIZE}
 # The step guard's budget: the largest share of a step it may cost.
 GUARD_BUDGET = 0.02
+# The digits fine-tuning's `lambda_`: where it trades the new task
+# (about 0.6 test accuracy after its 10 epochs) against the old (about
+# 0.85), so that the teacher shapes what is learned.
+DIGITS_LAMBDA = 0.1
 # Whole fits that run the same code (one epoch: no cache) differ by this
 # much on a loaded two-core machine: a smaller gap decides nothing.
 NOISE = 0.03
@@ -397,7 +401,7 @@ def _digits_accuracy():
             student = teacher_module.copy_model(pretrained)
             model = keras_sft.SFTModel(
                 student,
-                lambda_=1.0,
+                lambda_=DIGITS_LAMBDA,
                 cache_teacher=False,
                 teacher_dtype=None if precision == "float32" else precision,
             )
@@ -457,11 +461,15 @@ def _decisions(step_rows, fit_rows, precision_rows, accuracy_rows):
             for r in fit_rows
             if r["model"] == model_name and r["variant"] == "sft_cached"
         }
-        slower = [e for e, r in fits.items() if r < 1 - NOISE]
+        # One epoch runs the same code either way: the cache needs two.
+        slower = [e for e, r in fits.items() if e >= 2 and r < 1 - NOISE]
         lines.append(
             f"- cache_teacher=True ({model_name}): the defaults against "
             "`cache_teacher=False`, "
-            + ", ".join(f"{e} epochs {r:.3f}x" for e, r in fits.items())
+            + ", ".join(
+                f"{e} epochs {r:.3f}x" + (" (the same code)" if e < 2 else "")
+                for e, r in fits.items()
+            )
             + (
                 f"; slower by more than {NOISE:.0%} at {slower} epochs: "
                 "keep the cache off there"
