@@ -195,6 +195,6 @@ def test_quick_run_prints_the_report(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| invert | SFT defaults |" in result.stdout
     assert "| rot13 | SFT defaults |" in result.stdout
-    assert "Best worst case on mlp: SFT defaults" in result.stdout
+    assert "Best worst case of SFT on mlp: SFT defaults" in result.stdout
     assert (tmp_path / "rows.json").exists()
     assert (tmp_path / "defaults.md").read_text() in result.stdout
