@@ -53,7 +53,7 @@ class AdaptiveLambda(keras.optimizers.schedules.LearningRateSchedule):
         target_distill_loss: Float > 0, the `distill_loss` to hold, in the
             units of `SFTModel`'s `distance`.
         initial_lambda: Float > 0, `lambda_` before the first update.
-            Defaults to `0.05`, `SFTModel`'s fixed default.
+            Defaults to `0.3`, `SFTModel`'s fixed default.
         horizon: Int > 0, in training steps: over `horizon` steps a
             relative error of 20% or more changes `lambda_` by about 20%.
             Defaults to `100`.
@@ -72,7 +72,7 @@ class AdaptiveLambda(keras.optimizers.schedules.LearningRateSchedule):
         self,
         target_distill_loss,
         *,
-        initial_lambda=0.05,
+        initial_lambda=0.3,
         horizon=100,
         update_freq="epoch",
     ):

@@ -22,6 +22,8 @@ def _model(strategy=None, lambda_=LAMBDA, **kwargs):
             student,
             teacher=helpers.perturbed_copy(student),
             lambda_=lambda_,
+            # The expected steps below are computed with "mse".
+            distance=kwargs.pop("distance", "mse"),
             **kwargs,
         )
         model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE))

@@ -177,16 +177,19 @@ def test_normalized_mse_refuses_outputs_of_one_unit():
         distances.normalized_mse(np.zeros((2, 1)), np.ones((2, 1)))
     inputs = keras.Input((3,))
     student = keras.Model(inputs, keras.layers.Dense(1, name="logit")(inputs))
-    with pytest.raises(
-        ValueError,
-        match=r"Invalid value for argument `distance`. Expected 'mse', "
-        r"'squared_l2' or 'kl' for an output of one unit .*Received: "
-        r"distance='normalized_mse' with output 'logit' of shape \(None, 1\)",
-    ):
-        keras_sft.SFTModel(student, distance="normalized_mse")
-    keras_sft.SFTModel(student)
+    # The default distance too: a one-unit output needs another one.
+    for options in ({"distance": "normalized_mse"}, {}):
+        with pytest.raises(
+            ValueError,
+            match=r"Invalid value for argument `distance`. Expected 'mse', "
+            r"'squared_l2' or 'kl' for an output of one unit .*Received: "
+            r"distance='normalized_mse' with output 'logit' of shape "
+            r"\(None, 1\)",
+        ):
+            keras_sft.SFTModel(student, **options)
+    keras_sft.SFTModel(student, distance="mse")
 
 
 def test_defaults_are_the_measured_ones():
     model = keras_sft.SFTModel(helpers.mlp())
-    assert (model.lambda_, model.distance) == (0.05, "mse")
+    assert (model.lambda_, model.distance) == (0.3, "normalized_mse")

@@ -36,7 +36,7 @@ def _lwf(lambda_):
     student = keras_sft.add_head(pretrained, 4)
     old_head, head = student.output_names
     model = keras_sft.SFTModel(
-        student, lambda_=lambda_, distill_outputs=[old_head]
+        student, lambda_=lambda_, distance="mse", distill_outputs=[old_head]
     )
     model.compile(
         optimizer=keras.optimizers.SGD(0.05),

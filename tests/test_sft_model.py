@@ -10,6 +10,8 @@ def _sft(student=None, teacher_noise=0.3, **kwargs):
     """An SFTModel whose teacher differs from the student, so D != 0."""
     student = student or helpers.mlp()
     teacher = helpers.perturbed_copy(student, scale=teacher_noise)
+    # "mse" unless asked: `_numpy_terms` and the tolerances below assume it.
+    kwargs.setdefault("distance", "mse")
     return keras_sft.SFTModel(student, teacher=teacher, **kwargs)
 
 

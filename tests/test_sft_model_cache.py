@@ -18,6 +18,8 @@ def _model(cache_teacher, strategy=None, **kwargs):
             student,
             teacher=helpers.perturbed_copy(student),
             lambda_=kwargs.pop("lambda_", 1.0),
+            # The step at this learning rate was chosen for "mse".
+            distance="mse",
             cache_teacher=cache_teacher,
             **kwargs,
         )
@@ -175,7 +177,7 @@ class _ZeroTeacherAfterFirstEpoch(keras.callbacks.Callback):
 @pytest.mark.parametrize("cache_teacher", [True, False])
 def test_later_epochs_read_the_first_epochs_outputs(cache_teacher):
     model = keras_sft.SFTModel(
-        helpers.mlp(), lambda_=1.0, cache_teacher=cache_teacher
+        helpers.mlp(), lambda_=1.0, distance="mse", cache_teacher=cache_teacher
     )
     # A zero learning rate keeps the student, so each epoch's distance has
     # a closed form.
@@ -203,7 +205,7 @@ def test_later_epochs_read_the_first_epochs_outputs(cache_teacher):
 
 def test_steps_use_the_predicted_outputs_when_mirrored(monkeypatch):
     with helpers.two_cpu_strategy().scope():
-        model = keras_sft.SFTModel(helpers.mlp(), lambda_=1.0)
+        model = keras_sft.SFTModel(helpers.mlp(), lambda_=1.0, distance="mse")
         # A zero learning rate keeps the student, so the epoch's distance
         # has a closed form.
         model.compile(optimizer=keras.optimizers.SGD(0.0))

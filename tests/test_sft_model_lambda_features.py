@@ -49,7 +49,10 @@ def test_schedule_is_read_at_each_optimizer_step():
     )
     student = helpers.mlp()
     model = keras_sft.SFTModel(
-        student, teacher=helpers.perturbed_copy(student), lambda_=schedule
+        student,
+        teacher=helpers.perturbed_copy(student),
+        lambda_=schedule,
+        distance="mse",
     )
     # No update: every step sees the same weights, so each batch's terms
     # have closed forms.
@@ -95,6 +98,7 @@ def test_feature_distance_matches_numpy(use_weights, with_outputs):
         student,
         teacher=helpers.perturbed_copy(student),
         lambda_=0.5,
+        distance="mse",
         distill_features=["dense"],
         distill_outputs=None if with_outputs else [],
         distill_weights={"dense": 2.0},

@@ -85,6 +85,8 @@ def _weighted_mean(values, weights):
 
 def _sft(student, **kwargs):
     teacher = helpers.perturbed_copy(student, scale=0.5)
+    # "mse" unless asked: the expectations below compute it.
+    kwargs.setdefault("distance", "mse")
     return keras_sft.SFTModel(student, teacher=teacher, **kwargs)
 
 
@@ -268,7 +270,9 @@ def test_teacher_with_a_subset_of_the_outputs():
     old = keras.Model(student.inputs, student.get_layer("cls").output)
     teacher = keras_sft.clone_teacher(old)
     teacher.set_weights([w + 0.5 for w in teacher.get_weights()])
-    model = keras_sft.SFTModel(student, teacher=teacher, lambda_=1.0)
+    model = keras_sft.SFTModel(
+        student, teacher=teacher, lambda_=1.0, distance="mse"
+    )
     model.compile(optimizer="sgd")
     x, masks, labels, _, _ = _data()
     logs = model.evaluate(
@@ -435,7 +439,9 @@ def test_subclassed_two_output_student_pairs_outputs_at_call():
     teacher_inner = helpers.perturbed_copy(inner, scale=0.5)
     student, teacher = Wrapped(inner), Wrapped(teacher_inner)
     student(x[:1]), teacher(x[:1])
-    model = keras_sft.SFTModel(student, teacher=teacher, lambda_=0.5)
+    model = keras_sft.SFTModel(
+        student, teacher=teacher, lambda_=0.5, distance="mse"
+    )
     model.compile(optimizer="sgd")
     y = {"seg": masks, "cls": labels}
     logs = model.evaluate(
@@ -484,7 +490,11 @@ def test_single_output_student_with_a_larger_teacher():
     student = _dense_model()
     teacher = helpers.perturbed_copy(_two_head_model(), scale=0.5)
     model = keras_sft.SFTModel(
-        student, teacher=teacher, lambda_=1.0, distill_outputs=["seg"]
+        student,
+        teacher=teacher,
+        lambda_=1.0,
+        distance="mse",
+        distill_outputs=["seg"],
     )
     model.compile(optimizer="sgd")
     logs = model.evaluate(

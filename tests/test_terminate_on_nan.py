@@ -13,7 +13,7 @@ def test_divergence_stops_with_step_and_terms(tmp_path):
     x[20] = 1e30
     # The step guard would refuse the step and stop first, in the step.
     model = keras_sft.SFTModel(
-        helpers.mlp(), lambda_=1.0, guard_nonfinite=False
+        helpers.mlp(), lambda_=1.0, distance="mse", guard_nonfinite=False
     )
     model.compile(optimizer="sgd")
     checkpoint = str(tmp_path / "last.weights.h5")
