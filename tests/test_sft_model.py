@@ -276,7 +276,9 @@ def test_half_precision_teacher_halves_its_weights_term_in_float32(dtype):
     x = rng.integers(-1, 2, size=(32, 6)).astype("float32")
     y = rng.integers(0, 3, size=32).astype("int32")
     teacher_bytes = sum(w.numpy().nbytes for w in teacher.weights)
-    model = keras_sft.SFTModel(student, teacher=teacher, teacher_dtype=dtype)
+    model = keras_sft.SFTModel(
+        student, teacher=teacher, distance="mse", teacher_dtype=dtype
+    )
     assert model.teacher_dtype == dtype
     assert 2 * sum(w.numpy().nbytes for w in teacher.weights) == teacher_bytes
     model.compile(optimizer="sgd")

@@ -87,7 +87,7 @@ def test_detector_task_loss_is_its_own_and_the_term_is_on_named_outputs():
     images, labels = hub_tasks.scenes_with_boxes(4)
     detector = _detector()
     model = keras_sft.SFTModel(
-        detector, lambda_=0.5, distill_outputs=["cls_logits"]
+        detector, lambda_=0.5, distance="mse", distill_outputs=["cls_logits"]
     )
     model.compile(optimizer="sgd")
     # The student moves away from its teacher, as in fine-tuning.
