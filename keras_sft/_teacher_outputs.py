@@ -139,12 +139,31 @@ class TeacherOutputs:
         split = self.shared_prefix(batch) if training else None
         return self._live if split is None else _SharedPrefix(split)
 
+    def split_prefix(self):
+        """Finds where the student and its teacher can be split (the
+        frozen layers they share), for the layers' current `trainable`.
+
+        Called before the training step is traced (by
+        `make_train_function`), so that the step only reads the split; a
+        step traced for layers whose `trainable` changed since runs both
+        models whole.
+        """
+        if self._live.features:
+            return
+        key = self._split_key()
+        if self._split is None or self._split[0] != key:
+            self._split = (
+                key,
+                _frozen_prefix.split(self.student, self.teacher),
+            )
+
     def shared_prefix(self, batch=None):
         """The `_frozen_prefix.Split` that a training step on `batch` (a
         plain batch if `None`) runs through, or `None`: with
         `distill_features`, where the teacher does not run on the batch's
-        inputs (outputs computed before, anchors replacing them), or where
-        no layer can be shared."""
+        inputs (outputs computed before, anchors replacing them), where no
+        layer can be shared, or where `split_prefix` has not seen the
+        layers' current `trainable`."""
         if self._live.features or (
             batch is not None
             and (
@@ -154,21 +173,20 @@ class TeacherOutputs:
             )
         ):
             return None
-        # Each student layer's `trainable`, and which variables the
-        # teacher holds (they change when it unshares).
-        key = (
+        if self._split is None or self._split[0] != self._split_key():
+            return None
+        return self._split[1]
+
+    def _split_key(self):
+        """Each student layer's `trainable`, and which variables the
+        teacher holds (they change when it unshares)."""
+        return (
             tuple(
                 layer.trainable
                 for layer in _keras_compat.all_layers(self.student)
             ),
             tuple(id(w) for w in self.teacher.weights),
         )
-        if self._split is None or self._split[0] != key:
-            self._split = (
-                key,
-                _frozen_prefix.split(self.student, self.teacher),
-            )
-        return self._split[1]
 
     @contextlib.contextmanager
     def cached_fit(self, model, arguments, *, enabled=True):

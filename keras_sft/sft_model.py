@@ -447,6 +447,13 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         with self._test_check.stopping("batch"):
             return super().test_on_batch(*args, **kwargs)
 
+    def make_train_function(self, force=False):
+        function = super().make_train_function(force=force)
+        # After the teacher unshared what the user unfroze, before the
+        # step is traced: the step reads the split and does not make it.
+        self._teacher_outputs.split_prefix()
+        return function
+
     def train_step(self, data):
         batch = _batch.unpack(data)
         lambda_ = self._current_lambda()

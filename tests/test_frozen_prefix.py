@@ -8,6 +8,7 @@ import pytest
 
 import keras_sft
 from keras_sft import _batch
+from keras_sft import _teacher_outputs
 from tests import helpers
 
 
@@ -49,6 +50,7 @@ def seeded(build):
 
 def split_of(model):
     """The split the next training step of `model` would use."""
+    model._teacher_outputs.split_prefix()
     return model._teacher_outputs.shared_prefix()
 
 
@@ -135,6 +137,43 @@ def test_no_split_without_both_a_frozen_and_a_trained_part(frozen):
         layer.trainable = frozen == "none"
 
     assert split_of(keras_sft.SFTModel(student)) is None
+
+
+def test_fit_traces_its_step_through_the_split_made_before(monkeypatch):
+    x, y = images()
+    traced = []
+    call = _teacher_outputs._SharedPrefix.__call__
+
+    def record(self, *args, **kwargs):
+        traced.append(self.split)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(_teacher_outputs._SharedPrefix, "__call__", record)
+    model = keras_sft.SFTModel(helpers.frozen_backbone_cnn())
+    model.compile(optimizer="sgd")
+    outputs = model._teacher_outputs
+    model.fit(x, y, batch_size=8, verbose=0)
+
+    assert traced and all(s is outputs.shared_prefix() for s in traced)
+    # Unfrozen and compiled again: the next step runs both models whole.
+    traced.clear()
+    model.student.get_layer("backbone").trainable = True
+    model.compile(optimizer="sgd")
+    model.fit(x, y, batch_size=8, verbose=0)
+    assert not traced
+    assert outputs.shared_prefix() is None
+
+
+def test_a_step_traced_after_a_trainable_change_runs_whole(monkeypatch):
+    x, y = images()
+    model = keras_sft.SFTModel(helpers.frozen_backbone_cnn())
+    model.compile(optimizer="sgd")
+    model._teacher_outputs.split_prefix()
+    assert model._teacher_outputs.shared_prefix() is not None
+
+    model.student.get_layer("backbone").trainable = False
+    model.student.get_layer("head").trainable = False
+    assert model._teacher_outputs.shared_prefix() is None
 
 
 def test_no_split_where_the_teacher_does_not_run_on_the_batch():
