@@ -5,7 +5,8 @@ Times, on the same data and the same model:
 1. `plain`: `model.fit` with cross-entropy only (the floor);
 2. `distiller`: `keras.distillation.Distiller` with MSE on the outputs;
 3. `sft_live`: `keras_sft.SFTModel` with the live teacher;
-4. `sft_cached`: `keras_sft.SFTModel` on `keras_sft.cache_teacher_outputs`;
+4. `sft_cached`: `keras_sft.SFTModel` on `keras_sft.cache_teacher_outputs`
+   (with `--input=arrays`, at its defaults: one-epoch fits, the live step);
 5. `l2_sp`: plain `model.fit` with L2-SP (`keras_sft.apply_l2_sp`), the
    weight-space alternative to SFT's consistency term;
 6. `sft_unguarded`: `sft_live` with `guard_nonfinite=False`, to measure
@@ -29,7 +30,8 @@ taken in turns in a rotating order, so that load from other processes on
 the machine falls on all variants alike. The PyTorch variants run in a
 child process each (two runtimes in one process would share thread
 pools), which trains one epoch per request, in the same turns. The cached
-variant's one teacher pass is timed apart (`cache_s`), not in its epochs.
+variant's one teacher pass (from a dataset) is timed apart (`cache_s`),
+not in its epochs.
 
 Peak memory: one process per variant trains it for two epochs; its peak
 resident set size (`ru_maxrss` from `wait4`) measures that variant alone,
@@ -128,7 +130,9 @@ def _compiled(model_name, variant):
     """The compiled Keras model of `variant`, built from seed 0.
 
     `sft_live` has `cache_teacher=False`; `sft_cached` is `SFTModel` at
-    its defaults, which with `--input=arrays` caches in `fit`.
+    its defaults. With `--input=arrays` each timed epoch is a one-epoch
+    `fit`, which does not cache (nothing to reuse): `sft_cached` then runs
+    the live step, and `speed.py` times the cache.
     """
     import keras
 
@@ -154,11 +158,6 @@ def _prepare(model_name, variant):
     arrays = _arrays(model_name)
     cache_s = None
     if _INPUT.value == "arrays":
-        if variant == "sft_cached":
-            # What the first `fit` call does once before its first epoch.
-            start = time.perf_counter()
-            model.teacher.predict(arrays[0], batch_size=BATCH_SIZE, verbose=0)
-            cache_s = time.perf_counter() - start
         x, y = arrays
         return model, {"x": x, "y": y, "batch_size": BATCH_SIZE}, cache_s
     examples, cache_s = variants.examples(model, variant, arrays)
