@@ -6,14 +6,20 @@ only copy of a model was. `write` has the file written beside its path
 under a temporary name, then renamed over it: the rename is atomic on one
 file system, so the path holds the previous file or the new one, whole.
 `SFTModel.save`, `SFTModel.save_weights` and the example binaries write
-through it. A file damaged all the same (by another program, or copied
-half) is named by `damage`, as Keras does not ("File not found" for a
+through it. A `.weights.h5` file is made in memory first where memory
+allows (`write_weights`): HDF5 writing onto a disk that fills up midway
+crashes, Python's write raises. A kill leaves the temporary file;
+`temporary_target` tells which file it was for, so that the next writer
+of a directory it owns (`BackupAndRestore`) removes it. A file damaged
+all the same (by another program, or copied half)
+is named by `damage`, as Keras does not ("File not found" for a
 truncated `.keras` file that is there).
 """
 
 import errno
 import math
 import os
+import re
 import shutil
 import uuid
 import zipfile
@@ -21,11 +27,21 @@ import zipfile
 import h5py
 import tensorflow as tf
 
+from keras_sft import _keras_compat
+
 # HDF5's own structure and a `.keras` archive's config, beyond the arrays.
 _MARGIN_BYTES = 2**20
+# What to do after a full disk, said by `write`'s error by default.
+_ADVICE = (
+    "Free some space or write to another disk; the file is as it was "
+    "before (the previous version, or none)."
+)
+# The names `write` gives its temporary files: the file's name between
+# `temporary_prefix` and a uuid4's 32 hexadecimal digits, then a suffix.
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.tmp-[0-9a-f]{32}(\.[\w.]+)?")
 
 
-def write(path, save, *, suffix, variables=()):
+def write(path, save, *, suffix, variables=(), advice=_ADVICE):
     """Writes the file `path` whole or not at all.
 
     `save(staging)` writes the file to `staging`, a new path beside `path`
@@ -42,6 +58,9 @@ def write(path, save, *, suffix, variables=()):
         variables: The variables the file holds, to refuse up front a file
             that cannot fit (`check_space`: HDF5 fails on a full disk with
             pages of errors, at worst a crash). Defaults to `()`.
+        advice: String, what to do after a full disk, ending the error's
+            message; `None` for none. Defaults to freeing space or writing
+            to another disk.
 
     Raises:
         OSError: naming `path` (not the temporary file) if it cannot be
@@ -67,15 +86,42 @@ def write(path, save, *, suffix, variables=()):
             os.fsync(file.fileno())
         os.replace(staging, path)
     except OSError as error:
-        raise _write_error(path, directory, error, variables) from error
+        raise _write_error(path, directory, error, variables, advice) from error
     except Exception as error:
         # HDF5 and TensorFlow raise their own types for a full disk.
         if _disk_full(error):
-            raise _write_error(path, directory, error, variables) from error
+            raise _write_error(
+                path, directory, error, variables, advice
+            ) from error
         raise
     finally:
         if os.path.lexists(staging):
             os.remove(staging)
+
+
+def write_weights(path, model, save_weights, **kwargs):
+    """`write`s the `.weights.h5` file `path` of `model` with
+    `save_weights(staging)` (its `keras.Model.save_weights`), the file
+    made whole in memory first where memory allows: then a disk filling up
+    midway is a Python `OSError`, not HDF5 failing on the disk (pages of
+    errors, then a segmentation fault). Takes `write`'s keyword arguments
+    but `suffix` and `variables`."""
+
+    def save(staging):
+        file = _keras_compat.weights_in_memory(model, save_weights, staging)
+        if file is None:
+            save_weights(staging)
+            return
+        with open(staging, "wb") as target:
+            target.write(file.getbuffer())
+
+    write(
+        path,
+        save,
+        suffix=".weights.h5",
+        variables=model_variables(model),
+        **kwargs,
+    )
 
 
 def temporary_prefix(path):
@@ -83,6 +129,14 @@ def temporary_prefix(path):
     (`.finetuned.keras.tmp-` for `runs/finetuned.keras`), beside it; the
     prefix of `keras_sft.export_saved_model`'s staging directory too."""
     return f".{os.path.basename(os.path.normpath(os.fspath(path)))}.tmp-"
+
+
+def temporary_target(name):
+    """The name of the file whose temporary file `write` names `name`
+    (`finetuned.keras` for `.finetuned.keras.tmp-<32 hex digits>.keras`),
+    or `None` where `write` gives no temporary file that name."""
+    match = _TEMPORARY.fullmatch(name)
+    return match["target"] if match else None
 
 
 def is_local(path):
@@ -125,18 +179,19 @@ def check_space(directory, variables):
         raise OSError(errno.ENOSPC, f"{free} bytes free, about {needed} needed")
 
 
-def _write_error(path, directory, error, variables):
-    """The `OSError` that says `path` could not be written, and why."""
+def _write_error(path, directory, error, variables, advice):
+    """The `OSError` that says `path` could not be written, why, and (on a
+    full disk) the `advice`."""
     if _disk_full(error):
         free = shutil.disk_usage(directory).free
         needed = _bytes(variables)
         need = f", about {needed} needed" if needed else ""
-        return OSError(
-            errno.ENOSPC,
+        message = (
             f"Cannot write {path!r}: {os.strerror(errno.ENOSPC)} ({free} "
-            f"bytes free in {directory!r}{need}). Free some space or write "
-            "to another disk; the file is as it was before (the previous "
-            "version, or none).",
+            f"bytes free in {directory!r}{need})"
+        )
+        return OSError(
+            errno.ENOSPC, f"{message}. {advice}" if advice else message
         )
     reason = getattr(error, "strerror", None) or str(error)
     message = f"Cannot write {path!r}: {reason}"

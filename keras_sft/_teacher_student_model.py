@@ -144,7 +144,9 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
 
     def save_weights(self, filepath, overwrite=True, max_shard_size=None):
         """Saves the weights as `keras.Model.save_weights` does, a single
-        `.weights.h5` file whole or not at all (see `save`)."""
+        `.weights.h5` file whole or not at all (see `save`), made in memory
+        first where memory allows, so that a disk filling up midway is one
+        `OSError`, not HDF5 crashing."""
         if (
             max_shard_size is not None
             or not _model_files.is_local(filepath)
@@ -154,13 +156,7 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
             return super().save_weights(
                 filepath, overwrite=overwrite, max_shard_size=max_shard_size
             )
-        save_weights = super().save_weights
-        _model_files.write(
-            filepath,
-            save_weights,
-            suffix=".weights.h5",
-            variables=_model_files.model_variables(self),
-        )
+        _model_files.write_weights(filepath, self, super().save_weights)
 
     def set_weights(self, weights):
         with self._weights_written():

@@ -1,8 +1,8 @@
 """BackupAndRestore: a preemption backup that no fault leaves half-written."""
 
-import glob
 import json
 import os
+import re
 
 import keras
 
@@ -11,6 +11,8 @@ from keras_sft import _keras_compat
 from keras_sft import _model_files
 
 _METADATA = "training_metadata.json"
+# The weights files of the backups, named by epoch and batch.
+_WEIGHTS = re.compile(r"epoch-\d+-batch-\d+\.weights\.h5")
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -24,7 +26,12 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
     and so commits the backup. A fault at any moment leaves the previous
     backup whole, and the same command resumes from it; older weights
     files are removed once the new one is committed. A damaged backup is
-    named, with what to do, instead of failing inside HDF5.
+    named, with what to do, instead of failing inside HDF5. The weights are
+    made in memory before they are written (where memory allows), so that
+    a full disk is one `OSError` naming the file and the space free,
+    before or during the write; a process killed during a write leaves
+    files the next run removes, before it resumes (only those named as
+    this callback names its files).
 
     Under `MultiWorkerMirroredStrategy` every worker restores from
     `backup_dir`, which must be on storage all workers share, and the
@@ -88,9 +95,28 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self._metadata = os.path.join(backup_dir, _METADATA)
 
     def on_train_begin(self, logs=None):
+        if self._writes():
+            self._remove_uncommitted()
         # Keras's own fallback copies `.bkp` files this callback never
         # writes; its previous backup is read in `_load_model` instead.
         self._load_model()
+
+    def _remove_uncommitted(self):
+        """Removes the files a killed backup left in `backup_dir`: its
+        temporary files and weights files no record names."""
+        if not os.path.isdir(self.backup_dir):
+            return
+        record = self._record() or {}
+        committed = {record.get("weights")}
+        if self.double_checkpoint and record.get("previous"):
+            committed.add(record["previous"]["weights"])
+        for name in os.listdir(self.backup_dir):
+            target = _model_files.temporary_target(name)
+            ours = name == f"{_METADATA}.tmp" or bool(
+                target and _WEIGHTS.fullmatch(target)
+            )
+            if ours or (_WEIGHTS.fullmatch(name) and name not in committed):
+                os.remove(os.path.join(self.backup_dir, name))
 
     def on_train_end(self, logs=None):
         if self._writes():
@@ -155,16 +181,14 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         weights = os.path.join(self.backup_dir, name)
         previous = self._committed_entry(name)
         staging = f"{self._metadata}.tmp"
+        written = False
         try:
-            # HDF5 fails on a full disk with pages of errors, at worst a
-            # crash: a backup that cannot fit is refused before it starts.
-            _model_files.check_space(
-                self.backup_dir, _model_files.model_variables(self.model)
+            # Whole or absent, made in memory first: HDF5 fails on a full
+            # disk with pages of errors, at worst a crash.
+            _model_files.write_weights(
+                weights, self.model, self.model.save_weights, advice=None
             )
-            self.model.save_weights(weights, overwrite=True)
-            # On disk before the record names it, even after a power cut.
-            with open(weights, "rb") as file:
-                os.fsync(file.fileno())
+            written = True
             with open(staging, "w") as file:
                 json.dump(
                     {
@@ -179,25 +203,30 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
                 os.fsync(file.fileno())
             os.replace(staging, self._metadata)
         except OSError as error:
-            for path in (weights, staging):
-                if os.path.exists(path):
-                    os.remove(path)
+            committed = self._committed_entry(None) or {}
+            if written and committed.get("weights") != name:
+                os.remove(weights)
+            if os.path.exists(staging):
+                os.remove(staging)
+            reason = error.strerror or str(error)
+            if not reason.startswith("Cannot write"):
+                reason = f"Cannot write {staging!r}: {reason}"
             raise OSError(
                 error.errno,
-                f"Could not write the backup in {self.backup_dir!r} "
-                f"({error.strerror or error}); the previous backup is "
-                "intact. Free some space or pass another backup directory.",
+                f"Could not write the backup in {self.backup_dir!r}: "
+                f"{reason}; the previous backup is intact. Free some space "
+                "or pass another backup directory.",
             ) from error
         keep = {name}
         if self.double_checkpoint and previous:
             keep.add(previous["weights"])
-        for path in glob.glob(os.path.join(self.backup_dir, "*.weights.h5")):
-            if os.path.basename(path) not in keep:
-                os.remove(path)
+        for stale in os.listdir(self.backup_dir):
+            if _WEIGHTS.fullmatch(stale) and stale not in keep:
+                os.remove(os.path.join(self.backup_dir, stale))
 
     def _committed_entry(self, name):
         """`{"epoch", "batch", "weights"}` of the committed backup, or
-        `None` (none, or the same file as `name`)."""
+        `None` (none, or the same file as `name`, which may be `None`)."""
         try:
             with open(self._metadata) as file:
                 record = json.load(file)

@@ -9,6 +9,11 @@ Only what is certainly wrong for the compiled loss is refused, with a
 - for every loss, sample weights that are negative or NaN, or whose
   shape cannot broadcast to the loss per example (per token, per pixel).
 
+A model with several outputs has each output's labels checked against
+its own loss (none for an output without a loss) and each output's
+sample weights against that output, the message naming the output; its
+labels and weights are checked inside the steps alone.
+
 Inputs are the model's business: a model may impute NaN itself or look
 strings up in a vocabulary, so they are not checked, and a NaN that
 reaches the loss is kept off the weights by `SFTModel`'s step guard. A
@@ -39,11 +44,12 @@ import tensorflow as tf
 from keras import ops
 
 from keras_sft import _checks
+from keras_sft import _sft_loss
 
 # The message of the assertion that stops a step on a faulty batch.
 _FAULT = "BatchCheck found a faulty batch"
-# What `BatchCheck` records: no fault, a label, a sample weight.
-_NO_FAULT, _LABEL, _WEIGHT = 0.0, 1.0, 2.0
+# What `BatchCheck` records for no fault; a fault is its check's number.
+_NO_FAULT = 0.0
 
 
 class LabelRule(
@@ -64,6 +70,23 @@ class LabelRule(
         return (
             f"integer class indices {indices} for the loss `{self.loss_name}`"
         )
+
+
+def output_label_rules(loss, output_names):
+    """`{output name: LabelRule or None}` of `compile`'s `loss` for a model
+    with several outputs `output_names`, or `None` (one output, unknown
+    names, or no loss: the model's own `compute_loss`). An output's rule
+    is `None` where its loss is custom or `None`."""
+    if loss is None or output_names is None or len(output_names) < 2:
+        return None
+    try:
+        losses = _sft_loss.per_output(loss, output_names, "loss")
+    except ValueError:
+        return None
+    return {
+        name: None if losses[name] is None else label_rule(losses[name], None)
+        for name in output_names
+    }
 
 
 def label_rule(loss, output_names):
@@ -165,10 +188,10 @@ def _classes(output_shape):
     return int(shape[-1]) if len(shape) >= 2 and shape[-1] else None
 
 
-def _weight_shape_error(weight_shape, output_shape):
+def _weight_shape_error(weight_shape, output_shape, output_name=None):
     """What a sample weight of `weight_shape` must be to broadcast to the
-    loss per example of an output of `output_shape`, or `None` if it does
-    (or either is unknown)."""
+    loss per example of an output of `output_shape` (named `output_name`
+    among several), or `None` if it does (or either is unknown)."""
     weight_shape, output_shape = _dims(weight_shape), _dims(output_shape)
     if weight_shape is None or output_shape is None or len(output_shape) < 2:
         return None
@@ -190,8 +213,9 @@ def _weight_shape_error(weight_shape, output_shape):
     ):
         return None
     per_position = f" or {(None, *positions)}" if positions else ""
+    output = f"the output `{output_name}`, " if output_name else "an output "
     return (
-        f"shape (N,){per_position}, the loss per example of an output of "
+        f"shape (N,){per_position}, the loss per example of {output}of "
         f"shape {output_shape}"
     )
 
@@ -478,12 +502,16 @@ class BatchCheck:
 
     def __init__(self):
         self.rule = None
+        # Per output name, for a model with several outputs
+        # (`output_label_rules`).
+        self.output_rules = None
         # The step's batch in the epoch (or evaluation), and the first
-        # faulty one: what (`_LABEL`, `_WEIGHT`), the value, its batch.
+        # faulty one: its check's number, the value, its batch.
         self.batches = _state("batch_check_batches", 0, "int64")
         self.fault = _state("batch_check_fault", [_NO_FAULT] * 3, "float32")
-        # What the traced step's labels must be, for the error message.
-        self.expected_labels = None
+        # What each check number refuses (argument, expected, noun), for
+        # the error message; numbers stay the same across retraces.
+        self.descriptions = []
         self.where = None
         self.epoch = 0
 
@@ -497,41 +525,113 @@ class BatchCheck:
         already say (string labels, a weight shape that cannot broadcast).
         """
         y, sample_weight = batch.y, batch.sample_weight
+        if self.output_rules is not None and keras.tree.is_nested(y_pred):
+            checks = self._output_checks(y, sample_weight, y_pred)
+        else:
+            checks = self._single_output_checks(y, sample_weight, y_pred)
+        checks = [c for c in checks if c[3] is not None]
+        if not checks:
+            return batch, None
+        valid, done = self._record_fault([(c[0], c[2], c[3]) for c in checks])
+        with tf.control_dependencies([done]):
+            checked = {
+                part: keras.tree.map_structure(
+                    lambda t: None if t is None else tf.identity(t),
+                    getattr(batch, part),
+                )
+                for part in {c[1] for c in checks}
+            }
+            valid = tf.identity(valid)
+        return batch._replace(**checked), valid
+
+    def _single_output_checks(self, y, sample_weight, y_pred):
+        """`(number, part, values, bad)` of each check of the labels and
+        sample weights of a single output (or of unknown outputs)."""
         nested = keras.tree.is_nested
         single = y_pred is not None and not nested(y_pred)
         checks = []
         if self.rule is not None and y is not None and not nested(y):
             classes = _classes(y_pred.shape) if single else None
-            self.expected_labels = self.rule.expected(classes)
-            if not _numeric(y.dtype):
-                raise _checks.argument_error(
-                    "y",
-                    self.expected_labels,
-                    received=f"labels of dtype {y.dtype.name}",
-                )
-            checks.append((_LABEL, y, _bad_labels(self.rule, y, classes)))
+            checks.append(self._label_check(self.rule, y, classes))
         if sample_weight is not None and not nested(sample_weight):
-            expected = _weight_shape_error(
-                sample_weight.shape, y_pred.shape if single else None
+            output_shape = y_pred.shape if single else None
+            checks.append(self._weight_check(sample_weight, [output_shape]))
+        return checks
+
+    def _output_checks(self, y, sample_weight, y_pred):
+        """`(number, part, values, bad)` of each check of the labels and
+        sample weights of several outputs, each named."""
+        outputs = _sft_loss.by_name(y_pred, list(self.output_rules))
+        nested = keras.tree.is_nested
+        try:
+            labels = _sft_loss.by_name(y, list(outputs)) if nested(y) else {}
+        except ValueError:
+            # As many labels as outputs, or Keras's own error says so.
+            labels = {}
+        checks = []
+        for name, rule in self.output_rules.items():
+            if rule is not None and labels.get(name) is not None:
+                classes = _classes(outputs[name].shape)
+                checks.append(
+                    self._label_check(rule, labels[name], classes, name)
+                )
+        if sample_weight is None:
+            return checks
+        if not nested(sample_weight):
+            shapes = {name: output.shape for name, output in outputs.items()}
+            checks.append(self._weight_check(sample_weight, shapes))
+            return checks
+        try:
+            weights = _sft_loss.by_name(sample_weight, list(outputs))
+        except ValueError:
+            return checks
+        for name, weight in weights.items():
+            if weight is not None and name in outputs:
+                checks.append(
+                    self._weight_check(weight, {name: outputs[name].shape})
+                )
+        return checks
+
+    def _label_check(self, rule, y, classes, output=None):
+        """The check of labels `y` against `rule`, for `classes` classes,
+        of the output named `output` among several (`None` for one)."""
+        expected = rule.expected(classes)
+        if output is not None:
+            expected += f" of the output `{output}`"
+        if not _numeric(y.dtype):
+            raise _checks.argument_error(
+                "y", expected, received=f"labels of dtype {y.dtype.name}"
             )
+        number = self._number(("y", expected, "the label"))
+        return number, "y", y, _bad_labels(rule, y, classes)
+
+    def _weight_check(self, sample_weight, output_shapes):
+        """The check of `sample_weight` against the outputs it weighs:
+        `{name: shape}` among several, or `[shape]` of one (`None` if
+        unknown)."""
+        named = isinstance(output_shapes, dict)
+        items = output_shapes.items() if named else [(None, output_shapes[0])]
+        for name, shape in items:
+            expected = _weight_shape_error(sample_weight.shape, shape, name)
             if expected is not None:
                 raise _checks.argument_error(
                     "sample_weight",
                     expected,
                     received=f"sample_weight.shape={tuple(sample_weight.shape)}",
                 )
-            checks.append((_WEIGHT, sample_weight, _bad_weights(sample_weight)))
-        checks = [c for c in checks if c[2] is not None]
-        if not checks:
-            return batch, None
-        valid, done = self._record_fault(checks)
-        with tf.control_dependencies([done]):
-            checked = {
-                "y" if what == _LABEL else "sample_weight": tf.identity(values)
-                for what, values, _ in checks
-            }
-            valid = tf.identity(valid)
-        return batch._replace(**checked), valid
+        expected = "weights >= 0"
+        if named and len(output_shapes) == 1:
+            (name,) = output_shapes
+            expected += f" for the output `{name}`"
+        number = self._number(("sample_weight", expected, "the weight"))
+        bad = _bad_weights(sample_weight)
+        return number, "sample_weight", sample_weight, bad
+
+    def _number(self, description):
+        """The number of the check that `description` describes."""
+        if description not in self.descriptions:
+            self.descriptions.append(description)
+        return float(self.descriptions.index(description) + 1)
 
     def _record_fault(self, checks):
         """Whether every replica's batch is valid, and the op that records
@@ -621,8 +721,8 @@ class BatchCheck:
     def take_error(self):
         """The `ValueError` of the recorded fault, which it clears, or
         `None`."""
-        what, value, batch = (float(v) for v in self.fault.numpy())
-        if what == _NO_FAULT:
+        number, value, batch = (float(v) for v in self.fault.numpy())
+        if number == _NO_FAULT:
             return None
         self.fault.assign([_NO_FAULT] * 3)
         place = {
@@ -630,10 +730,7 @@ class BatchCheck:
             "validation": f"in batch {int(batch) + 1} of `validation_data`",
             "evaluate": f"in batch {int(batch) + 1} of the evaluated data",
         }.get(self.where, "in the batch")
-        if what == _LABEL:
-            name, expected, noun = "y", self.expected_labels, "the label"
-        else:
-            name, expected, noun = "sample_weight", "weights >= 0", "the weight"
+        name, expected, noun = self.descriptions[int(number) - 1]
         return _checks.argument_error(
             name, expected, received=f"{noun} {_number(value)} {place}"
         )

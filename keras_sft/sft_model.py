@@ -294,8 +294,10 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         )
         self._task_loss = loss
         self._task_loss_weights = loss_weights
-        rule = data_checks.label_rule(loss, self._student_names)
-        self._train_check.rule = self._test_check.rule = rule
+        names = self._student_names
+        for check in (self._train_check, self._test_check):
+            check.rule = data_checks.label_rule(loss, names)
+            check.output_rules = data_checks.output_label_rules(loss, names)
         self._sft_loss = _sft_loss.SFTLoss(
             self.distance,
             temperature=self.temperature,

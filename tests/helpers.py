@@ -233,6 +233,16 @@ def backed_up_epoch(backup_dir):
         return 0
 
 
+def truncate_half(file):
+    """Cuts `file` to half its size: a path, or the in-memory file that
+    `keras_sft`'s `save_weights` has Keras write first."""
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "r+b") as opened:
+            opened.truncate(os.path.getsize(file) // 2)
+    else:
+        file.truncate(len(file.getvalue()) // 2)
+
+
 def interrupt_third_weights_save(monkeypatch):
     """Makes the third `save_weights` of the test write half its file, then
     raise `KeyboardInterrupt`, as a Ctrl-C in the middle of the third
@@ -244,8 +254,7 @@ def interrupt_third_weights_save(monkeypatch):
         calls.append(filepath)
         save_weights(self, filepath, *args, **kwargs)
         if len(calls) == 3:
-            with open(filepath, "r+b") as file:
-                file.truncate(os.path.getsize(filepath) // 2)
+            truncate_half(filepath)
             raise KeyboardInterrupt
 
     monkeypatch.setattr(keras.Model, "save_weights", interrupted)

@@ -133,8 +133,8 @@ def test_write_error_removes_the_partial_file(tmp_path, monkeypatch):
     backup_dir = str(tmp_path / "backup")
 
     def failing(self, filepath, *args, **kwargs):
-        with open(filepath, "wb") as file:
-            file.write(b"\x89HDF")
+        # The in-memory file `save_weights` has Keras write first.
+        filepath.write(b"\x89HDF")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(keras.Model, "save_weights", failing)
@@ -243,3 +243,44 @@ def test_batch_backups_are_committed_every_save_freq_batches(tmp_path):
 def test_invalid_arguments_are_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
         keras_sft.BackupAndRestore(**arguments)
+
+
+def test_files_of_a_killed_backup_are_removed_on_resuming(tmp_path):
+    expected = _uninterrupted(tmp_path)
+    backup_dir = tmp_path / "backup"
+    with pytest.raises(_PreemptedError):
+        _fit(
+            _model(),
+            keras_sft.BackupAndRestore(str(backup_dir)),
+            _PreemptAfterEpoch(1),
+        )
+    committed = sorted(os.listdir(backup_dir))
+    # What a SIGKILL during the third backup leaves: the temporary file of
+    # its weights (named as `keras_sft` names them), or its weights file
+    # and the temporary record; beside files of the user's.
+    staging = "epoch-3-batch-2.weights.h5"
+    ours = [
+        f".{staging}.tmp-{'0123456789abcdef' * 2}.weights.h5",
+        staging,
+        "training_metadata.json.tmp",
+    ]
+    users = [".notes.tmp-1", f".{staging}.tmp-mine", "notes.txt"]
+    for name in ours + users:
+        (backup_dir / name).write_bytes(b"\x89HDF partial")
+    with pytest.raises(_PreemptedError):
+        _fit(
+            _model(),
+            keras_sft.BackupAndRestore(str(backup_dir)),
+            _PreemptAtTrainBegin(),
+        )
+    assert sorted(os.listdir(backup_dir)) == sorted(committed + users)
+    model = _model()
+    resumed = _fit(model, keras_sft.BackupAndRestore(str(backup_dir)))
+    _assert_resumed_as_uninterrupted(resumed, expected, model)
+
+
+class _PreemptAtTrainBegin(keras.callbacks.Callback):
+    """Stops `fit` once the callbacks before it began training."""
+
+    def on_train_begin(self, logs=None):
+        raise _PreemptedError

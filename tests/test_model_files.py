@@ -6,7 +6,10 @@ import errno
 import os
 import re
 import shutil
+import subprocess
+import sys
 
+import h5py
 import keras
 import pytest
 
@@ -15,6 +18,7 @@ from tests import helpers
 
 _Usage = collections.namedtuple("_Usage", ["total", "used", "free"])
 _SAVES = [("save", "sft.keras"), ("save_weights", "sft.weights.h5")]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _model(seed=0):
@@ -28,8 +32,7 @@ def _write_half_then(error, method):
 
     def half(self, filepath, *args, **kwargs):
         write(self, filepath, *args, **kwargs)
-        with open(filepath, "r+b") as file:
-            file.truncate(os.path.getsize(filepath) // 2)
+        helpers.truncate_half(filepath)
         raise error
 
     return half
@@ -99,6 +102,76 @@ def test_file_that_cannot_fit_is_refused_before_writing(
         info.value.strerror,
     )
     assert os.listdir(tmp_path) == []
+
+
+def test_weights_are_made_in_memory_then_written(tmp_path, monkeypatch):
+    opened = []
+    open_h5 = h5py.File
+
+    def recording(name, *args, **kwargs):
+        opened.append(name)
+        return open_h5(name, *args, **kwargs)
+
+    model = _model()
+    path = str(tmp_path / "sft.weights.h5")
+    monkeypatch.setattr(h5py, "File", recording)
+    model.save_weights(path)
+    monkeypatch.undo()
+
+    # HDF5 never wrote onto the disk, where a full disk makes it crash.
+    assert len(opened) == 1
+    assert not isinstance(opened[0], (str, os.PathLike))
+    loaded = _model(seed=1)
+    loaded.load_weights(path)
+    for a, b in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        assert (a == b).all()
+
+
+# A size limit makes the kernel refuse a write past it (EFBIG), as a disk
+# filling up midway refuses it (ENOSPC): a real fault of the write, after
+# the check of the space free passed, without a full disk.
+_WRITE_PAST_A_LIMIT = """
+import os, resource, signal, sys
+import keras_sft
+from tests import helpers
+
+path = sys.argv[1]
+keras_sft.SFTModel(helpers.mlp(seed=0)).save_weights(path)
+other = keras_sft.SFTModel(helpers.mlp(seed=1))
+limit = os.path.getsize(path) // 2
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    other.save_weights(path)
+except OSError as error:
+    print(error.errno, error.strerror)
+"""
+
+
+def test_write_failing_midway_is_one_error_and_keeps_the_file(tmp_path):
+    path = str(tmp_path / "sft.weights.h5")
+    result = subprocess.run(
+        [sys.executable, "-c", _WRITE_PAST_A_LIMIT, path],
+        cwd=REPO,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    # Not a segmentation fault (-11) after pages of HDF5 errors.
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == (
+        f"{errno.EFBIG} Cannot write {path!r}: File too large\n"
+    )
+    assert "HDF5" not in result.stderr
+    assert os.listdir(tmp_path) == ["sft.weights.h5"]
+    loaded = _model()
+    loaded.load_weights(path)
+    for a, b in zip(
+        loaded.get_weights(), _model(seed=0).get_weights(), strict=True
+    ):
+        assert (a == b).all()
 
 
 @pytest.mark.parametrize(("method", "name"), _SAVES)

@@ -543,3 +543,166 @@ def test_unknown_distill_output_of_a_sequential_student_is_refused():
         r"\['logits'\]\. Received: distill_outputs=\['nope'\]$",
     ):
         keras_sft.SFTModel(student, distill_outputs=["nope"])
+
+
+# Several outputs: each output's labels and sample weights are checked
+# against its own loss and shape.
+
+_NAMES = ("cls", "reg", "flag")
+
+
+def _three_outputs(as_dict):
+    """A classifier `cls` (3 classes), a regressor `reg` and a binary
+    classifier `flag`, as a dict or a list of outputs."""
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(
+        8, activation="relu", kernel_initializer=keras.initializers.Ones()
+    )(inputs)
+    heads = [
+        keras.layers.Dense(units, name=name)(hidden)
+        for name, units in zip(_NAMES, (3, 1, 1), strict=True)
+    ]
+    outputs = dict(zip(_NAMES, heads, strict=True)) if as_dict else heads
+    return keras.Model(inputs, outputs)
+
+
+def _multi_model(as_dict, **losses):
+    """`SFTModel` of `_three_outputs`, compiled with sparse categorical,
+    mean squared and binary cross-entropy losses (or `losses`)."""
+    losses = {
+        "cls": _loss(),
+        "reg": "mse",
+        "flag": keras.losses.BinaryCrossentropy(from_logits=True),
+        **losses,
+    }
+    model = keras_sft.SFTModel(
+        _three_outputs(as_dict), lambda_=1.0, distance="mse"
+    )
+    model.compile(
+        optimizer="sgd",
+        loss=losses if as_dict else [losses[name] for name in _NAMES],
+    )
+    return model
+
+
+def _multi_data(as_dict, n=24):
+    """`x` and labels of `_three_outputs`: class indices, floats of any
+    sign and size, and 0 or 1."""
+    x, y, _ = helpers.classification_data(n=n)
+    rng = np.random.default_rng(1)
+    labels = {
+        "cls": y.astype("float32"),
+        "reg": rng.normal(scale=1e3, size=(n, 1)).astype("float32"),
+        "flag": rng.integers(0, 2, size=(n, 1)).astype("float32"),
+    }
+    return x, labels if as_dict else tuple(labels[n] for n in _NAMES)
+
+
+def _by_output(as_dict, values):
+    """`values` (a dict by output name) as the model's outputs are."""
+    return values if as_dict else tuple(values[n] for n in _NAMES)
+
+
+@pytest.mark.parametrize("as_dict", [True, False])
+@pytest.mark.parametrize(
+    ("value", "received"),
+    [(3, "3"), (0.5, "0.5"), (-1, "-1"), (np.nan, "nan")],
+)
+def test_sparse_labels_of_one_output_among_several_are_checked(
+    as_dict, value, received
+):
+    x, y = _multi_data(as_dict)
+    labels = dict(zip(_NAMES, y, strict=True)) if not as_dict else dict(y)
+    labels["cls"] = labels["cls"].copy()
+    labels["cls"][20] = value
+    model = _multi_model(as_dict)
+    with pytest.raises(
+        ValueError,
+        match=r"^Invalid value for argument `y`\. Expected integer class "
+        r"indices in \[0, 3\) for the loss `SparseCategoricalCrossentropy` "
+        rf"of the output `cls`\. Received: the label {received} in batch 3 "
+        r"of epoch 1$",
+    ):
+        _fit(model, _dataset(x, _by_output(as_dict, labels)))
+
+
+@pytest.mark.parametrize("as_dict", [True, False])
+def test_labels_of_a_mean_squared_error_output_may_be_any_float(as_dict):
+    x, y = _multi_data(as_dict)
+    labels = dict(zip(_NAMES, y, strict=True)) if not as_dict else dict(y)
+    labels["reg"] = labels["reg"].copy()
+    labels["reg"][:3, 0] = [-7.25, 0.5, 3e7]
+    data = _dataset(x, _by_output(as_dict, labels))
+    history = _fit(_multi_model(as_dict), data)
+    assert np.isfinite(history.history["reg_task_loss"][0])
+    plain = _three_outputs(as_dict)
+    plain.compile(
+        optimizer="sgd",
+        loss=_by_output(
+            as_dict,
+            {
+                "cls": _loss(),
+                "reg": "mse",
+                "flag": keras.losses.BinaryCrossentropy(from_logits=True),
+            },
+        ),
+    )
+    assert np.isfinite(_fit(plain, data).history["loss"][0])
+
+
+@pytest.mark.parametrize("as_dict", [True, False])
+def test_sample_weights_are_checked_per_output(as_dict):
+    x, y = _multi_data(as_dict)
+    _, _, weights = helpers.classification_data(n=24)
+    per_output = {name: weights.copy() for name in _NAMES}
+    per_output["reg"][3] = -2.0
+    model = _multi_model(as_dict)
+    initial = model.get_weights()
+    with pytest.raises(
+        ValueError,
+        match=r"^Invalid value for argument `sample_weight`\. Expected "
+        r"weights >= 0 for the output `reg`\. Received: the weight -2 in "
+        r"batch 1 of epoch 1$",
+    ):
+        _fit(model, _dataset(x, y, _by_output(as_dict, per_output)))
+    _assert_unchanged(model, initial)
+    per_output["reg"][3] = 0.0
+    history = _fit(model, _dataset(x, y, _by_output(as_dict, per_output)))
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_sample_weights_of_one_output_must_fit_its_shape():
+    x, y = _multi_data(True)
+    weights = {
+        "cls": np.ones((24,), "float32"),
+        "reg": np.ones((24, 5), "float32"),
+        "flag": np.ones((24,), "float32"),
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"^Invalid value for argument `sample_weight`\. Expected shape "
+        r"\(N,\), the loss per example of the output `reg`, of shape "
+        r"\(None, 1\)\. Received: sample_weight\.shape=\(None, 5\)$",
+    ):
+        _fit(_multi_model(True), _dataset(x, y, weights))
+
+
+@pytest.mark.parametrize("as_dict", [True, False])
+def test_an_output_without_a_loss_has_its_labels_unchecked(as_dict):
+    x, y = _multi_data(as_dict)
+    labels = dict(zip(_NAMES, y, strict=True)) if not as_dict else dict(y)
+    # `cls` has no loss: labels no loss reads are not refused; `flag`'s
+    # own loss still checks its labels.
+    labels["cls"] = np.full_like(labels["cls"], 7.5)
+    model = _multi_model(as_dict, cls=None)
+    history = _fit(model, _dataset(x, _by_output(as_dict, labels)))
+    assert np.isfinite(history.history["loss"][0])
+    labels["flag"] = labels["flag"].copy()
+    labels["flag"][9, 0] = np.inf
+    with pytest.raises(
+        ValueError,
+        match=r"^Invalid value for argument `y`\. Expected finite numeric "
+        r"labels for the loss `BinaryCrossentropy` of the output `flag`\. "
+        r"Received: the label inf in batch 2 of epoch 1$",
+    ):
+        _fit(model, _dataset(x, _by_output(as_dict, labels)))

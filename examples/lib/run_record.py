@@ -34,6 +34,10 @@ def claim_backup(backup_dir, record, *, flag="--backup_dir"):
     """
     path = os.path.join(backup_dir, _NAME)
     fix = f"pass another {flag} or delete it to start over"
+    if os.path.exists(f"{path}.tmp"):
+        # A run killed while it claimed the directory left it; this run
+        # holds the lock on `backup_dir`.
+        os.remove(f"{path}.tmp")
     if os.path.isdir(backup_dir) and os.listdir(backup_dir):
         try:
             with open(path) as file:
