@@ -450,10 +450,12 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             return super().test_on_batch(*args, **kwargs)
 
     def make_train_function(self, force=False):
+        new = force or self.train_function is None
         function = super().make_train_function(force=force)
-        # After the teacher unshared what the user unfroze, before the
-        # step is traced: the step reads the split and does not make it.
-        self._teacher_outputs.split_prefix()
+        if new:
+            # After the teacher unshared what the user unfroze, before the
+            # step is traced: the step reads the split, never makes it.
+            self._teacher_outputs.split_prefix()
         return function
 
     def train_step(self, data):
