@@ -80,7 +80,12 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
     def make_train_function(self, force=False):
         # Layers the user unfroze since the teacher was made would train
         # the weights the teacher shares: it gets its own copies first.
-        self._unshare_trained()
+        # Only for a new function: as for a plain model, the function
+        # traced before (`fit` again without `compile`) trains what it
+        # trained, and remaking it would meet an optimizer built for
+        # other variables.
+        if force or self.train_function is None:
+            self._unshare_trained()
         return super().make_train_function(force=force)
 
     # Keras lists a variable once per model, so a teacher sharing the

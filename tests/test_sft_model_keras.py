@@ -94,6 +94,38 @@ def _assert_exports_the_student(model, x, path):
     assert len(served.variables) == len(model.student.variables)
 
 
+def test_unfreezing_without_compile_trains_as_the_plain_model():
+    # Keras keeps a model's traced step until `compile`: a layer unfrozen
+    # after it does not train yet. SFTModel remade its step there, for an
+    # optimizer built for other variables ("Unknown variable").
+    x, y, _ = helpers.classification_data()
+    pretrained = helpers.mlp().get_weights()
+    plain, student = helpers.mlp(), helpers.mlp()
+    for frozen in (plain, student):
+        frozen.layers[1].trainable = False
+    # The teacher shares the frozen layer's weights.
+    model = keras_sft.SFTModel(student, lambda_=0.0)
+    for m in (plain, model):
+        m.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for unfrozen in (plain, student):
+        unfrozen.layers[1].trainable = True
+    for m in (plain, model):
+        m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+
+    for weight, expected in zip(
+        student.get_weights(), plain.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(weight, expected, atol=1e-6)
+    for weight, expected in zip(
+        model.teacher.get_weights(), pretrained, strict=True
+    ):
+        np.testing.assert_array_equal(weight, expected)
+
+
 def test_export_and_summary_after_construction_fit_and_loading(tmp_path):
     x, y, _ = helpers.classification_data()
     model = keras_sft.SFTModel(
