@@ -4,8 +4,8 @@ the options that name them.
 A student may return one tensor of any rank, a list or a dict of outputs.
 `output_names` names each output as `keras.Model.compile` does (dict keys,
 or the layers that make list outputs); `resolve` checks, when the model is
-made, that `distill_outputs`, `distill_weights`, the distance and the
-teacher's output shapes fit those outputs. How the loss pairs and weighs
+made, that `distill_outputs`, `distill_weights` and the teacher's output
+shapes fit those outputs. How the loss pairs and weighs
 the outputs at each step is `_sft_loss`'s.
 """
 
@@ -35,12 +35,12 @@ def output_names(model):
     return list(model.output_names)
 
 
-def resolve(student, teacher, distance, distill):
+def resolve(student, teacher, distill):
     """`(student_names, teacher_names, distilled)` of an `SFTModel`'s models.
 
     `distill` is `(distill_outputs, distill_weights, distill_features)`;
-    raises `ValueError` where they, the distance or the teacher's output
-    shapes do not fit the models' outputs.
+    raises `ValueError` where they or the teacher's output shapes do not
+    fit the models' outputs.
     """
     distill_outputs, distill_weights, distill_features = distill
     student_names = output_names(student)
@@ -51,7 +51,6 @@ def resolve(student, teacher, distance, distill):
     check_distill_weight_names(distill_weights, distilled, distill_features)
     if teacher is not None and distilled is not None:
         check_output_shapes(teacher, student, distilled)
-    check_output_units(student, distance, distilled)
     return student_names, teacher_names, distilled
 
 
@@ -105,23 +104,3 @@ def check_output_shapes(teacher, student, distilled):
             "outputs have the student's shapes. Received: teacher output "
             f"shapes {teacher_shapes}, student output shapes {student_shapes}"
         )
-
-
-def check_output_units(student, distance, distilled):
-    """Raises `ValueError` where `"normalized_mse"` meets a one-unit output.
-
-    Standardised over its units, a one-unit output is always 0: the term
-    would vanish without a word.
-    """
-    shapes = static_shapes(student)
-    if distance != "normalized_mse" or shapes is None:
-        return
-    for name, shape in shapes.items():
-        if (distilled is None or name in distilled) and shape[-1:] == (1,):
-            raise ValueError(
-                "Invalid value for argument `distance`. Expected 'mse', "
-                "'squared_l2' or 'kl' for an output of one unit "
-                "('normalized_mse' standardises over the units, so it is "
-                "always 0 there). Received: distance='normalized_mse' with "
-                f"output {name!r} of shape {shape}"
-            )

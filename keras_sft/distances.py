@@ -121,7 +121,8 @@ def normalized_mse(teacher_outputs, student_outputs):
     `lambda_` carries across models whose logits differ in scale, and an
     example on which the teacher is confidently wrong (large logits) pulls
     no harder than any other. The teacher's statistic is a constant of the
-    student's gradient.
+    student's gradient. On outputs of one unit, where standardising leaves
+    nothing, it is `mse`.
 
     Args:
         teacher_outputs: Logits of shape `(..., units)`.
@@ -134,11 +135,10 @@ def normalized_mse(teacher_outputs, student_outputs):
         teacher_outputs, student_outputs
     )
     if teacher_outputs.shape[-1] == 1:
-        raise ValueError(
-            "normalized_mse needs outputs of two or more units: "
-            "standardised over one unit, every output is 0. Use 'mse'. "
-            f"Received: outputs of shape {tuple(teacher_outputs.shape)}"
-        )
+        # Standardised over one unit, every output is 0: the term would
+        # vanish. A one-unit output (a binary logit, a regression) keeps
+        # its scale, as under `mse`.
+        return ops.square(teacher_outputs - student_outputs)[..., 0]
     teacher_centred = teacher_outputs - ops.mean(
         teacher_outputs, axis=-1, keepdims=True
     )

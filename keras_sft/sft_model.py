@@ -86,7 +86,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             shifts and seeds of docs/forgetting.md.
         distance: String, the distance `D` (docs/user_guide.md,
             "Distances"): `"normalized_mse"` (invariant to the scale of
-            the logits; outputs of two or more units), `"mse"`,
+            the logits; `"mse"` on an output of one unit), `"mse"`,
             `"squared_l2"` or `"kl"` (with `temperature`). Defaults to
             `"normalized_mse"`.
         temperature: Float > 0, the temperature `T` of `"kl"`. Defaults to
@@ -169,7 +169,6 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         student_names, teacher_names, distilled = _outputs.resolve(
             student,
             teacher,
-            distance,
             (distill_outputs, distill_weights, distill_features),
         )
         kwargs.setdefault("dtype", student.dtype_policy)

@@ -170,24 +170,33 @@ def test_distance_loss_honours_sample_weight():
     )
 
 
-def test_normalized_mse_refuses_outputs_of_one_unit():
-    with pytest.raises(
-        ValueError, match=r"normalized_mse needs outputs of two or more units"
-    ):
-        distances.normalized_mse(np.zeros((2, 1)), np.ones((2, 1)))
+def test_normalized_mse_is_mse_on_outputs_of_one_unit():
+    rng = np.random.default_rng(0)
+    teacher, student = rng.normal(size=(2, 5, 1)).astype("float32")
+    np.testing.assert_allclose(
+        distances.normalized_mse(teacher, student),
+        ((teacher - student) ** 2)[:, 0],
+        rtol=1e-6,
+    )
     inputs = keras.Input((3,))
-    student = keras.Model(inputs, keras.layers.Dense(1, name="logit")(inputs))
-    # The default distance too: a one-unit output needs another one.
-    for options in ({"distance": "normalized_mse"}, {}):
-        with pytest.raises(
-            ValueError,
-            match=r"Invalid value for argument `distance`. Expected 'mse', "
-            r"'squared_l2' or 'kl' for an output of one unit .*Received: "
-            r"distance='normalized_mse' with output 'logit' of shape "
-            r"\(None, 1\)",
-        ):
-            keras_sft.SFTModel(student, **options)
-    keras_sft.SFTModel(student, distance="mse")
+    student_model = keras.Model(
+        inputs, keras.layers.Dense(1, name="logit")(inputs)
+    )
+    x = rng.normal(size=(8, 3)).astype("float32")
+    y = rng.integers(0, 2, size=(8, 1)).astype("float32")
+    # At the defaults a binary classifier trains; its term is `mse`'s.
+    model = keras_sft.SFTModel(student_model)
+    model.compile(
+        optimizer="sgd", loss=keras.losses.BinaryCrossentropy(from_logits=True)
+    )
+    student_model.layers[-1].bias.assign([0.5])
+    logs = model.evaluate(x, y, return_dict=True, verbose=0)
+    expected = (
+        keras.ops.convert_to_numpy(student_model(x))
+        - keras.ops.convert_to_numpy(model.teacher(x))
+    ) ** 2
+    np.testing.assert_allclose(logs["distill_loss"], expected.mean(), rtol=1e-5)
+    assert logs["distill_loss"] > 0.1
 
 
 def test_defaults_are_the_measured_ones():

@@ -19,8 +19,6 @@ _KNOWN = {
     "dict_outputs": "per-output logs are <output>_task_loss, not Keras's "
     "<output>_loss (docs/user_guide.md)",
     "list_outputs": "per-output logs are <output>_task_loss",
-    "one_unit_output_at_defaults": "the default distance normalized_mse "
-    "refuses outputs of one unit, even at lambda_=0",
     "subclassed_built_by_build": "a subclassed student built by "
     "build(input_shape), its layers unbuilt, cannot be copied",
     "lambda_layer": "a Lambda without output_shape whose function reads "
