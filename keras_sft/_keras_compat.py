@@ -10,6 +10,7 @@ Keras upgrade is checked against this file first;
 module.
 """
 
+import contextlib
 import io
 import os
 import warnings
@@ -553,3 +554,37 @@ def weights_in_memory(model, save_weights, name):
     buffer = _WeightsBuffer(os.fspath(name))
     save_weights(buffer)
     return buffer
+
+
+@contextlib.contextmanager
+def lambda_output_shapes(layers):
+    """Gives each built `Lambda` layer among `layers` that has no
+    `output_shape` its output's shape for the duration of the context.
+
+    Keras saves a `Lambda` function as bytecode and, rebuilding a model
+    from its config, calls it to infer the output's shape: without the
+    globals of its module (`keras.ops`, a helper), that call fails before
+    the copy can be given the original function. A saved `output_shape`
+    spares the call; `Lambda` has no public setter for it (it keeps the
+    argument in `_output_shape`). Checked on Keras 3.15.1.
+    """
+    given = []
+    for layer in layers:
+        if not isinstance(layer, keras.layers.Lambda):
+            continue
+        if layer._output_shape is not None:
+            continue
+        try:
+            output = layer.output
+        except (AttributeError, ValueError):
+            # Called more than once, or never called in a graph.
+            continue
+        if keras.tree.is_nested(output):
+            continue
+        layer._output_shape = tuple(output.shape[1:])
+        given.append(layer)
+    try:
+        yield
+    finally:
+        for layer in given:
+            layer._output_shape = None

@@ -82,7 +82,8 @@ def copy_model(model):
                 warnings.filterwarnings(
                     "ignore", "The object being serialized includes a `lambda`"
                 )
-                model.save(path)
+                with _keras_compat.lambda_output_shapes(layers):
+                    model.save(path)
             # The archive is the one just written from `model`, so loading
             # the Python functions of its `Lambda` layers is safe.
             try:

@@ -215,6 +215,16 @@ def _lambda_layer_with_globals():
     return keras.Model(inputs, _head(squared)), _floats()
 
 
+def _lambda_layer_with_globals_no_shape():
+    inputs = keras.Input((4,))
+    # Without `output_shape`, rebuilding the model calls the function to
+    # infer it: the copy must not need the module's globals for that.
+    squared = keras.layers.Lambda(lambda t: _offset(keras.ops.square(t)))(
+        inputs
+    )
+    return keras.Model(inputs, _head(squared)), _floats()
+
+
 def _mixed_precision():
     keras.config.set_dtype_policy("mixed_float16")
     try:
@@ -237,6 +247,7 @@ _CATALOGUE = {
     "text_vectorization_sequence": _text_vectorization_sequence,
     "nested_with_batch_norm": _nested_with_batch_norm,
     "mobilenet_v3_small": _mobilenet,
+    "lambda_layer_with_globals_no_shape": _lambda_layer_with_globals_no_shape,
     "registered_custom_layer": _registered_custom_layer,
     "unregistered_custom_layer": _unregistered_custom_layer,
     "subclassed_with_adapted_layer": _subclassed_with_adapted_layer,

@@ -21,8 +21,6 @@ _KNOWN = {
     "list_outputs": "per-output logs are <output>_task_loss",
     "subclassed_built_by_build": "a subclassed student built by "
     "build(input_shape), its layers unbuilt, cannot be copied",
-    "lambda_layer": "a Lambda without output_shape whose function reads "
-    "module globals cannot be copied into the teacher",
     "student_set_weights_with_frozen_layer": "the teacher shares the "
     "frozen weights (docs: changes outside SFTModel reach it)",
     "student_load_weights_with_frozen_layer": "the teacher shares the "
