@@ -133,6 +133,16 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         space free. Takes the arguments of `keras.Model.save`.
         """
         suffix = _save_suffix(filepath, zipped)
+        if suffix in (".h5", ".hdf5"):
+            # Keras's legacy format names weights by layer, and the teacher's
+            # layers bear the student's names: h5py refuses the second.
+            raise ValueError(
+                "Invalid value for argument `filepath`. Expected a `.keras` "
+                "file: the legacy HDF5 format cannot hold a student and its "
+                "teacher, whose layers share names (the student alone: "
+                "`model.student.save(filepath)`). Received: "
+                f"filepath={os.fspath(filepath)!r}"
+            )
         if suffix is None or (not overwrite and os.path.exists(filepath)):
             # A directory, a URL or a file object; or Keras's question
             # before overwriting, which `overwrite=False` asks.

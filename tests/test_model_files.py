@@ -234,3 +234,17 @@ def test_load_weights_keeps_keras_errors_of_whole_files(tmp_path):
         _model().load_weights(path)
 
     assert "Invalid value for argument `filepath`" not in str(info.value)
+
+
+def test_legacy_hdf5_save_is_refused_naming_the_student(tmp_path):
+    model = keras_sft.SFTModel(helpers.mlp())
+    path = str(tmp_path / "sft.h5")
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid value for argument `filepath`. Expected a `.keras` "
+        r"file: the legacy HDF5 format cannot hold a student and its "
+        r"teacher, whose layers share names \(the student alone: "
+        r"`model.student.save\(filepath\)`\). Received: filepath='.*sft.h5'",
+    ):
+        model.save(path)
+    assert os.listdir(tmp_path) == []

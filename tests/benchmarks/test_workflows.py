@@ -27,7 +27,8 @@ _KNOWN = {
     "frozen weights (docs: changes outside SFTModel reach it)",
     "tensorboard": "no Keras model graph summary (train/keras) for the "
     "subclassed wrapper",
-    "legacy_h5": "the legacy HDF5 format cannot save the wrapper",
+    "legacy_h5": "the legacy HDF5 format cannot save the wrapper: "
+    "refused with one ValueError naming model.student.save",
 }
 
 _FAST = (
