@@ -100,6 +100,10 @@ _REDUCED = {
         ["--rounds=1", "--steps=2"],
         ["--models=mlp", "--variants=plain,sft_live"],
     ),
+    "benchmarks.defaults": (
+        ["--quick"],
+        ["--families=mlp", "--seeds=0", "--shifts=invert"],
+    ),
     "benchmarks.gpu": (
         ["--smoke", "--jit_compile=false", "--steps_per_execution=1"],
         ["--models=mlp"],
