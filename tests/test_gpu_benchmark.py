@@ -133,7 +133,7 @@ def test_smoke_run_prints_and_writes_every_row(tmp_path):
     assert starts == expected
     # Each row compared with its own setting's plain and Distiller rows.
     assert all(row.split("|")[7].strip() == "1.00" for row in rows[2::5])
-    assert all(row.split("|")[8].strip() == "1.00" for row in rows[5::4])
+    assert all(row.split("|")[8].strip() == "1.00" for row in rows[5::5])
     # No GPU here: memory is not available.
     assert all("| n/a | n/a |" in row for row in rows[2:])
     assert (tmp_path / "gpu_benchmark.md").read_text().splitlines() == rows

@@ -175,8 +175,9 @@ def test_demo_writes_its_table_and_plot(tmp_path, capsys):
     share_new = np.mean(labels <= 4)
     for line in table[2:]:
         retained, new, overall = (float(v) for v in line.split("|")[3:6])
+        # Each of the three is rounded to 0.1.
         assert overall == pytest.approx(
-            (1 - share_new) * retained + share_new * new, abs=0.06
+            (1 - share_new) * retained + share_new * new, abs=0.1
         )
     # Retained accuracy watched while fine-tuning: at its last epoch (the
     # only one here) it is the table's, of the same model on the same set.
