@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from keras_sft import _checks
+from keras_sft import distances
 from keras_sft.sft_model import SFTModel
 from keras_sft.teacher import clone_teacher
 from keras_sft.teacher import copy_model
@@ -102,7 +103,7 @@ def select_lambda(
     epochs=10,
     batch_size=32,
     optimizer=None,
-    distance="mse",
+    distance="normalized_mse",
     seed=0,
 ):
     """Chooses `lambda_` for `SFTModel` by k-fold cross-validation.
@@ -118,7 +119,7 @@ def select_lambda(
         pretrained, new_x, new_y, retained=(old_x, old_y), folds=3
     )
     print(selection.to_markdown())
-    model = SFTModel(pretrained, lambda_=selection.lambda_, distance="mse")
+    model = SFTModel(pretrained, lambda_=selection.lambda_)
     ```
 
     Args:
@@ -136,7 +137,9 @@ def select_lambda(
         batch_size: Int >= 1. Defaults to `32`.
         optimizer: Callable returning a fresh optimizer for each run, or
             `None` for `keras.optimizers.Adam(1e-3)`. Defaults to `None`.
-        distance: String, passed to `SFTModel`. Defaults to `"mse"`.
+        distance: String, `SFTModel`'s `distance`, for which `lambda_`
+            is chosen (a value suits one distance only). Defaults to
+            `"normalized_mse"`, `SFTModel`'s default.
         seed: Int, seeds the folds and each run. Defaults to `0`.
 
     Returns:
@@ -160,6 +163,9 @@ def select_lambda(
             f"sequence of floats >= 0. Received: lambdas={lambdas!r}"
         )
     _checks.check_float("tolerance", tolerance)
+    _checks.check_int("epochs", epochs, minimum=1)
+    _checks.check_int("batch_size", batch_size, minimum=1)
+    _checks.check_one_of("distance", distance, distances.DISTANCES)
     if optimizer is None:
         optimizer = lambda: keras.optimizers.Adam(1e-3)  # noqa: E731
 

@@ -81,6 +81,20 @@ def test_frozen_weights_give_the_pretrained_accuracies():
             r"argument `tolerance`. Expected a float >= 0. "
             r"Received: tolerance=-0.1",
         ),
+        (
+            {"epochs": 0},
+            r"argument `epochs`. Expected an int > 0. Received: epochs=0",
+        ),
+        (
+            {"batch_size": 2.0},
+            r"argument `batch_size`. Expected an int > 0. "
+            r"Received: batch_size=2.0",
+        ),
+        (
+            {"distance": "l1"},
+            r"argument `distance`. Expected one of \('mse', .*\). "
+            r"Received: distance='l1'",
+        ),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, message):

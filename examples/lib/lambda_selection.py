@@ -69,6 +69,7 @@ def cross_validate(
             epochs=config.epochs,
             batch_size=config.batch_size,
             optimizer=lambda: keras.optimizers.Adam(config.learning_rate),
+            distance=config.distance,
             seed=config.seed,
         )
     console.print_table("Cross-validated lambda:", selection.to_markdown())
