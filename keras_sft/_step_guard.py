@@ -10,10 +10,11 @@ neither weights nor optimizer state (moments, `iterations`); it stops the
 execution, and `fit` raises a `NonFiniteLossError` naming the epoch, the
 step and what was not finite.
 
-Outside a `tf.distribute` strategy the update waits for an in-graph
-assert, which stops the execution before any variable is written: no
-conditional holds the optimizer, whose trace inside a `cond` costs a
-short `fit` about a tenth of a second more. Under a strategy, whose
+Outside a `tf.distribute` strategy the update waits for a conditional
+whose branch for a suspect step stops the execution with an in-graph
+assert before any variable is written. No conditional holds the
+optimizer, whose trace inside a `cond` costs a short `fit` about a tenth
+of a second more. Under a strategy, whose
 replicas must agree (one all-reduce of a few flags) and whose optimizer
 may write from another thread, and under XLA, which drops asserts, a
 `cond` applies the update or refuses the step; under XLA every later step
@@ -178,19 +179,19 @@ class StepGuard:
         checked,
         valid,
     ):
-        """No strategy: a suspect step's exact check records a refusal,
-        and the update waits for an assert that no refusal was recorded."""
+        """No strategy: the update waits for a cond whose branch for a
+        suspect step checks it exactly, records the refusal and stops the
+        execution; a finite step runs nothing else."""
 
-        def check():
+        def refuse():
+            # The cond's output must wait for the stop: a lowered cond
+            # passes on its constant output as soon as it exists.
             self._record(_flags(data, values, checked, valid))
+            with tf.control_dependencies([self._stop()]):
+                return tf.identity(False)
 
-        ops.cond(fine, lambda: None, check)
-        # The read follows the cond, which writes the refusal: automatic
-        # control dependencies order the two.
-        stop = tf.debugging.Assert(
-            ops.convert_to_tensor(self.refusal)[0] == 0, [_REFUSED]
-        )
-        with tf.control_dependencies([stop]):
+        passed = ops.cond(fine, lambda: ops.convert_to_tensor(True), refuse)
+        with tf.control_dependencies([passed]):
             optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
     def _apply_agreed(
@@ -236,10 +237,16 @@ class StepGuard:
         """Records the refusal and stops the execution, with no per-step
         read on the host."""
         self._record(flags)
-        # The read orders the stop after the assignment. XLA drops
-        # asserts: there the callback stops `fit` at the epoch's end,
-        # every later step refused.
-        tf.debugging.Assert(
+        self._stop()
+
+    def _stop(self):
+        """The assert that stops the execution once a refusal is recorded.
+
+        The read orders it after the assignment. XLA drops asserts: there
+        the callback stops `fit` at the epoch's end, every later step
+        refused.
+        """
+        return tf.debugging.Assert(
             ops.convert_to_tensor(self.refusal)[0] == 0, [_REFUSED]
         )
 
