@@ -20,6 +20,7 @@ import tensorflow as tf
 from keras import ops
 from keras.src.backend import compute_output_spec
 from keras.src.callbacks import monitor_callback
+from keras.src.callbacks import tensorboard as tensorboard_module
 from keras.src.saving import saving_lib
 from keras.src.trainers import data_adapters
 from keras.src.trainers.data_adapters import array_slicing
@@ -428,6 +429,45 @@ def set_monitor_modes(callbacks, directions):
         ):
             monitor = str(callback.monitor).removeprefix("val_")
             callback.mode = directions.get(monitor, "auto")
+
+
+def with_graph_summaries(callbacks, student):
+    """`callbacks` and, for each `keras.callbacks.TensorBoard` among them
+    that writes graphs, one that writes `student`'s graph summary.
+
+    Keras 3.15's `TensorBoard.set_model` writes the model's config as the
+    `keras` summary of the train run only for a model of class
+    `Functional` or `Sequential`; through a wrapper the student is trained
+    but not drawn. The callback writes it with the same private function
+    (`keras_model_summary`) into the callback's private `_train_writer`,
+    for the students Keras would draw. Checked on Keras 3.15.1.
+    """
+    listed = list(getattr(callbacks, "callbacks", callbacks) or ())
+    drawn = type(student).__name__ in ("Functional", "Sequential")
+    summaries = [
+        _StudentGraphSummary(callback, student)
+        for callback in listed
+        if drawn
+        and isinstance(callback, keras.callbacks.TensorBoard)
+        and callback.write_graph
+    ]
+    return callbacks if not summaries else [*listed, *summaries]
+
+
+class _StudentGraphSummary(keras.callbacks.Callback):
+    """Writes a student's graph summary where `tensorboard` writes its
+    train run's, when training begins."""
+
+    def __init__(self, tensorboard, student):
+        super().__init__()
+        self._tensorboard = tensorboard
+        self._student = student
+
+    def on_train_begin(self, logs=None):
+        with self._tensorboard._train_writer.as_default():
+            tensorboard_module.keras_model_summary(
+                "keras", self._student, step=0
+            )
 
 
 def has_mask(tensor):

@@ -392,6 +392,9 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             arguments.get("callbacks"),
             self._log_directions(arguments.get("callbacks")),
         )
+        arguments["callbacks"] = _keras_compat.with_graph_summaries(
+            arguments.get("callbacks"), self.student
+        )
         arguments = self._train_check.with_callback(arguments)
         if self._step_guard is not None:
             arguments = self._step_guard.with_callback(arguments)

@@ -1,6 +1,7 @@
 """`SFTModel` where a user touches it as a `keras.Model`: trainability,
 `export`, `summary`, and students built on their first batch."""
 
+import json
 import os
 import warnings
 
@@ -237,3 +238,53 @@ def test_monitors_keep_the_mode_they_are_given(tmp_path):
     for callback in monitors:
         assert callback.mode == "max"
         assert callback.best == max(history.history["task_loss"])
+
+
+def _graph_summaries(log_dir):
+    """The `graph_keras_model` summaries under `log_dir`, by tag."""
+    found = {}
+    for root, _, files in os.walk(log_dir):
+        for name in files:
+            path = os.path.join(root, name)
+            for record in tf.data.TFRecordDataset(path):
+                event = tf.compat.v1.Event.FromString(record.numpy())
+                for value in event.summary.value:
+                    plugin = value.metadata.plugin_data.plugin_name
+                    if plugin == "graph_keras_model":
+                        run = os.path.relpath(root, log_dir)
+                        config = tf.make_ndarray(value.tensor).item()
+                        found[f"{run}/{value.tag}"] = json.loads(config)
+    return found
+
+
+@pytest.mark.parametrize("functional", [True, False])
+def test_tensorboard_draws_the_student_as_the_plain_model(functional, tmp_path):
+    x, y, _ = helpers.classification_data(n=16)
+    summaries = {}
+    for tag in ("plain", "sft"):
+        # The same layer names in both models.
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(0)
+        if functional:
+            model = helpers.mlp()
+        else:
+            model = _SubclassedClassifier(name="classifier")
+        model(x[:1])
+        if tag == "sft":
+            model = keras_sft.SFTModel(model)
+        model.compile(
+            optimizer="sgd",
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        log_dir = str(tmp_path / tag)
+        board = keras.callbacks.TensorBoard(log_dir)
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[board])
+        summaries[tag] = _graph_summaries(log_dir)
+
+    # Keras draws Functional and Sequential models only: their config (the
+    # student itself is not compiled, the wrapper is).
+    expected = {"train/keras"} if functional else set()
+    assert set(summaries["plain"]) == set(summaries["sft"]) == expected
+    for tag in expected:
+        sft, plain = summaries["sft"][tag], summaries["plain"][tag]
+        assert sft["config"] == plain["config"]

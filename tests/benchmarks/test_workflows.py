@@ -25,8 +25,6 @@ _KNOWN = {
     "frozen weights (docs: changes outside SFTModel reach it)",
     "student_load_weights_with_frozen_layer": "the teacher shares the "
     "frozen weights (docs: changes outside SFTModel reach it)",
-    "tensorboard": "no Keras model graph summary (train/keras) for the "
-    "subclassed wrapper",
     "legacy_h5": "the legacy HDF5 format cannot save the wrapper: "
     "refused with one ValueError naming model.student.save",
 }
