@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -9,6 +10,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+
+# The repository's root, where `python -m` finds the binaries.
+_ROOT = pathlib.Path(__file__).parent.parent
 
 
 def mlp(
@@ -214,9 +218,12 @@ def count_predicts(model, monkeypatch):
 
 
 def run_binary(module, *args, timeout=300):
-    """Runs `python -m module *args` and returns its completed process."""
+    """Runs `python -m module *args` from the repository's root, on the
+    CPU, and returns its completed process."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
+        cwd=_ROOT,
+        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -1,30 +1,17 @@
 """The benchmark scripts run and print their tables (numbers not checked:
 speed is measured by the benchmarks, never asserted)."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import pytest
+
+from tests import helpers
 
 # Six TensorFlow processes on the full benchmark data: about 30 s; the
 # defaults table about two minutes more.
 pytestmark = pytest.mark.slow
 
-_ROOT = pathlib.Path(__file__).parent.parent
-
 
 def _run(*args):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = helpers.run_binary(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     return [line for line in result.stdout.splitlines() if line.startswith("|")]
 
@@ -59,22 +46,13 @@ def test_whole_fit_prints_a_row_per_variant():
 
 
 def test_speed_prints_each_table_and_the_decisions():
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.speed",
-            "--models=mlp",
-            "--rounds=1",
-            "--epochs=1",
-            "--fit_rounds=1",
-            "--seeds=1",
-        ],
-        cwd=_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = helpers.run_binary(
+        "benchmarks.speed",
+        "--models=mlp",
+        "--rounds=1",
+        "--epochs=1",
+        "--fit_rounds=1",
+        "--seeds=1",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,17 +3,12 @@ table are computed as by hand (speed itself is never asserted)."""
 
 import itertools
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from benchmarks import report
-
-_ROOT = pathlib.Path(__file__).parent.parent
+from tests import helpers
 
 
 def test_paired_ratio_divides_the_reference_by_the_variant_in_each_round():
@@ -100,19 +95,11 @@ def test_markdown_formats_each_column_and_prints_missing_values_as_na():
 def test_smoke_run_prints_and_writes_every_row(tmp_path):
     # 40 rows, each traced and compiled on CPU: 5 to 15 minutes on two
     # shared cores.
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.gpu",
-            "--smoke",
-            "--steps_per_execution=1,4",
-            f"--output_dir={tmp_path}",
-        ],
-        cwd=_ROOT,
-        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
-        capture_output=True,
-        text=True,
+    result = helpers.run_binary(
+        "benchmarks.gpu",
+        "--smoke",
+        "--steps_per_execution=1,4",
+        f"--output_dir={tmp_path}",
         timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-3000:]

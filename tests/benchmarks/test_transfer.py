@@ -4,18 +4,12 @@ The reductions (medians, differences to plain, worst cases, targets) on
 rows written by hand; the families' data on their shapes; one quick run
 of the binary (slow)."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from benchmarks import families
 from benchmarks import transfer
-
-_ROOT = pathlib.Path(__file__).parents[2]
+from tests import helpers
 
 
 def _row(family, shift, method, seed, retained, new, overall=None, **extra):
@@ -171,25 +165,16 @@ def test_digit_tasks_keep_old_classes_out_of_the_new_data():
 
 @pytest.mark.slow
 def test_quick_run_prints_the_report(tmp_path):
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.defaults",
-            "--quick",
-            "--families=mlp,lm",
-            "--shifts=invert,rot13",
-            "--seeds=0",
-            "--methods=plain,SFT defaults",
-            "--choose_on=mlp",
-            "--held_out=lm",
-            f"--output_dir={tmp_path}",
-        ],
-        cwd=_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    result = helpers.run_binary(
+        "benchmarks.defaults",
+        "--quick",
+        "--families=mlp,lm",
+        "--shifts=invert,rot13",
+        "--seeds=0",
+        "--methods=plain,SFT defaults",
+        "--choose_on=mlp",
+        "--held_out=lm",
+        f"--output_dir={tmp_path}",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
