@@ -23,16 +23,39 @@ def means(names, term):
     return {name: keras.metrics.Mean(name=f"{name}_{term}") for name in names}
 
 
+def task_log_names(names, features):
+    """The log name of each output's task loss, by output name.
+
+    Keras's own `<output>_loss`, so that what reads a plain model's logs
+    reads these; `<output>_task_loss` where `<output>_loss` is the name
+    of another log: `task_loss` (an output named `task`), `distill_loss`
+    (`distill`) or `<name>_distill_loss` of an output or a feature
+    `<name>` (an output named `<name>_distill`).
+    """
+    taken = {"task_loss", "distill_loss"}
+    taken |= {f"{name}_distill_loss" for name in [*names, *features]}
+    return {
+        name: f"{name}_task_loss" if f"{name}_loss" in taken else f"{name}_loss"
+        for name in names
+    }
+
+
 def trackers(student_names, distilled, features):
     """The trackers of `SFTModel`'s loss terms, made with the model (so
     inside a strategy's scope): `task_loss`, `distill_loss`, then by name
-    the per-output task and distill terms (for several outputs) and the
-    per-feature distill terms."""
+    the per-output task (`task_log_names`) and distill terms (for several
+    outputs) and the per-feature distill terms."""
     several = student_names is not None and len(student_names) > 1
+    task_names = task_log_names(
+        student_names if several else [], features or []
+    )
     return (
         keras.metrics.Mean(name="task_loss"),
         keras.metrics.Mean(name="distill_loss"),
-        means(student_names if several else [], "task_loss"),
+        {
+            name: keras.metrics.Mean(name=log_name)
+            for name, log_name in task_names.items()
+        },
         means(distilled if several else [], "distill_loss"),
         means(features or [], "distill_loss"),
     )
@@ -182,8 +205,9 @@ class SFTLoss:
         """Returns `(total, terms)`, each scaled per replica.
 
         `terms` maps log names (`task_loss`, `distill_loss`, then
-        `<output>_task_loss`, `<output>_distill_loss` for several outputs
-        and `<layer>_distill_loss` per feature) to their values.
+        `<output>_loss` (`task_log_names`), `<output>_distill_loss` for
+        several outputs and `<layer>_distill_loss` per feature) to their
+        values.
         `features` is `(teacher_features, student_features)`, dicts by
         layer name; `regularization` the student's regularization losses.
         `anchors`, `((teacher_outputs, teacher_features), (student_outputs,
@@ -286,7 +310,8 @@ class SFTLoss:
         return distill_loss, terms
 
     def task_terms(self, y, y_pred, weights):
-        """The weighted task loss and `{<output>_task_loss: unweighted}`."""
+        """The weighted task loss and `{<output>_loss: unweighted}`, by
+        `task_log_names`."""
         if not keras.tree.is_nested(y_pred):
             return self.task_loss(y, y_pred, weights), {}
         predictions = by_name(y_pred, self.student_names)
@@ -294,12 +319,13 @@ class SFTLoss:
         total = 0.0
         terms = {}
         losses = output_losses(self.loss, self.loss_weights, list(predictions))
+        log_names = task_log_names(list(predictions), self.distill_features)
         for name, (loss, loss_weight) in losses.items():
             value = ops.cast(
                 loss(labels[name], predictions[name], weights[name]), "float32"
             )
             total += value if loss_weight is None else loss_weight * value
-            terms[f"{name}_task_loss"] = value
+            terms[log_names[name]] = value
         return total, terms
 
     def distill_terms(self, teacher_pred, y_pred, weights):

@@ -315,9 +315,9 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
     def metrics(self):
         # Keras lists its loss tracker, then the compiled metrics, then ours;
         # put the loss terms right after `loss` so logs read in order. The
-        # per-output losses of Keras's own `CompileLoss` are left out: ours
-        # replace them (they weigh batches by their static size, which is
-        # unknown for the last, partial batch).
+        # per-output losses of Keras's own `CompileLoss` are left out: ours,
+        # of the same names, replace them (Keras's weigh batches by their
+        # static size, which is unknown for the last, partial batch).
         trackers = self._term_trackers()
         terms = trackers[:2]
         if self._task_loss is not None and self.output_task_loss_trackers:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_sft._sft_loss import SFTLoss
+from keras_sft._sft_loss import task_log_names
 from tests import helpers
 
 
@@ -71,7 +72,7 @@ def test_two_outputs_are_weighted_and_logged_per_output():
     expected = {
         "task_loss": task_a,
         "distill_loss": distill_a + 3.0 * distill_b,
-        "a_task_loss": task_a,
+        "a_loss": task_a,
         "a_distill_loss": distill_a,
         "b_distill_loss": distill_b,
     }
@@ -81,3 +82,20 @@ def test_two_outputs_are_weighted_and_logged_per_output():
     assert float(total) == pytest.approx(
         task_a + 2.0 * (distill_a + 3.0 * distill_b) + 0.25, rel=1e-4
     )
+
+
+def test_task_logs_take_keras_names_unless_another_log_has_them():
+    names = ["label", "task", "distill", "label_distill", "conv_distill"]
+    assert task_log_names(names, ["conv"]) == {
+        "label": "label_loss",
+        # `task_loss`, `distill_loss` and the distill terms of `label` and
+        # of the feature `conv` are other logs.
+        "task": "task_task_loss",
+        "distill": "distill_task_loss",
+        "label_distill": "label_distill_task_loss",
+        "conv_distill": "conv_distill_task_loss",
+    }
+    assert task_log_names(["a", "conv_distill"], []) == {
+        "a": "a_loss",
+        "conv_distill": "conv_distill_loss",
+    }

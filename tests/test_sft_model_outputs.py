@@ -179,8 +179,8 @@ def _two_head_expectations(student, teacher, x, masks, labels, weights):
     s_seg, s_cls = _numpy_seg(student, x), _numpy_cls(student, x)
     t_seg, t_cls = _numpy_seg(teacher, x), _numpy_cls(teacher, x)
     return {
-        "seg_task_loss": _weighted_mean(_cross_entropy(s_seg, masks), weights),
-        "cls_task_loss": _weighted_mean(_cross_entropy(s_cls, labels), weights),
+        "seg_loss": _weighted_mean(_cross_entropy(s_seg, masks), weights),
+        "cls_loss": _weighted_mean(_cross_entropy(s_cls, labels), weights),
         "seg_distill_loss": _weighted_mean(
             _distance(t_seg, s_seg, "mse"), weights
         ),
@@ -212,7 +212,7 @@ def test_two_outputs_log_each_term(as_dict, use_weights):
     expected = _two_head_expectations(
         model.student, model.teacher, x, masks, labels, weights
     )
-    task = expected["seg_task_loss"] + 0.25 * expected["cls_task_loss"]
+    task = expected["seg_loss"] + 0.25 * expected["cls_loss"]
     distill = expected["seg_distill_loss"] + 3.0 * expected["cls_distill_loss"]
     for key, value in expected.items():
         assert logs[key] == pytest.approx(value, rel=1e-5), key
@@ -223,8 +223,8 @@ def test_two_outputs_log_each_term(as_dict, use_weights):
         "loss",
         "task_loss",
         "distill_loss",
-        "seg_task_loss",
-        "cls_task_loss",
+        "seg_loss",
+        "cls_loss",
         "seg_distill_loss",
         "cls_distill_loss",
     ]
@@ -252,14 +252,55 @@ def test_per_output_losses_follow_compile():
         model.student, model.teacher, x, masks, labels, None
     )
     assert set(logs) == {"loss", "task_loss", "distill_loss"} | {
-        "cls_task_loss",
+        "cls_loss",
         "cls_distill_loss",
     }
-    assert logs["task_loss"] == pytest.approx(
-        expected["cls_task_loss"], rel=1e-5
-    )
+    assert logs["task_loss"] == pytest.approx(expected["cls_loss"], rel=1e-5)
     assert logs["distill_loss"] == pytest.approx(
         expected["cls_distill_loss"], rel=1e-5
+    )
+
+
+def test_an_output_named_task_logs_its_task_loss_apart():
+    # `task_loss` is the weighted sum; the output `task` keeps its own.
+    x, masks, labels, _, _ = _data()
+    inner = _two_head_model(as_dict=True)
+    student = keras.Model(
+        inner.inputs,
+        {
+            "task": inner.get_layer("seg").output,
+            "distill": inner.get_layer("cls").output,
+        },
+    )
+    model = _sft(student, lambda_=0.5)
+    model.compile(optimizer="sgd", loss_weights={"task": 1.0, "distill": 0.25})
+    logs = model.evaluate(
+        x,
+        {"task": masks, "distill": labels},
+        batch_size=4,
+        return_dict=True,
+        verbose=0,
+    )
+    expected = _two_head_expectations(
+        inner, model.teacher, x, masks, labels, None
+    )
+    assert model.metrics_names[:7] == [
+        "loss",
+        "task_loss",
+        "distill_loss",
+        "task_task_loss",
+        "distill_task_loss",
+        "task_distill_loss",
+        "distill_distill_loss",
+    ]
+    assert logs["task_task_loss"] == pytest.approx(
+        expected["seg_loss"], rel=1e-5
+    )
+    assert logs["distill_task_loss"] == pytest.approx(
+        expected["cls_loss"], rel=1e-5
+    )
+    assert logs["task_loss"] == pytest.approx(
+        expected["seg_loss"] + 0.25 * expected["cls_loss"], rel=1e-5
     )
 
 
@@ -450,7 +491,7 @@ def test_subclassed_two_output_student_pairs_outputs_at_call():
     expected = _two_head_expectations(
         inner, teacher_inner, x, masks, labels, weights
     )
-    task = expected["seg_task_loss"] + expected["cls_task_loss"]
+    task = expected["seg_loss"] + expected["cls_loss"]
     distill = expected["seg_distill_loss"] + expected["cls_distill_loss"]
     assert logs["task_loss"] == pytest.approx(task, rel=1e-5)
     assert logs["distill_loss"] == pytest.approx(distill, rel=1e-5)
