@@ -365,6 +365,26 @@ def all_layers(layer, include_self=True):
     return list(layer._flatten_layers(include_self=include_self))
 
 
+def build_by_run(model):
+    """Builds the unbuilt layers of a built `model` whose class keeps
+    `keras.Model`'s own `build`, by running its `call` on its recorded
+    input shapes, as loading its `.keras` file does; returns whether
+    `call` ran."""
+    # `model.build(input_shape)` runs no `call` and builds no layer, but
+    # loading the model's file builds them all (`Model.build_from_config`
+    # runs `call` with the private `_build_by_run_for_single_pos_arg` or
+    # `_build_by_run_for_kwargs`), so its copy would not take the model's
+    # weights. The private methods, unlike `build_from_config`, say
+    # whether they could (no upstream issue found). Checked on Keras
+    # 3.15.1.
+    config = model.get_build_config() or {}
+    if "input_shape" in config:
+        return model._build_by_run_for_single_pos_arg(config["input_shape"])
+    if "shapes_dict" in config:
+        return model._build_by_run_for_kwargs(config["shapes_dict"])
+    return False
+
+
 def functional_graph(model):
     """`(inputs, outputs, nodes_by_depth)` of a Functional model's graph (a
     Sequential model's inner one): the input and output structures, and

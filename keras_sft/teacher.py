@@ -34,6 +34,9 @@ def clone_teacher(model):
     so such a model built with other values is refused, as is one whose
     copy does not take its weights, holds another value in an attribute
     named after an argument, or computes other outputs on a probe batch.
+    A subclassed model built by `model.build(input_shape)`, which builds
+    none of its layers, gets them built first, from that input shape, as
+    its first `fit` builds them (with the same weights).
 
     Example:
 
@@ -49,7 +52,8 @@ def clone_teacher(model):
         A `keras.Model` of the same class, with `trainable=False`.
 
     Raises:
-        ValueError: if `model` is not a built `keras.Model`, or cannot be
+        ValueError: if `model` is not a built `keras.Model`, has layers
+            its `call` cannot build on symbolic inputs, or cannot be
             rebuilt from its config.
     """
     teacher = copy_model(model)
@@ -71,6 +75,7 @@ def copy_model(model):
             f"or call it on a batch first. Received: model={model.name!r} "
             "(not built)"
         )
+    _build_layers(model)
     layers = _keras_compat.all_layers(model)
     try:
         generated = _generated_configs(layers)
@@ -112,6 +117,31 @@ def copy_model(model):
             f"({type(model).__name__}: {error})"
         ) from error
     return copy
+
+
+def _build_layers(model):
+    """Builds the layers `model.build(input_shape)` left unbuilt, as `fit`
+    and loading the model's copy would, or raises `ValueError`."""
+    unbuilt = [
+        layer.name
+        for layer in _keras_compat.all_layers(model, include_self=False)
+        if not layer.built
+    ]
+    # A model with its own `build` is rebuilt by it on loading too.
+    if not unbuilt or type(model).build is not keras.Model.build:
+        return
+    # Their weights come from initializers seeded when the layers were
+    # made, so building them now gives the values the first `fit` would.
+    if not _keras_compat.build_by_run(model):
+        raise ValueError(
+            "Invalid value for argument `model`. Expected a model whose "
+            "layers are built, so that its weights can be copied: call it "
+            "on a batch first (`model(x)`; `model.build(input_shape)` "
+            "builds none of the layers of a subclassed model). Received: "
+            f"model={model.name!r} (layers {unbuilt} not built, and its "
+            "`call` cannot run on its input shape "
+            f"{model.get_build_config()})"
+        )
 
 
 def _share_lambda_functions(layers, copied_layers):

@@ -23,7 +23,8 @@ _PRIVATE_NAMES = re.compile(
     r"|flatten_layers|keras_history|inbound_nodes|trainable_variables"
     r"|non_trainable_variables|functional|nodes_by_depth|inputs_struct"
     r"|outputs_struct|seed_generators|call_has_training_arg"
-    r"|in_multi_worker_mode)\b"
+    r"|in_multi_worker_mode|build_by_run_for_single_pos_arg"
+    r"|build_by_run_for_kwargs)\b"
 )
 
 

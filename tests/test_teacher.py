@@ -90,6 +90,70 @@ def test_unbuilt_model_is_refused():
         clone_teacher(_Subclassed())
 
 
+@keras.saving.register_keras_serializable(package="keras_sft_tests")
+class _TwoLayers(keras.Model):
+    def __init__(self, eager=False, name="two_layers", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.eager = eager
+        self.first = keras.layers.Dense(3, name="first")
+        self.second = keras.layers.Dense(2, name="second")
+
+    def call(self, inputs):
+        if self.eager:
+            # Runs on concrete values alone, not on symbolic inputs.
+            inputs = keras.ops.convert_to_numpy(inputs)
+        return self.second(self.first(inputs))
+
+    def get_config(self):
+        return {**super().get_config(), "eager": self.eager}
+
+
+def _built_by_build(**kwargs):
+    model = _TwoLayers(**kwargs)
+    with pytest.warns(UserWarning, match="unbuilt state"):
+        model.build((None, 4))
+    return model
+
+
+def test_model_built_by_build_is_copied_with_the_weights_fit_gives():
+    # `build(input_shape)` builds none of the layers; `fit` would at the
+    # first batch, from initializers seeded when the layers were made.
+    keras.utils.set_random_seed(0)
+    model = _built_by_build()
+    model.first.build((None, 4))
+    kept = np.arange(12, dtype="float32").reshape(4, 3)
+    model.first.kernel.assign(kept)
+    keras.utils.set_random_seed(0)
+    called = _TwoLayers()
+    called.first.build((None, 4))
+    called.first.kernel.assign(kept)
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    called(x)
+
+    teacher = clone_teacher(model)
+    _assert_same_weights(model, called)
+    _assert_same_weights(model, teacher)
+    np.testing.assert_array_equal(
+        teacher.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
+    sft = keras_sft.SFTModel(_built_by_build(), lambda_=0.5)
+    assert sft.teacher.get_layer("second").built
+
+
+def test_model_whose_layers_cannot_be_built_is_refused():
+    with pytest.raises(
+        ValueError,
+        match=r"^Invalid value for argument `model`\. Expected a model whose "
+        r"layers are built, so that its weights can be copied: call it on a "
+        r"batch first \(`model\(x\)`; `model\.build\(input_shape\)` builds "
+        r"none of the layers of a subclassed model\)\. Received: "
+        r"model='two_layers' \(layers \['first', 'second'\] not built, "
+        r"and its `call` cannot run on its input shape "
+        r"\{'input_shape': \(None, 4\)\}\)$",
+    ):
+        keras_sft.SFTModel(_built_by_build(eager=True))
+
+
 class _AutoConfig(keras.Model):
     """Relies on Keras's generated config, which holds the default units."""
 

@@ -16,8 +16,6 @@ _ROOT = pathlib.Path(__file__).parent.parent.parent
 # The workflows where SFTModel still differs from the plain model, each
 # with what differs (the benchmark's own line says by how much).
 _KNOWN = {
-    "subclassed_built_by_build": "a subclassed student built by "
-    "build(input_shape), its layers unbuilt, cannot be copied",
     "student_set_weights_with_frozen_layer": "the teacher shares the "
     "frozen weights (docs: changes outside SFTModel reach it)",
     "student_load_weights_with_frozen_layer": "the teacher shares the "
