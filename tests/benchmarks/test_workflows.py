@@ -1,17 +1,11 @@
 """benchmarks.workflows: its checks, its runner and its binary, a few fast
 workflows, and (slow) the whole registry."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from benchmarks import workflows
-
-_ROOT = pathlib.Path(__file__).parent.parent.parent
+from tests import helpers
 
 # The workflows where SFTModel still differs from the plain model, each
 # with what differs (the benchmark's own line says by how much).
@@ -89,18 +83,8 @@ def test_fast_workflow_passes(name, tmp_path):
 
 
 def test_binary_lists_and_runs_workflows():
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.workflows",
-            "--workflows=predict,summary",
-        ],
-        cwd=_ROOT,
-        env=dict(os.environ, CUDA_VISIBLE_DEVICES=""),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = helpers.run_binary(
+        "benchmarks.workflows", "--workflows=predict,summary"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
