@@ -161,32 +161,27 @@ class StepGuard:
         fine = ops.isfinite(total)
         if valid is not None:
             fine = ops.logical_and(fine, valid)
-        step = (optimizer, gradients, variables, data, values, checked, valid)
+        update = (optimizer, gradients, variables)
+
+        def flags():
+            return _flags(data, values, checked, valid)
+
         if jit_compile or tf.distribute.has_strategy():
-            self._apply_agreed(fine, *step)
+            self._apply_agreed(fine, update, flags)
         else:
-            self._apply_or_stop(fine, *step)
+            self._apply_or_stop(fine, update, flags)
         self.steps.assign_add(1)
 
-    def _apply_or_stop(
-        self,
-        fine,
-        optimizer,
-        gradients,
-        variables,
-        data,
-        values,
-        checked,
-        valid,
-    ):
+    def _apply_or_stop(self, fine, update, flags):
         """No strategy: the update waits for a cond whose branch for a
-        suspect step checks it exactly, records the refusal and stops the
-        execution; a finite step runs nothing else."""
+        suspect step checks it exactly (`flags()`), records the refusal
+        and stops the execution; a finite step runs nothing else."""
+        optimizer, gradients, variables = update
 
         def refuse():
             # The cond's output must wait for the stop: a lowered cond
             # passes on its constant output as soon as it exists.
-            self._record(_flags(data, values, checked, valid))
+            self._record(flags())
             with tf.control_dependencies([self._stop()]):
                 return tf.identity(False)
 
@@ -194,31 +189,18 @@ class StepGuard:
         with tf.control_dependencies([passed]):
             optimizer.apply_gradients(zip(gradients, variables, strict=True))
 
-    def _apply_agreed(
-        self,
-        fine,
-        optimizer,
-        gradients,
-        variables,
-        data,
-        values,
-        checked,
-        valid,
-    ):
-        """A strategy or XLA: the replicas agree on the step's flags, and a
-        cond applies the update or refuses the step."""
-        flags = ops.cond(
-            fine,
-            lambda: ops.zeros((len(_BITS),)),
-            lambda: _flags(data, values, checked, valid),
-        )
+    def _apply_agreed(self, fine, update, flags):
+        """A strategy or XLA: the replicas agree on the step's flags
+        (`flags()` for a suspect step), and a cond applies the update or
+        refuses the step."""
+        flags = ops.cond(fine, lambda: ops.zeros((len(_BITS),)), flags)
         context = tf.distribute.get_replica_context()
         if context.num_replicas_in_sync > 1:
             flags = context.all_reduce("sum", flags)
         apply = ops.logical_and(
             ops.max(flags) == 0, ops.convert_to_tensor(self.refusal)[0] == 0
         )
-        _apply_if(apply, optimizer, gradients, variables, self._refuse, flags)
+        _apply_if(apply, *update, self._refuse, flags)
 
     def _record(self, flags):
         """Keeps the first refusal of this `fit`: the bits of `flags` (none
