@@ -109,6 +109,14 @@ class Check:
                 return self.that(what, False, f"off by up to {gap.max():.3g}")
         return True
 
+    def predictions(self, what, model, expected_model, x, **tolerance):
+        return self.close(
+            what,
+            model.predict(x, verbose=0),
+            expected_model.predict(x, verbose=0),
+            **tolerance,
+        )
+
     def weights(self, what, model, expected_model, **tolerance):
         return self.close(
             what, model.get_weights(), expected_model.get_weights(), **tolerance
@@ -202,6 +210,10 @@ def _images(n=24):
     )
 
 
+# Reloads and copies must give back the very same numbers.
+_EXACT = {"atol": 0, "rtol": 0}
+
+
 def _twins(build, *, lambda_=0.0, **sft_arguments):
     """A plain model and an `SFTModel` of an equal student."""
     keras.utils.set_random_seed(0)
@@ -230,6 +242,13 @@ def _compile(models, *, optimizer=_sgd, loss=_scce, metrics=None, **kwargs):
         )
 
 
+def _compiled_twins(build=_mlp, *, sft=None, **compile_arguments):
+    """`_twins(build)`, both compiled alike."""
+    plain, model = _twins(build, **(sft or {}))
+    _compile([plain, model], **compile_arguments)
+    return plain, model
+
+
 def _fit(models, *args, callbacks=None, **kwargs):
     """Each model's `fit` history from the same seed; `callbacks(tag)`
     gives each its own callbacks (`tag` is `"plain"` or `"sft"`)."""
@@ -250,8 +269,7 @@ def _compare_fit(
 ):
     """Fits both from the same weights; compares logs, weights and
     predictions. Returns the two models."""
-    plain, model = _twins(build, **(sft or {}))
-    _compile([plain, model], **(compile_arguments or {}))
+    plain, model = _compiled_twins(build, sft=sft, **(compile_arguments or {}))
     histories = _fit([plain, model], x, y, **fit)
     check.history(*histories)
     check.weights("trained weights", model.student, plain)
@@ -265,6 +283,15 @@ def _compare_fit(
         plain.predict(probe, verbose=0),
     )
     return plain, model
+
+
+def _compare_small_fit(check, build=_mlp, *, data=None, **fit):
+    """`_compare_fit` on `data` (`_data()` by default) in batches of 8
+    over two epochs, unless `fit` says otherwise."""
+    x, y = _data() if data is None else data
+    return _compare_fit(
+        check, build, x, y, **{"batch_size": 8, "epochs": 2, **fit}
+    )
 
 
 def _path(directory, name):
@@ -286,16 +313,14 @@ def _fit_arrays(check, directory):
 @workflow(aside=True)
 def _fit_shuffled(check, directory):
     """fit(shuffle=True) from the same seed."""
-    x, y = _data()
-    _compare_fit(check, _mlp, x, y, batch_size=8, epochs=2, shuffle=True)
+    _compare_small_fit(check, shuffle=True)
 
 
 @workflow()
 def _fit_twice(check, directory):
     """fit called twice, the second from initial_epoch."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     _fit([plain, model], x, y, batch_size=8, epochs=1)
     histories = _fit(
         [plain, model], x, y, batch_size=8, epochs=3, initial_epoch=1
@@ -311,10 +336,7 @@ def _fit_twice(check, directory):
 @workflow()
 def _validation_split(check, directory):
     """fit(validation_split=0.25)."""
-    x, y = _data()
-    _compare_fit(
-        check, _mlp, x, y, batch_size=8, epochs=2, validation_split=0.25
-    )
+    _compare_small_fit(check, validation_split=0.25)
 
 
 @workflow()
@@ -322,24 +344,14 @@ def _validation_data(check, directory):
     """fit(validation_data=(x, y))."""
     x, y = _data()
     xv, yv = _data(n=12, seed=3)
-    _compare_fit(
-        check, _mlp, x, y, batch_size=8, epochs=2, validation_data=(xv, yv)
-    )
+    _compare_small_fit(check, data=(x, y), validation_data=(xv, yv))
 
 
 @workflow(aside=True)
 def _validation_freq(check, directory):
     """fit(validation_freq=2) over three epochs."""
-    x, y = _data()
-    _compare_fit(
-        check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=3,
-        validation_split=0.25,
-        validation_freq=2,
+    _compare_small_fit(
+        check, epochs=3, validation_split=0.25, validation_freq=2
     )
 
 
@@ -406,8 +418,7 @@ def _generator(check, directory):
             for start in range(0, len(x), 8):
                 yield x[start : start + 8], y[start : start + 8]
 
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     histories = []
     for m in (plain, model):
         keras.utils.set_random_seed(1)
@@ -421,16 +432,7 @@ def _generator(check, directory):
 @workflow()
 def _class_weight(check, directory):
     """fit(class_weight=...)."""
-    x, y = _data()
-    _compare_fit(
-        check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
-        class_weight={0: 1.0, 1: 2.5, 2: 0.5},
-    )
+    _compare_small_fit(check, class_weight={0: 1.0, 1: 2.5, 2: 0.5})
 
 
 @workflow()
@@ -438,9 +440,7 @@ def _sample_weight(check, directory):
     """fit(sample_weight=array) and evaluate with sample weights."""
     x, y = _data()
     w = np.linspace(0.0, 2.0, len(x)).astype("float32")
-    plain, model = _compare_fit(
-        check, _mlp, x, y, batch_size=8, epochs=2, sample_weight=w
-    )
+    plain, model = _compare_small_fit(check, data=(x, y), sample_weight=w)
     check.close(
         "evaluate(sample_weight)",
         model.evaluate(x, y, sample_weight=w, verbose=0, return_dict=True)[
@@ -459,13 +459,9 @@ def _sample_weight(check, directory):
 def _one_hot_labels(check, directory):
     """categorical_crossentropy on one-hot labels."""
     x, y = _data()
-    _compare_fit(
+    _compare_small_fit(
         check,
-        _mlp,
-        x,
-        keras.utils.to_categorical(y, 3),
-        batch_size=8,
-        epochs=2,
+        data=(x, keras.utils.to_categorical(y, 3)),
         compile_arguments=dict(
             loss=lambda: keras.losses.CategoricalCrossentropy(from_logits=True),
             metrics=["categorical_accuracy"],
@@ -499,13 +495,10 @@ def _binary_mlp(activation):
 def _binary_probabilities(check, directory):
     """binary_crossentropy on a sigmoid output, accuracy metric."""
     x, y = _data(classes=2)
-    _compare_fit(
+    _compare_small_fit(
         check,
         _binary_mlp("sigmoid"),
-        x,
-        y.astype("float32")[:, None],
-        batch_size=8,
-        epochs=2,
+        data=(x, y.astype("float32")[:, None]),
         sft=_ONE_UNIT,
         compile_arguments=dict(
             loss="binary_crossentropy", metrics=["accuracy"]
@@ -517,13 +510,10 @@ def _binary_probabilities(check, directory):
 def _binary_logits(check, directory):
     """BinaryCrossentropy(from_logits=True), BinaryAccuracy."""
     x, y = _data(classes=2)
-    _compare_fit(
+    _compare_small_fit(
         check,
         _binary_mlp(None),
-        x,
-        y.astype("float32")[:, None],
-        batch_size=8,
-        epochs=2,
+        data=(x, y.astype("float32")[:, None]),
         sft=_ONE_UNIT,
         compile_arguments=dict(
             loss=lambda: keras.losses.BinaryCrossentropy(from_logits=True),
@@ -543,13 +533,10 @@ def _softmax_output(check, directory):
         h = keras.layers.Dense(8, activation="relu")(inputs)
         return keras.Model(inputs, keras.layers.Dense(3, "softmax")(h))
 
-    _compare_fit(
+    _compare_small_fit(
         check,
         build,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
         compile_arguments=dict(
             loss="sparse_categorical_crossentropy", metrics=["accuracy"]
         ),
@@ -561,13 +548,10 @@ def _regression(check, directory):
     """A regression head with mse and mae."""
     x, _ = _data()
     y = x[:, :2].sum(axis=1, keepdims=True)
-    _compare_fit(
+    _compare_small_fit(
         check,
         lambda: _mlp(classes=1),
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
         sft=_ONE_UNIT,
         compile_arguments=dict(loss="mse", metrics=["mae"]),
     )
@@ -578,13 +562,9 @@ def _metrics(check, directory):
     """Compiled metrics: accuracy, top-2, weighted metrics."""
     x, y = _data()
     w = np.linspace(0.5, 1.5, len(x)).astype("float32")
-    _compare_fit(
+    _compare_small_fit(
         check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
         sample_weight=w,
         validation_split=0.25,
         compile_arguments=dict(
@@ -614,13 +594,10 @@ def _dict_outputs(check, directory):
     """Dict outputs with per-output losses, loss_weights and metrics."""
     x, y = _data()
     targets = {"label": y, "score": x[:, :1]}
-    _compare_fit(
+    _compare_small_fit(
         check,
         _two_outputs,
-        x,
-        targets,
-        batch_size=8,
-        epochs=2,
+        data=(x, targets),
         validation_split=0.25,
         sft=_ONE_UNIT,
         compile_arguments=dict(
@@ -676,7 +653,7 @@ def _sequential(check, directory):
             ]
         )
 
-    _, model = _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    _, model = _compare_small_fit(check, build, data=(x, y))
     _round_trip(check, model, x, directory)
 
 
@@ -694,7 +671,7 @@ def _multi_input(check, directory):
         h = keras.layers.Dense(8, activation="relu")(h)
         return keras.Model([ia, ib], keras.layers.Dense(3)(h))
 
-    _compare_fit(check, build, [a, b], y, batch_size=8, epochs=2)
+    _compare_small_fit(check, build, data=([a, b], y))
 
 
 @workflow()
@@ -716,8 +693,8 @@ def _dict_inputs(check, directory):
         h = keras.layers.Dense(8, activation="relu")(h)
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
-    _, model = _compare_fit(
-        check, build, x, y, batch_size=8, epochs=2, validation_split=0.25
+    _, model = _compare_small_fit(
+        check, build, data=(x, y), validation_split=0.25
     )
     _round_trip(check, model, x, directory)
 
@@ -774,15 +751,15 @@ def _subclassed_built_by_build(check, directory):
         return model
 
     x, y = _data()
-    _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    _compare_small_fit(check, build, data=(x, y))
 
 
 @workflow()
 def _subclassed_with_config(check, directory):
     """A subclassed model with get_config: fit and a .keras round trip."""
     x, y = _data()
-    plain, model = _compare_fit(
-        check, _built(_Configured, hidden=7), x, y, batch_size=8, epochs=2
+    plain, model = _compare_small_fit(
+        check, _built(_Configured, hidden=7), data=(x, y)
     )
     _round_trip(check, model, x, directory)
 
@@ -792,9 +769,7 @@ def _subclassed_without_config(check, directory):
     """A subclassed model without get_config: fit, save and load as the
     plain model does."""
     x, y = _data()
-    plain, model = _compare_fit(
-        check, _built(_Unconfigured), x, y, batch_size=8, epochs=2
-    )
+    plain, model = _compare_small_fit(check, _built(_Unconfigured), data=(x, y))
     _same_outcome(
         check,
         "save and load",
@@ -844,7 +819,7 @@ def _lambda_layer(check, directory):
         h = keras.layers.Dense(8, activation="relu")(h)
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
-    plain, model = _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    plain, model = _compare_small_fit(check, build, data=(x, y))
     _same_outcome(
         check,
         "save and load(safe_mode=False)",
@@ -878,8 +853,8 @@ def _recurrent(layer):
 def _masking_lstm(check, directory):
     """Embedding(mask_zero=True) into an LSTM."""
     x, y = _sequences()
-    _, model = _compare_fit(
-        check, _recurrent(keras.layers.LSTM), x, y, batch_size=8, epochs=2
+    _, model = _compare_small_fit(
+        check, _recurrent(keras.layers.LSTM), data=(x, y)
     )
     _round_trip(check, model, x, directory)
 
@@ -888,9 +863,7 @@ def _masking_lstm(check, directory):
 def _masking_gru(check, directory):
     """Embedding(mask_zero=True) into a GRU."""
     x, y = _sequences()
-    _compare_fit(
-        check, _recurrent(keras.layers.GRU), x, y, batch_size=8, epochs=2
-    )
+    _compare_small_fit(check, _recurrent(keras.layers.GRU), data=(x, y))
 
 
 @workflow(aside=True)
@@ -905,14 +878,14 @@ def _masking_layer(check, directory):
         h = keras.layers.SimpleRNN(4)(h)
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
-    _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    _compare_small_fit(check, build, data=(x, y))
 
 
 @workflow()
 def _batch_norm(check, directory):
     """A CNN with BatchNormalization: weights and moving statistics."""
     x, y = _images()
-    _compare_fit(check, _cnn, x, y, batch_size=8, epochs=2)
+    _compare_small_fit(check, _cnn, data=(x, y))
 
 
 @workflow()
@@ -920,13 +893,10 @@ def _frozen_backbone(check, directory):
     """A frozen backbone with BatchNorm: only the head trains, the moving
     statistics stay."""
     x, y = _images()
-    plain, model = _compare_fit(
+    plain, model = _compare_small_fit(
         check,
         lambda: _cnn(frozen_backbone=True),
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
     )
     bn = model.student.get_layer("backbone").get_layer("bn")
     check.close(
@@ -955,8 +925,9 @@ def _mobilenet_freeze_unfreeze(check, directory):
         h = keras.layers.GlobalAveragePooling2D()(base(inputs, training=False))
         return keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
 
-    plain, model = _twins(build)
-    _compile([plain, model], optimizer=lambda: keras.optimizers.Adam(1e-3))
+    plain, model = _compiled_twins(
+        build, optimizer=lambda: keras.optimizers.Adam(1e-3)
+    )
     histories = _fit([plain, model], x, y, batch_size=8, epochs=1)
     check.history(*histories)
     for m in (plain, model.student):
@@ -1006,7 +977,7 @@ def _nan_imputing_model(check, directory):
         h = keras.layers.Dense(8, activation="relu")(h)
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
-    _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    _compare_small_fit(check, build, data=(x, y))
 
 
 # Preprocessing layers.
@@ -1025,23 +996,12 @@ def _normalization(check, directory):
         h = keras.layers.Dense(8, activation="relu")(norm(inputs))
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
-    _, model = _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    _, model = _compare_small_fit(check, build, data=(x, y))
     _round_trip(check, model, x, directory)
 
 
-_WORDS = np.array(
-    [
-        ["red"],
-        ["green"],
-        ["blue"],
-        ["cyan"],
-        ["red"],
-        ["blue"],
-        ["pink"],
-        ["green"],
-    ]
-    * 4
-)
+_COLOURS = ["red", "green", "blue", "cyan", "red", "blue", "pink", "green"]
+_WORDS = np.array([[word] for word in _COLOURS] * 4)
 
 
 @workflow()
@@ -1059,20 +1019,15 @@ def _string_lookup(check, directory):
 
     # Keras's array adapter takes strings as tensors, not NumPy's `<U`.
     words = tf.constant(_WORDS)
-    _, model = _compare_fit(check, build, words, y, batch_size=8, epochs=2)
+    _, model = _compare_small_fit(check, build, data=(words, y))
     _round_trip(check, model, words, directory)
 
 
 _TEXTS = np.array(
     [
-        ["the quick fox"],
-        ["a lazy dog"],
-        ["the dog jumps"],
-        ["quick quick"],
-        ["lazy fox jumps high"],
-        ["a dog"],
-        ["the end"],
-        ["fox"],
+        [text]
+        for text in ["the quick fox", "a lazy dog", "the dog jumps"]
+        + ["quick quick", "lazy fox jumps high", "a dog", "the end", "fox"]
     ]
     * 4
 )
@@ -1094,7 +1049,7 @@ def _text_vectorization(check, directory):
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
     texts = tf.constant(_TEXTS)
-    _, model = _compare_fit(check, build, texts, y, batch_size=8, epochs=2)
+    _, model = _compare_small_fit(check, build, data=(texts, y))
     _round_trip(check, model, texts, directory)
 
 
@@ -1112,7 +1067,7 @@ def _integer_lookup_encoding(check, directory):
         h = keras.layers.Dense(8, activation="relu")(lookup(inputs))
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
-    _, model = _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    _, model = _compare_small_fit(check, build, data=(x, y))
     _round_trip(check, model, x, directory)
 
 
@@ -1131,7 +1086,7 @@ def _mixed(policy):
             outputs = keras.layers.Activation("linear", dtype="float32")(h)
             return keras.Model(inputs, outputs)
 
-        _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+        _compare_small_fit(check, build, data=(x, y))
 
     return mixed
 
@@ -1152,13 +1107,10 @@ def _mixed_bfloat16(check, directory):
 def _jit_compile(check, directory):
     """compile(jit_compile=True)."""
     x, y = _data()
-    _compare_fit(
+    _compare_small_fit(
         check,
         lambda: _mlp(dropout=0.2),
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
         validation_split=0.25,
         compile_arguments=dict(jit_compile=True),
     )
@@ -1168,13 +1120,9 @@ def _jit_compile(check, directory):
 def _steps_per_execution(check, directory):
     """compile(steps_per_execution=3) with a partial last execution."""
     x, y = _data(n=40)
-    _compare_fit(
+    _compare_small_fit(
         check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
         validation_split=0.2,
         compile_arguments=dict(steps_per_execution=3),
     )
@@ -1183,15 +1131,8 @@ def _steps_per_execution(check, directory):
 @workflow(aside=True)
 def _run_eagerly(check, directory):
     """compile(run_eagerly=True)."""
-    x, y = _data()
-    _compare_fit(
-        check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=1,
-        compile_arguments=dict(run_eagerly=True),
+    _compare_small_fit(
+        check, epochs=1, compile_arguments=dict(run_eagerly=True)
     )
 
 
@@ -1203,8 +1144,7 @@ def _mirrored_strategy(check, directory):
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     x, y = _data()
     with strategy.scope():
-        plain, model = _twins(_mlp)
-        _compile([plain, model])
+        plain, model = _compiled_twins()
     histories = _fit([plain, model], x, y, batch_size=8, epochs=2)
     check.history(*histories)
     check.weights("trained weights", model.student, plain)
@@ -1223,10 +1163,8 @@ def _gradient_clipping(check, directory):
         {"global_clipnorm": 0.1},
     ):
         keras.backend.clear_session()
-        plain, model = _twins(_mlp)
-        _compile(
-            [plain, model],
-            optimizer=lambda o=option: keras.optimizers.SGD(0.5, **o),
+        plain, model = _compiled_twins(
+            optimizer=lambda o=option: keras.optimizers.SGD(0.5, **o)
         )
         check.history(*_fit([plain, model], x, y, batch_size=8, epochs=2))
         check.weights(f"weights with {option}", model.student, plain)
@@ -1235,14 +1173,8 @@ def _gradient_clipping(check, directory):
 @workflow()
 def _learning_rate_schedule(check, directory):
     """Adam with a CosineDecay schedule."""
-    x, y = _data()
-    _compare_fit(
+    _compare_small_fit(
         check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
         compile_arguments=dict(
             optimizer=lambda: keras.optimizers.Adam(
                 keras.optimizers.schedules.CosineDecay(0.05, 8)
@@ -1255,8 +1187,7 @@ def _learning_rate_schedule(check, directory):
 def _recompile(check, directory):
     """fit, recompile with another optimizer and loss, fit again."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     _fit([plain, model], x, y, batch_size=8, epochs=1)
     _compile(
         [plain, model],
@@ -1270,14 +1201,8 @@ def _recompile(check, directory):
 @workflow(aside=True)
 def _adamw_ema(check, directory):
     """AdamW with weight decay and use_ema=True."""
-    x, y = _data()
-    _compare_fit(
+    _compare_small_fit(
         check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
         compile_arguments=dict(
             optimizer=lambda: keras.optimizers.AdamW(
                 0.01,
@@ -1293,14 +1218,8 @@ def _adamw_ema(check, directory):
 @workflow(aside=True)
 def _gradient_accumulation(check, directory):
     """An optimizer with gradient_accumulation_steps=2."""
-    x, y = _data()
-    _compare_fit(
+    _compare_small_fit(
         check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
         compile_arguments=dict(
             optimizer=lambda: keras.optimizers.SGD(
                 0.1, gradient_accumulation_steps=2
@@ -1321,13 +1240,10 @@ def _explicit_loss_scale(check, directory):
         outputs = keras.layers.Dense(3, dtype="float32")(h)
         return keras.Model(inputs, outputs)
 
-    _compare_fit(
+    _compare_small_fit(
         check,
         build,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
         compile_arguments=dict(
             optimizer=lambda: keras.optimizers.LossScaleOptimizer(
                 keras.optimizers.SGD(0.1), initial_scale=256.0
@@ -1344,8 +1260,7 @@ def _checkpoint_weights(check, directory):
     """ModelCheckpoint(save_weights_only=True) each epoch, then
     load_weights into fresh models."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     _fit(
         [plain, model],
         x,
@@ -1384,8 +1299,7 @@ def _checkpoint_keras_best(check, directory):
     """ModelCheckpoint(".keras", save_best_only=True, monitor="val_loss"),
     then keras.models.load_model without custom_objects."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], metrics=["accuracy"])
+    plain, model = _compiled_twins(metrics=["accuracy"])
     _fit(
         [plain, model],
         x,
@@ -1448,8 +1362,7 @@ def _early_stopping_restore_best(check, directory):
     """EarlyStopping(restore_best_weights=True) on val_loss."""
     x, y = _data()
     xv, yv = _data(n=16, seed=9)
-    plain, model = _twins(_mlp)
-    _compile([plain, model], optimizer=lambda: keras.optimizers.SGD(0.5))
+    plain, model = _compiled_twins(optimizer=lambda: keras.optimizers.SGD(0.5))
     stoppers = {}
 
     def callbacks(tag):
@@ -1482,8 +1395,7 @@ def _monitors_val_task_loss(check, directory):
     val_task_loss without mode=, against the plain model's on val_loss."""
     x, y = _data()
     xv, yv = _data(n=16, seed=9)
-    plain, model = _twins(_mlp)
-    _compile([plain, model], optimizer=lambda: keras.optimizers.SGD(0.5))
+    plain, model = _compiled_twins(optimizer=lambda: keras.optimizers.SGD(0.5))
     made = {}
 
     def callbacks(tag):
@@ -1531,8 +1443,7 @@ def _monitors_val_task_loss(check, directory):
 def _reduce_lr_on_plateau(check, directory):
     """ReduceLROnPlateau on val_loss and on loss."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], optimizer=lambda: keras.optimizers.SGD(0.5))
+    plain, model = _compiled_twins(optimizer=lambda: keras.optimizers.SGD(0.5))
     check.history(
         *_fit(
             [plain, model],
@@ -1562,8 +1473,7 @@ def _reduce_lr_on_plateau(check, directory):
 def _learning_rate_scheduler(check, directory):
     """LearningRateScheduler halving the rate each epoch."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     check.history(
         *_fit(
             [plain, model],
@@ -1607,8 +1517,7 @@ def _tensorboard(check, directory):
     """The TensorBoard callback with histograms: the plain model's
     summaries, with the same values."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], metrics=["accuracy"])
+    plain, model = _compiled_twins(metrics=["accuracy"])
     _fit(
         [plain, model],
         x,
@@ -1633,8 +1542,7 @@ def _tensorboard(check, directory):
 def _csv_logger(check, directory):
     """CSVLogger: the plain model's columns, with the same values."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], metrics=["accuracy"])
+    plain, model = _compiled_twins(metrics=["accuracy"])
     _fit(
         [plain, model],
         x,
@@ -1674,8 +1582,9 @@ class _Interrupt(keras.callbacks.Callback):
 
 def _interrupted_and_resumed(check, directory, backup_class):
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], optimizer=lambda: keras.optimizers.Adam(0.01))
+    plain, model = _compiled_twins(
+        optimizer=lambda: keras.optimizers.Adam(0.01)
+    )
     for m, tag in ((plain, "plain"), (model, "sft")):
         keras.utils.set_random_seed(1)
         with contextlib.suppress(KeyboardInterrupt):
@@ -1689,8 +1598,9 @@ def _interrupted_and_resumed(check, directory, backup_class):
                 callbacks=[backup_class(_path(directory, tag)), _Interrupt(1)],
             )
     # A new process: fresh models of the initial weights.
-    plain, model = _twins(_mlp)
-    _compile([plain, model], optimizer=lambda: keras.optimizers.Adam(0.01))
+    plain, model = _compiled_twins(
+        optimizer=lambda: keras.optimizers.Adam(0.01)
+    )
     histories = _fit(
         [plain, model],
         x,
@@ -1735,8 +1645,7 @@ def _backup_and_restore_sft(check, directory):
 def _batch_logs(check, directory):
     """A LambdaCallback reading each batch's logs; verbose=2 output."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], metrics=["accuracy"])
+    plain, model = _compiled_twins(metrics=["accuracy"])
     seen = {"plain": [], "sft": []}
     _fit(
         [plain, model],
@@ -1759,8 +1668,7 @@ def _batch_logs(check, directory):
 def _stop_training_mid_epoch(check, directory):
     """A callback setting model.stop_training after the second batch."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
 
     class Stop(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -1788,8 +1696,7 @@ def _stop_training_mid_epoch(check, directory):
 def _callback_reads_model(check, directory):
     """A callback that reads self.model's weights and learning rate."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     read = {"plain": [], "sft": []}
 
     def callbacks(tag):
@@ -1810,8 +1717,7 @@ def _terminate_on_nan(check, directory):
     SFTModel's weights stay finite."""
     x, y = _data()
     x[9] = np.nan
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     outcomes = {}
     for m, tag in ((plain, "plain"), (model, "sft")):
         try:
@@ -1845,8 +1751,7 @@ def _terminate_on_nan(check, directory):
 def _evaluate(check, directory):
     """evaluate: list and dict returns, on arrays and a dataset."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], metrics=["accuracy"])
+    plain, model = _compiled_twins(metrics=["accuracy"])
     p = plain.evaluate(x, y, batch_size=5, verbose=0, return_dict=True)
     s = model.evaluate(x, y, batch_size=5, verbose=0, return_dict=True)
     missing = sorted(set(p) - set(s))
@@ -1888,8 +1793,7 @@ def _predict(check, directory):
 def _on_batch(check, directory):
     """train_on_batch, test_on_batch and predict_on_batch."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], metrics=["accuracy"])
+    plain, model = _compiled_twins(metrics=["accuracy"])
     for start in (0, 8):
         batch = (x[start : start + 8], y[start : start + 8])
         p = plain.train_on_batch(*batch, return_dict=True)
@@ -1981,11 +1885,8 @@ def _keras_round_trip_resume(check, directory):
     """.keras save after fit, load_model, then fit on: as the plain model
     (the optimizer state travels)."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile(
-        [plain, model],
-        optimizer=lambda: keras.optimizers.Adam(0.01),
-        metrics=["accuracy"],
+    plain, model = _compiled_twins(
+        optimizer=lambda: keras.optimizers.Adam(0.01), metrics=["accuracy"]
     )
     _fit([plain, model], x, y, batch_size=8, epochs=1)
     plain.save(_path(directory, "plain.keras"))
@@ -2018,8 +1919,7 @@ def _keras_round_trip_lambda(check, directory):
 def _save_load_weights(check, directory):
     """save_weights then load_weights into a fresh model."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     _fit([plain, model], x, y, batch_size=8, epochs=1)
     model.save_weights(_path(directory, "sft.weights.h5"))
     keras.utils.set_random_seed(3)
@@ -2048,8 +1948,7 @@ def _trainable_change_then_reload(check, directory, *, first, then):
         model.get_layer("hidden").trainable = first
         return model
 
-    plain, model = _twins(build)
-    _compile([plain, model])
+    plain, model = _compiled_twins(build)
     _fit([plain, model], x, y, batch_size=8, epochs=1)
     for m in (plain, model.student):
         m.get_layer("hidden").trainable = then
@@ -2100,8 +1999,7 @@ def _unfreeze_without_recompile(check, directory):
         model.get_layer("hidden").trainable = False
         return model
 
-    plain, model = _twins(build)
-    _compile([plain, model])
+    plain, model = _compiled_twins(build)
     _fit([plain, model], x, y, batch_size=8, epochs=1)
     for m in (plain, model.student):
         m.get_layer("hidden").trainable = True
@@ -2114,8 +2012,7 @@ def _get_set_weights(check, directory):
     """get_weights/set_weights across models: SFTModel to SFTModel,
     student to plain, plain to student."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     _fit([plain, model], x, y, batch_size=8, epochs=1)
     keras.utils.set_random_seed(4)
     other = keras_sft.SFTModel(_mlp(), lambda_=0.0)
@@ -2224,8 +2121,7 @@ def _export(check, directory):
     """model.export and keras_sft.export_saved_model: the served outputs
     are the plain model's predictions."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     _fit([plain, model], x, y, batch_size=8, epochs=1)
     plain.export(_path(directory, "plain"), verbose=False)
     model.export(_path(directory, "sft"), verbose=False)
@@ -2285,21 +2181,8 @@ def _bert_classifier():
     import keras_hub
 
     tokenizer = keras_hub.models.BertTokenizer(
-        vocabulary=[
-            "[PAD]",
-            "[UNK]",
-            "[CLS]",
-            "[SEP]",
-            "[MASK]",
-            "the",
-            "quick",
-            "fox",
-            "a",
-            "lazy",
-            "dog",
-            "jumps",
-            "end",
-        ]
+        vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        + ["the", "quick", "fox", "a", "lazy", "dog", "jumps", "end"]
     )
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=13,
@@ -2379,9 +2262,8 @@ def _keras_hub_causal_lm(check, directory):
         )
 
     texts = np.array(["a b ab", "b a", "ab ab a", "a a b b"] * 4)
-    plain, model = _twins(build)
-    _compile(
-        [plain, model],
+    plain, model = _compiled_twins(
+        build,
         optimizer=lambda: keras.optimizers.Adam(1e-3),
         loss=_scce,
         weighted_metrics=[],
@@ -2399,8 +2281,7 @@ def _refused_without_harm(
     """`fit` on faulty data: SFTModel raises where the plain model raises
     or trains silently, and keeps its weights (or those of the plain
     model trained on `valid_steps`, the batches before the faulty one)."""
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     before = model.get_weights()
     if valid_steps is not None:
         trained, _ = _twins(_mlp)
@@ -2626,8 +2507,7 @@ def _weights_of_another_architecture(check, directory):
 def _interrupt_then_fit_again(check, directory):
     """Ctrl-C in the middle of fit, then fit again: as the plain model."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
 
     class CtrlC(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
