@@ -187,6 +187,17 @@ def _mlp(features=6, classes=3, *, dropout=0.0, hidden=8, **dense):
     return keras.Model(inputs, outputs)
 
 
+def _mlp_with_hidden(*, trainable):
+    """A builder of `_mlp()` whose hidden layer has `trainable`."""
+
+    def build():
+        model = _mlp()
+        model.get_layer("hidden").trainable = trainable
+        return model
+
+    return build
+
+
 def _cnn(*, frozen_backbone=False):
     inputs = keras.Input((8, 8, 2))
     h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
@@ -264,6 +275,12 @@ def _fit(models, *args, callbacks=None, **kwargs):
     return histories
 
 
+def _fit_small(models, **fit):
+    """`_fit` on `_data()` in batches of 8."""
+    x, y = _data()
+    return _fit(models, x, y, batch_size=8, **fit)
+
+
 def _compare_fit(
     check, build, x, y=None, *, compile_arguments=None, sft=None, **fit
 ):
@@ -277,11 +294,7 @@ def _compare_fit(
     probe = (
         x if isinstance(x, (np.ndarray, list, dict, tf.Tensor)) else _data()[0]
     )
-    check.close(
-        "predictions",
-        model.predict(probe, verbose=0),
-        plain.predict(probe, verbose=0),
-    )
+    check.predictions("predictions", model, plain, probe)
     return plain, model
 
 
@@ -319,12 +332,9 @@ def _fit_shuffled(check, directory):
 @workflow()
 def _fit_twice(check, directory):
     """fit called twice, the second from initial_epoch."""
-    x, y = _data()
     plain, model = _compiled_twins()
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
-    histories = _fit(
-        [plain, model], x, y, batch_size=8, epochs=3, initial_epoch=1
-    )
+    _fit_small([plain, model], epochs=1)
+    histories = _fit_small([plain, model], epochs=3, initial_epoch=1)
     check.history(*histories)
     check.weights("trained weights", model.student, plain)
     check.that(
@@ -1142,10 +1152,9 @@ def _mirrored_strategy(check, directory):
     if len(tf.config.list_logical_devices("CPU")) < 2:
         raise RuntimeError("needs two logical CPU devices")
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    x, y = _data()
     with strategy.scope():
         plain, model = _compiled_twins()
-    histories = _fit([plain, model], x, y, batch_size=8, epochs=2)
+    histories = _fit_small([plain, model], epochs=2)
     check.history(*histories)
     check.weights("trained weights", model.student, plain)
 
@@ -1156,7 +1165,6 @@ def _mirrored_strategy(check, directory):
 @workflow()
 def _gradient_clipping(check, directory):
     """clipnorm, clipvalue and global_clipnorm."""
-    x, y = _data()
     for option in (
         {"clipnorm": 0.1},
         {"clipvalue": 0.01},
@@ -1166,7 +1174,7 @@ def _gradient_clipping(check, directory):
         plain, model = _compiled_twins(
             optimizer=lambda o=option: keras.optimizers.SGD(0.5, **o)
         )
-        check.history(*_fit([plain, model], x, y, batch_size=8, epochs=2))
+        check.history(*_fit_small([plain, model], epochs=2))
         check.weights(f"weights with {option}", model.student, plain)
 
 
@@ -1186,15 +1194,14 @@ def _learning_rate_schedule(check, directory):
 @workflow()
 def _recompile(check, directory):
     """fit, recompile with another optimizer and loss, fit again."""
-    x, y = _data()
     plain, model = _compiled_twins()
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
+    _fit_small([plain, model], epochs=1)
     _compile(
         [plain, model],
         optimizer=lambda: keras.optimizers.Adam(0.01),
         metrics=["accuracy"],
     )
-    check.history(*_fit([plain, model], x, y, batch_size=8, epochs=2))
+    check.history(*_fit_small([plain, model], epochs=2))
     check.weights("trained weights", model.student, plain)
 
 
@@ -1259,13 +1266,10 @@ def _explicit_loss_scale(check, directory):
 def _checkpoint_weights(check, directory):
     """ModelCheckpoint(save_weights_only=True) each epoch, then
     load_weights into fresh models."""
-    x, y = _data()
+    x, _ = _data()
     plain, model = _compiled_twins()
-    _fit(
+    _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
         epochs=2,
         callbacks=lambda tag: [
             keras.callbacks.ModelCheckpoint(
@@ -1275,23 +1279,11 @@ def _checkpoint_weights(check, directory):
         ],
     )
     fresh_plain, fresh = _twins(lambda: _mlp(hidden=8))
-    fresh_plain.load_weights(_path(directory, "plain-1.weights.h5"))
-    fresh.load_weights(_path(directory, "sft-1.weights.h5"))
-    check.close(
-        "epoch 1 checkpoint",
-        fresh.predict(x, verbose=0),
-        fresh_plain.predict(x, verbose=0),
-    )
-    fresh_plain.load_weights(_path(directory, "plain-2.weights.h5"))
-    fresh.load_weights(_path(directory, "sft-2.weights.h5"))
-    check.close(
-        "epoch 2 checkpoint",
-        fresh.predict(x, verbose=0),
-        model.predict(x, verbose=0),
-    )
-    check.weights(
-        "teacher after load", fresh.teacher, model.teacher, atol=0, rtol=0
-    )
+    _load_weights([fresh_plain, fresh], directory, "-1.weights.h5")
+    check.predictions("epoch 1 checkpoint", fresh, fresh_plain, x)
+    _load_weights([fresh_plain, fresh], directory, "-2.weights.h5")
+    check.predictions("epoch 2 checkpoint", fresh, model, x)
+    check.weights("teacher after load", fresh.teacher, model.teacher, **_EXACT)
 
 
 @workflow()
@@ -1300,11 +1292,8 @@ def _checkpoint_keras_best(check, directory):
     then keras.models.load_model without custom_objects."""
     x, y = _data()
     plain, model = _compiled_twins(metrics=["accuracy"])
-    _fit(
+    _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
         epochs=3,
         validation_split=0.25,
         callbacks=lambda tag: [
@@ -1322,11 +1311,7 @@ def _checkpoint_keras_best(check, directory):
         isinstance(loaded, keras_sft.SFTModel),
         type(loaded).__name__,
     )
-    check.close(
-        "best checkpoint",
-        loaded.predict(x, verbose=0),
-        loaded_plain.predict(x, verbose=0),
-    )
+    check.predictions("best checkpoint", loaded, loaded_plain, x)
     check.close(
         "loaded evaluate",
         loaded.evaluate(x, y, verbose=0, return_dict=True)["accuracy"],
@@ -1350,17 +1335,12 @@ def _checkpoint_into_plain_student(check, directory):
         plain.load_weights(path)
     except Exception:  # noqa: BLE001 - refusing is right
         return
-    check.close(
-        "loaded student",
-        plain.predict(x, verbose=0),
-        model.predict(x, verbose=0),
-    )
+    check.predictions("loaded student", plain, model, x)
 
 
 @workflow()
 def _early_stopping_restore_best(check, directory):
     """EarlyStopping(restore_best_weights=True) on val_loss."""
-    x, y = _data()
     xv, yv = _data(n=16, seed=9)
     plain, model = _compiled_twins(optimizer=lambda: keras.optimizers.SGD(0.5))
     stoppers = {}
@@ -1372,11 +1352,8 @@ def _early_stopping_restore_best(check, directory):
         return [stoppers[tag]]
 
     check.history(
-        *_fit(
+        *_fit_small(
             [plain, model],
-            x,
-            y,
-            batch_size=8,
             epochs=10,
             validation_data=(xv, yv),
             callbacks=callbacks,
@@ -1393,7 +1370,6 @@ def _early_stopping_restore_best(check, directory):
 def _monitors_val_task_loss(check, directory):
     """EarlyStopping, ReduceLROnPlateau and ModelCheckpoint on
     val_task_loss without mode=, against the plain model's on val_loss."""
-    x, y = _data()
     xv, yv = _data(n=16, seed=9)
     plain, model = _compiled_twins(optimizer=lambda: keras.optimizers.SGD(0.5))
     made = {}
@@ -1416,11 +1392,8 @@ def _monitors_val_task_loss(check, directory):
         ]
         return made[tag]
 
-    _fit(
+    _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
         epochs=8,
         validation_data=(xv, yv),
         callbacks=callbacks,
@@ -1442,14 +1415,10 @@ def _monitors_val_task_loss(check, directory):
 @workflow()
 def _reduce_lr_on_plateau(check, directory):
     """ReduceLROnPlateau on val_loss and on loss."""
-    x, y = _data()
     plain, model = _compiled_twins(optimizer=lambda: keras.optimizers.SGD(0.5))
     check.history(
-        *_fit(
+        *_fit_small(
             [plain, model],
-            x,
-            y,
-            batch_size=8,
             epochs=5,
             validation_split=0.25,
             callbacks=lambda tag: [
@@ -1472,14 +1441,10 @@ def _reduce_lr_on_plateau(check, directory):
 @workflow(aside=True)
 def _learning_rate_scheduler(check, directory):
     """LearningRateScheduler halving the rate each epoch."""
-    x, y = _data()
     plain, model = _compiled_twins()
     check.history(
-        *_fit(
+        *_fit_small(
             [plain, model],
-            x,
-            y,
-            batch_size=8,
             epochs=3,
             callbacks=lambda tag: [
                 keras.callbacks.LearningRateScheduler(
@@ -1516,13 +1481,9 @@ def _scalars(log_dir):
 def _tensorboard(check, directory):
     """The TensorBoard callback with histograms: the plain model's
     summaries, with the same values."""
-    x, y = _data()
     plain, model = _compiled_twins(metrics=["accuracy"])
-    _fit(
+    _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
         epochs=2,
         validation_split=0.25,
         callbacks=lambda tag: [
@@ -1541,13 +1502,9 @@ def _tensorboard(check, directory):
 @workflow()
 def _csv_logger(check, directory):
     """CSVLogger: the plain model's columns, with the same values."""
-    x, y = _data()
     plain, model = _compiled_twins(metrics=["accuracy"])
-    _fit(
+    _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
         epochs=2,
         validation_split=0.25,
         callbacks=lambda tag: [
@@ -1601,11 +1558,8 @@ def _interrupted_and_resumed(check, directory, backup_class):
     plain, model = _compiled_twins(
         optimizer=lambda: keras.optimizers.Adam(0.01)
     )
-    histories = _fit(
+    histories = _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
         epochs=4,
         callbacks=lambda tag: [backup_class(_path(directory, tag))],
     )
@@ -1644,14 +1598,10 @@ def _backup_and_restore_sft(check, directory):
 @workflow(aside=True)
 def _batch_logs(check, directory):
     """A LambdaCallback reading each batch's logs; verbose=2 output."""
-    x, y = _data()
     plain, model = _compiled_twins(metrics=["accuracy"])
     seen = {"plain": [], "sft": []}
-    _fit(
+    _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
         epochs=1,
         callbacks=lambda tag: [
             keras.callbacks.LambdaCallback(
@@ -1667,7 +1617,6 @@ def _batch_logs(check, directory):
 @workflow(aside=True)
 def _stop_training_mid_epoch(check, directory):
     """A callback setting model.stop_training after the second batch."""
-    x, y = _data()
     plain, model = _compiled_twins()
 
     class Stop(keras.callbacks.Callback):
@@ -1675,11 +1624,8 @@ def _stop_training_mid_epoch(check, directory):
             if batch == 1:
                 self.model.stop_training = True
 
-    _fit(
+    _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
         epochs=3,
         callbacks=lambda tag: [Stop()],
     )
@@ -1695,7 +1641,6 @@ def _stop_training_mid_epoch(check, directory):
 @workflow(aside=True)
 def _callback_reads_model(check, directory):
     """A callback that reads self.model's weights and learning rate."""
-    x, y = _data()
     plain, model = _compiled_twins()
     read = {"plain": [], "sft": []}
 
@@ -1707,7 +1652,7 @@ def _callback_reads_model(check, directory):
 
         return [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)]
 
-    _fit([plain, model], x, y, batch_size=8, epochs=2, callbacks=callbacks)
+    _fit_small([plain, model], epochs=2, callbacks=callbacks)
     check.close("read values", read["sft"], read["plain"])
 
 
@@ -1781,11 +1726,7 @@ def _predict(check, directory):
         plain.predict(x, batch_size=5, verbose=0),
     )
     dataset = tf.data.Dataset.from_tensor_slices(x).batch(7)
-    check.close(
-        "predict(dataset)",
-        model.predict(dataset, verbose=0),
-        plain.predict(dataset, verbose=0),
-    )
+    check.predictions("predict(dataset)", model, plain, dataset)
     check.close("__call__", model(x, training=False), plain(x, training=False))
 
 
@@ -1862,19 +1803,9 @@ def _round_trip(check, model, x, directory, *, name="round_trip.keras"):
         isinstance(loaded, keras_sft.SFTModel),
         type(loaded).__name__,
     )
-    check.close(
-        ".keras predictions",
-        loaded.predict(x, verbose=0),
-        model.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
-    )
-    check.close(
-        ".keras teacher",
-        loaded.teacher.predict(x, verbose=0),
-        model.teacher.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
+    check.predictions(".keras predictions", loaded, model, x, **_EXACT)
+    check.predictions(
+        ".keras teacher", loaded.teacher, model.teacher, x, **_EXACT
     )
     check.that(".keras lambda_", loaded.lambda_ == model.lambda_)
     return loaded
@@ -1884,15 +1815,15 @@ def _round_trip(check, model, x, directory, *, name="round_trip.keras"):
 def _keras_round_trip_resume(check, directory):
     """.keras save after fit, load_model, then fit on: as the plain model
     (the optimizer state travels)."""
-    x, y = _data()
+    x, _ = _data()
     plain, model = _compiled_twins(
         optimizer=lambda: keras.optimizers.Adam(0.01), metrics=["accuracy"]
     )
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
+    _fit_small([plain, model], epochs=1)
     plain.save(_path(directory, "plain.keras"))
     loaded = _round_trip(check, model, x, directory, name="sft.keras")
     loaded_plain = keras.models.load_model(_path(directory, "plain.keras"))
-    check.history(*_fit([loaded_plain, loaded], x, y, batch_size=8, epochs=1))
+    check.history(*_fit_small([loaded_plain, loaded], epochs=1))
     check.weights("weights after resuming", loaded.student, loaded_plain)
 
 
@@ -1918,60 +1849,54 @@ def _keras_round_trip_lambda(check, directory):
 @workflow()
 def _save_load_weights(check, directory):
     """save_weights then load_weights into a fresh model."""
-    x, y = _data()
+    x, _ = _data()
     plain, model = _compiled_twins()
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
+    _fit_small([plain, model], epochs=1)
     model.save_weights(_path(directory, "sft.weights.h5"))
     keras.utils.set_random_seed(3)
     fresh = keras_sft.SFTModel(_mlp(), lambda_=0.0)
     fresh.load_weights(_path(directory, "sft.weights.h5"))
-    check.close(
-        "reloaded predictions",
-        fresh.predict(x, verbose=0),
-        model.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
-    )
-    check.weights(
-        "reloaded teacher", fresh.teacher, model.teacher, atol=0, rtol=0
-    )
+    check.predictions("reloaded predictions", fresh, model, x, **_EXACT)
+    check.weights("reloaded teacher", fresh.teacher, model.teacher, **_EXACT)
+
+
+def _fit_across_trainable_change(check, build, *, then, recompile):
+    """Fits twins of `build` an epoch, sets the hidden layer's trainable
+    to `then`, recompiles or not, fits an epoch more and compares."""
+    plain, model = _compiled_twins(build)
+    _fit_small([plain, model], epochs=1)
+    for m in (plain, model.student):
+        m.get_layer("hidden").trainable = then
+    if recompile:
+        _compile([plain, model])
+    check.history(*_fit_small([plain, model], epochs=1))
+    check.weights("trained weights", model.student, plain)
+    return plain, model
+
+
+def _load_weights(models, directory, suffix):
+    """Loads `plain<suffix>` and `sft<suffix>` into the two models."""
+    for model, tag in zip(models, ("plain", "sft"), strict=True):
+        model.load_weights(_path(directory, tag + suffix))
 
 
 def _trainable_change_then_reload(check, directory, *, first, then):
     """Trains with the first layer's trainable `first`, sets it to `then`,
     trains on, saves weights and loads them into a fresh model made with
     `first`."""
-    x, y = _data()
-
-    def build():
-        model = _mlp()
-        model.get_layer("hidden").trainable = first
-        return model
-
-    plain, model = _compiled_twins(build)
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
-    for m in (plain, model.student):
-        m.get_layer("hidden").trainable = then
-    _compile([plain, model])
-    check.history(*_fit([plain, model], x, y, batch_size=8, epochs=1))
-    check.weights("trained weights", model.student, plain)
+    x, _ = _data()
+    build = _mlp_with_hidden(trainable=first)
+    plain, model = _fit_across_trainable_change(
+        check, build, then=then, recompile=True
+    )
     plain.save_weights(_path(directory, "plain.weights.h5"))
     model.save_weights(_path(directory, "sft.weights.h5"))
     fresh_plain, fresh = _twins(build)
     keras.utils.set_random_seed(5)
-    fresh_plain.load_weights(_path(directory, "plain.weights.h5"))
-    fresh.load_weights(_path(directory, "sft.weights.h5"))
-    check.close(
-        "reloaded predictions",
-        fresh.predict(x, verbose=0),
-        fresh_plain.predict(x, verbose=0),
-    )
-    check.close(
-        "reloaded teacher",
-        fresh.teacher.predict(x, verbose=0),
-        model.teacher.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
+    _load_weights([fresh_plain, fresh], directory, ".weights.h5")
+    check.predictions("reloaded predictions", fresh, fresh_plain, x)
+    check.predictions(
+        "reloaded teacher", fresh.teacher, model.teacher, x, **_EXACT
     )
 
 
@@ -1992,68 +1917,37 @@ def _freeze_then_reload(check, directory):
 @workflow(aside=True)
 def _unfreeze_without_recompile(check, directory):
     """A layer unfrozen after compile, fit again without recompiling."""
-    x, y = _data()
-
-    def build():
-        model = _mlp()
-        model.get_layer("hidden").trainable = False
-        return model
-
-    plain, model = _compiled_twins(build)
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
-    for m in (plain, model.student):
-        m.get_layer("hidden").trainable = True
-    check.history(*_fit([plain, model], x, y, batch_size=8, epochs=1))
-    check.weights("trained weights", model.student, plain)
+    _fit_across_trainable_change(
+        check, _mlp_with_hidden(trainable=False), then=True, recompile=False
+    )
 
 
 @workflow()
 def _get_set_weights(check, directory):
     """get_weights/set_weights across models: SFTModel to SFTModel,
     student to plain, plain to student."""
-    x, y = _data()
+    x, _ = _data()
     plain, model = _compiled_twins()
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
+    _fit_small([plain, model], epochs=1)
     keras.utils.set_random_seed(4)
     other = keras_sft.SFTModel(_mlp(), lambda_=0.0)
     other.set_weights(model.get_weights())
-    check.close(
-        "SFTModel to SFTModel",
-        other.predict(x, verbose=0),
-        model.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
-    )
-    check.weights(
-        "teacher copied", other.teacher, model.teacher, atol=0, rtol=0
-    )
+    check.predictions("SFTModel to SFTModel", other, model, x, **_EXACT)
+    check.weights("teacher copied", other.teacher, model.teacher, **_EXACT)
     keras.utils.set_random_seed(4)
     target = _mlp()
     target.set_weights(model.student.get_weights())
-    check.close(
-        "student to plain",
-        target.predict(x, verbose=0),
-        model.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
-    )
+    check.predictions("student to plain", target, model, x, **_EXACT)
     teacher_before = model.teacher.predict(x, verbose=0)
     keras.utils.set_random_seed(4)
     source = _mlp()
     model.student.set_weights(source.get_weights())
-    check.close(
-        "plain to student",
-        model.predict(x, verbose=0),
-        source.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
-    )
+    check.predictions("plain to student", model, source, x, **_EXACT)
     check.close(
         "teacher kept",
         model.teacher.predict(x, verbose=0),
         teacher_before,
-        atol=0,
-        rtol=0,
+        **_EXACT,
     )
 
 
@@ -2062,23 +1956,14 @@ def _student_set_weights_with_frozen_layer(check, directory):
     """student.set_weights on a student with a frozen layer: the teacher
     keeps its weights, as a teacher apart from the student does."""
     x, _ = _data()
-
-    def build():
-        model = _mlp()
-        model.get_layer("hidden").trainable = False
-        return model
-
+    build = _mlp_with_hidden(trainable=False)
     keras.utils.set_random_seed(0)
     model = keras_sft.SFTModel(build(), lambda_=0.0)
     before = model.teacher.predict(x, verbose=0)
     keras.utils.set_random_seed(8)
     model.student.set_weights(build().get_weights())
     check.close(
-        "teacher outputs",
-        model.teacher.predict(x, verbose=0),
-        before,
-        atol=0,
-        rtol=0,
+        "teacher outputs", model.teacher.predict(x, verbose=0), before, **_EXACT
     )
 
 
@@ -2087,12 +1972,7 @@ def _student_load_weights_with_frozen_layer(check, directory):
     """student.load_weights on a student with a frozen layer: the teacher
     keeps its weights."""
     x, _ = _data()
-
-    def build():
-        model = _mlp()
-        model.get_layer("hidden").trainable = False
-        return model
-
+    build = _mlp_with_hidden(trainable=False)
     keras.utils.set_random_seed(8)
     other = build()
     other.save_weights(_path(directory, "other.weights.h5"))
@@ -2100,19 +1980,9 @@ def _student_load_weights_with_frozen_layer(check, directory):
     model = keras_sft.SFTModel(build(), lambda_=0.0)
     before = model.teacher.predict(x, verbose=0)
     model.student.load_weights(_path(directory, "other.weights.h5"))
+    check.predictions("student loaded", model, other, x, **_EXACT)
     check.close(
-        "student loaded",
-        model.predict(x, verbose=0),
-        other.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
-    )
-    check.close(
-        "teacher outputs",
-        model.teacher.predict(x, verbose=0),
-        before,
-        atol=0,
-        rtol=0,
+        "teacher outputs", model.teacher.predict(x, verbose=0), before, **_EXACT
     )
 
 
@@ -2120,9 +1990,9 @@ def _student_load_weights_with_frozen_layer(check, directory):
 def _export(check, directory):
     """model.export and keras_sft.export_saved_model: the served outputs
     are the plain model's predictions."""
-    x, y = _data()
+    x, _ = _data()
     plain, model = _compiled_twins()
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
+    _fit_small([plain, model], epochs=1)
     plain.export(_path(directory, "plain"), verbose=False)
     model.export(_path(directory, "sft"), verbose=False)
     expected = plain.predict(x, verbose=0)
@@ -2224,13 +2094,7 @@ def _keras_hub_text_classifier(check, directory):
     loaded = keras_hub.models.TextClassifier.from_preset(
         _path(directory, "preset")
     )
-    check.close(
-        "from_preset predictions",
-        loaded.predict(texts, verbose=0),
-        model.predict(texts, verbose=0),
-        atol=0,
-        rtol=0,
-    )
+    check.predictions("from_preset predictions", loaded, model, texts, **_EXACT)
     _round_trip(check, model, texts, directory)
 
 
@@ -2447,7 +2311,7 @@ def _truncated_weights(check, directory):
         error is None or "sft.weights.h5" in str(error),
         str(error),
     )
-    check.close("weights kept", model.get_weights(), before, atol=0, rtol=0)
+    check.close("weights kept", model.get_weights(), before, **_EXACT)
 
 
 @workflow()
@@ -2500,7 +2364,7 @@ def _weights_of_another_architecture(check, directory):
         "load_weights",
         lambda: model.load_weights(_path(directory, "sft.weights.h5")),
     )
-    check.close("weights kept", model.get_weights(), before, atol=0, rtol=0)
+    check.close("weights kept", model.get_weights(), before, **_EXACT)
 
 
 @workflow(aside=True)
@@ -2527,7 +2391,7 @@ def _interrupt_then_fit_again(check, directory):
                 callbacks=[CtrlC()],
             )
     check.weights("interrupted weights", model.student, plain)
-    check.history(*_fit([plain, model], x, y, batch_size=8, epochs=1))
+    check.history(*_fit_small([plain, model], epochs=1))
     check.weights("weights after fitting again", model.student, plain)
 
 
@@ -2535,15 +2399,14 @@ def _interrupt_then_fit_again(check, directory):
 def _whole_model_frozen(check, directory):
     """model.trainable = False before compile: fit trains nothing, as for
     the plain model."""
-    x, y = _data()
     plain, model = _twins(_mlp)
     plain.trainable = False
     model.trainable = False
     _compile([plain, model])
     before = plain.get_weights()
-    check.history(*_fit([plain, model], x, y, batch_size=8, epochs=1))
+    check.history(*_fit_small([plain, model], epochs=1))
     check.close(
-        "weights unchanged", model.student.get_weights(), before, atol=0, rtol=0
+        "weights unchanged", model.student.get_weights(), before, **_EXACT
     )
 
 
