@@ -260,9 +260,11 @@ def _compiled_twins(build=_mlp, *, sft=None, **compile_arguments):
     return plain, model
 
 
-def _fit(models, *args, callbacks=None, **kwargs):
+def _fit(models, *args, callbacks=None, interrupted=False, **kwargs):
     """Each model's `fit` history from the same seed; `callbacks(tag)`
-    gives each its own callbacks (`tag` is `"plain"` or `"sft"`)."""
+    gives each its own callbacks (`tag` is `"plain"` or `"sft"`). With
+    `interrupted`, a fit the callbacks stop by `KeyboardInterrupt` (as a
+    preemption would) gives `None`."""
     histories = []
     for model, tag in zip(models, ("plain", "sft"), strict=True):
         keras.utils.set_random_seed(1)
@@ -271,7 +273,12 @@ def _fit(models, *args, callbacks=None, **kwargs):
         )
         if callbacks is not None:
             arguments["callbacks"] = callbacks(tag)
-        histories.append(model.fit(*args, **arguments))
+        try:
+            histories.append(model.fit(*args, **arguments))
+        except KeyboardInterrupt:
+            if not interrupted:
+                raise
+            histories.append(None)
     return histories
 
 
@@ -304,6 +311,13 @@ def _compare_small_fit(check, build=_mlp, *, data=None, **fit):
     x, y = _data() if data is None else data
     return _compare_fit(
         check, build, x, y, **{"batch_size": 8, "epochs": 2, **fit}
+    )
+
+
+def _compare_optimizer(check, optimizer, build=_mlp):
+    """`_compare_small_fit`, both compiled with `optimizer()`."""
+    _compare_small_fit(
+        check, build, compile_arguments=dict(optimizer=optimizer)
     )
 
 
@@ -781,19 +795,21 @@ def _subclassed_without_config(check, directory):
     x, y = _data()
     plain, model = _compare_small_fit(check, _built(_Unconfigured), data=(x, y))
     _same_outcome(
-        check,
-        "save and load",
-        lambda m, tag: keras.models.load_model(
-            _saved(m, _path(directory, f"{tag}.keras"))
-        ).predict(x, verbose=0),
-        plain,
-        model,
+        check, "save and load", _reloaded(directory, ".keras", x), plain, model
     )
 
 
-def _saved(model, path):
-    model.save(path)
-    return path
+def _reloaded(directory, suffix, x, **load_arguments):
+    """For `_same_outcome`: the predictions on `x` of the model saved as
+    `<tag><suffix>` and loaded back."""
+
+    def predictions(model, tag):
+        path = _path(directory, tag + suffix)
+        model.save(path)
+        loaded = keras.models.load_model(path, **load_arguments)
+        return loaded.predict(x, verbose=0)
+
+    return predictions
 
 
 def _same_outcome(check, what, function, plain, model):
@@ -833,9 +849,7 @@ def _lambda_layer(check, directory):
     _same_outcome(
         check,
         "save and load(safe_mode=False)",
-        lambda m, tag: keras.models.load_model(
-            _saved(m, _path(directory, f"{tag}.keras")), safe_mode=False
-        ).predict(x, verbose=0),
+        _reloaded(directory, ".keras", x, safe_mode=False),
         plain,
         model,
     )
@@ -1181,12 +1195,10 @@ def _gradient_clipping(check, directory):
 @workflow()
 def _learning_rate_schedule(check, directory):
     """Adam with a CosineDecay schedule."""
-    _compare_small_fit(
+    _compare_optimizer(
         check,
-        compile_arguments=dict(
-            optimizer=lambda: keras.optimizers.Adam(
-                keras.optimizers.schedules.CosineDecay(0.05, 8)
-            )
+        lambda: keras.optimizers.Adam(
+            keras.optimizers.schedules.CosineDecay(0.05, 8)
         ),
     )
 
@@ -1208,16 +1220,14 @@ def _recompile(check, directory):
 @workflow(aside=True)
 def _adamw_ema(check, directory):
     """AdamW with weight decay and use_ema=True."""
-    _compare_small_fit(
+    _compare_optimizer(
         check,
-        compile_arguments=dict(
-            optimizer=lambda: keras.optimizers.AdamW(
-                0.01,
-                weight_decay=0.1,
-                use_ema=True,
-                ema_momentum=0.5,
-                ema_overwrite_frequency=2,
-            )
+        lambda: keras.optimizers.AdamW(
+            0.01,
+            weight_decay=0.1,
+            use_ema=True,
+            ema_momentum=0.5,
+            ema_overwrite_frequency=2,
         ),
     )
 
@@ -1225,13 +1235,8 @@ def _adamw_ema(check, directory):
 @workflow(aside=True)
 def _gradient_accumulation(check, directory):
     """An optimizer with gradient_accumulation_steps=2."""
-    _compare_small_fit(
-        check,
-        compile_arguments=dict(
-            optimizer=lambda: keras.optimizers.SGD(
-                0.1, gradient_accumulation_steps=2
-            )
-        ),
+    _compare_optimizer(
+        check, lambda: keras.optimizers.SGD(0.1, gradient_accumulation_steps=2)
     )
 
 
@@ -1239,7 +1244,6 @@ def _gradient_accumulation(check, directory):
 def _explicit_loss_scale(check, directory):
     """A LossScaleOptimizer given to compile under mixed_float16."""
     keras.config.set_dtype_policy("mixed_float16")
-    x, y = _data()
 
     def build():
         inputs = keras.Input((6,))
@@ -1247,19 +1251,28 @@ def _explicit_loss_scale(check, directory):
         outputs = keras.layers.Dense(3, dtype="float32")(h)
         return keras.Model(inputs, outputs)
 
-    _compare_small_fit(
+    _compare_optimizer(
         check,
-        build,
-        data=(x, y),
-        compile_arguments=dict(
-            optimizer=lambda: keras.optimizers.LossScaleOptimizer(
-                keras.optimizers.SGD(0.1), initial_scale=256.0
-            )
+        lambda: keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.1), initial_scale=256.0
         ),
+        build,
     )
 
 
 # Callbacks.
+
+
+def _fit_validated(callback, *, epochs=2):
+    """`_fit_small` of twins compiled with accuracy, a quarter held out
+    for validation, each with `callback(tag)` (to write its files)."""
+    plain, model = _compiled_twins(metrics=["accuracy"])
+    _fit_small(
+        [plain, model],
+        epochs=epochs,
+        validation_split=0.25,
+        callbacks=lambda tag: [callback(tag)],
+    )
 
 
 @workflow()
@@ -1291,18 +1304,13 @@ def _checkpoint_keras_best(check, directory):
     """ModelCheckpoint(".keras", save_best_only=True, monitor="val_loss"),
     then keras.models.load_model without custom_objects."""
     x, y = _data()
-    plain, model = _compiled_twins(metrics=["accuracy"])
-    _fit_small(
-        [plain, model],
+    _fit_validated(
+        lambda tag: keras.callbacks.ModelCheckpoint(
+            _path(directory, f"{tag}.keras"),
+            save_best_only=True,
+            monitor="val_loss",
+        ),
         epochs=3,
-        validation_split=0.25,
-        callbacks=lambda tag: [
-            keras.callbacks.ModelCheckpoint(
-                _path(directory, f"{tag}.keras"),
-                save_best_only=True,
-                monitor="val_loss",
-            )
-        ],
     )
     loaded_plain = keras.models.load_model(_path(directory, "plain.keras"))
     loaded = keras.models.load_model(_path(directory, "sft.keras"))
@@ -1481,14 +1489,10 @@ def _scalars(log_dir):
 def _tensorboard(check, directory):
     """The TensorBoard callback with histograms: the plain model's
     summaries, with the same values."""
-    plain, model = _compiled_twins(metrics=["accuracy"])
-    _fit_small(
-        [plain, model],
-        epochs=2,
-        validation_split=0.25,
-        callbacks=lambda tag: [
-            keras.callbacks.TensorBoard(_path(directory, tag), histogram_freq=1)
-        ],
+    _fit_validated(
+        lambda tag: keras.callbacks.TensorBoard(
+            _path(directory, tag), histogram_freq=1
+        )
     )
     plain_logs = _scalars(_path(directory, "plain"))
     logs = _scalars(_path(directory, "sft"))
@@ -1502,14 +1506,8 @@ def _tensorboard(check, directory):
 @workflow()
 def _csv_logger(check, directory):
     """CSVLogger: the plain model's columns, with the same values."""
-    plain, model = _compiled_twins(metrics=["accuracy"])
-    _fit_small(
-        [plain, model],
-        epochs=2,
-        validation_split=0.25,
-        callbacks=lambda tag: [
-            keras.callbacks.CSVLogger(_path(directory, f"{tag}.csv"))
-        ],
+    _fit_validated(
+        lambda tag: keras.callbacks.CSVLogger(_path(directory, f"{tag}.csv"))
     )
     rows = {}
     for tag in ("plain", "sft"):
@@ -1542,18 +1540,15 @@ def _interrupted_and_resumed(check, directory, backup_class):
     plain, model = _compiled_twins(
         optimizer=lambda: keras.optimizers.Adam(0.01)
     )
-    for m, tag in ((plain, "plain"), (model, "sft")):
-        keras.utils.set_random_seed(1)
-        with contextlib.suppress(KeyboardInterrupt):
-            m.fit(
-                x,
-                y,
-                batch_size=8,
-                epochs=4,
-                shuffle=False,
-                verbose=0,
-                callbacks=[backup_class(_path(directory, tag)), _Interrupt(1)],
-            )
+    _fit_small(
+        [plain, model],
+        epochs=4,
+        callbacks=lambda tag: [
+            backup_class(_path(directory, tag)),
+            _Interrupt(1),
+        ],
+        interrupted=True,
+    )
     # A new process: fresh models of the initial weights.
     plain, model = _compiled_twins(
         optimizer=lambda: keras.optimizers.Adam(0.01)
@@ -2034,13 +2029,7 @@ def _legacy_h5(check, directory):
     x, _ = _data()
     plain, model = _twins(_mlp)
     _same_outcome(
-        check,
-        "legacy .h5",
-        lambda m, tag: keras.models.load_model(
-            _saved(m, _path(directory, f"{tag}.h5"))
-        ).predict(x, verbose=0),
-        plain,
-        model,
+        check, "legacy .h5", _reloaded(directory, ".h5", x), plain, model
     )
 
 
@@ -2048,26 +2037,10 @@ def _legacy_h5(check, directory):
 
 
 def _bert_classifier():
-    import keras_hub
+    from benchmarks import _hub_tasks
 
-    tokenizer = keras_hub.models.BertTokenizer(
-        vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        + ["the", "quick", "fox", "a", "lazy", "dog", "jumps", "end"]
-    )
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=13,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=8,
-    )
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
-        tokenizer=tokenizer, sequence_length=8
-    )
-    return keras_hub.models.BertTextClassifier(
-        backbone=backbone, num_classes=3, preprocessor=preprocessor
-    )
+    words = ["the", "quick", "fox", "a", "lazy", "dog", "jumps", "end"]
+    return _hub_tasks.bert_text_classifier(words, sequence_length=8)
 
 
 @workflow()
@@ -2103,27 +2076,9 @@ def _keras_hub_causal_lm(check, directory):
     """A tiny keras-hub GPT2CausalLM from its config: fit on strings."""
 
     def build():
-        import keras_hub
+        from benchmarks import _hub_tasks
 
-        tokens = ["<|endoftext|>", "a", "b", "Ġ", "Ġa", "Ġb", "ab", "Ġab"]
-        tokenizer = keras_hub.models.GPT2Tokenizer(
-            vocabulary={t: i for i, t in enumerate(tokens)},
-            merges=["a b", "Ġ a", "Ġ b", "Ġa b"],
-        )
-        backbone = keras_hub.models.GPT2Backbone(
-            vocabulary_size=8,
-            num_layers=1,
-            num_heads=2,
-            hidden_dim=8,
-            intermediate_dim=16,
-            max_sequence_length=16,
-        )
-        preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
-            tokenizer=tokenizer, sequence_length=8
-        )
-        return keras_hub.models.GPT2CausalLM(
-            backbone=backbone, preprocessor=preprocessor
-        )
+        return _hub_tasks.gpt2_causal_lm(num_layers=1)
 
     texts = np.array(["a b ab", "b a", "ab ab a", "a a b b"] * 4)
     plain, model = _compiled_twins(
@@ -2292,7 +2247,6 @@ def _truncate(path):
 def _truncated_weights(check, directory):
     """A truncated .weights.h5 file: load_weights raises, as for the
     plain model, and the model keeps its weights."""
-    x, y = _data()
     plain, model = _twins(_mlp)
     for m, tag in ((plain, "plain"), (model, "sft")):
         m.save_weights(_path(directory, f"{tag}.weights.h5"))
@@ -2370,7 +2324,6 @@ def _weights_of_another_architecture(check, directory):
 @workflow(aside=True)
 def _interrupt_then_fit_again(check, directory):
     """Ctrl-C in the middle of fit, then fit again: as the plain model."""
-    x, y = _data()
     plain, model = _compiled_twins()
 
     class CtrlC(keras.callbacks.Callback):
@@ -2378,18 +2331,12 @@ def _interrupt_then_fit_again(check, directory):
             if batch == 1:
                 raise KeyboardInterrupt
 
-    for m in (plain, model):
-        keras.utils.set_random_seed(1)
-        with contextlib.suppress(KeyboardInterrupt):
-            m.fit(
-                x,
-                y,
-                batch_size=8,
-                epochs=2,
-                shuffle=False,
-                verbose=0,
-                callbacks=[CtrlC()],
-            )
+    _fit_small(
+        [plain, model],
+        epochs=2,
+        callbacks=lambda tag: [CtrlC()],
+        interrupted=True,
+    )
     check.weights("interrupted weights", model.student, plain)
     check.history(*_fit_small([plain, model], epochs=1))
     check.weights("weights after fitting again", model.student, plain)
