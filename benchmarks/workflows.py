@@ -2238,6 +2238,27 @@ def _full_disk(check, directory):
     keras.models.load_model(keras_path, compile=False)
 
 
+def _load_weights_raises(check, models, directory):
+    """`load_weights` of `<tag>.weights.h5` raises for both models;
+    returns SFTModel's error."""
+    errors = []
+    for m, tag in zip(models, ("plain", "sft"), strict=True):
+        path = _path(directory, f"{tag}.weights.h5")
+        what = "load_weights" if tag == "sft" else "plain load_weights"
+        errors.append(
+            check.raises(what, lambda m=m, path=path: m.load_weights(path))
+        )
+    return errors[-1]
+
+
+def _names_file(check, error, name):
+    check.that(
+        "message names the file",
+        error is None or name in str(error),
+        str(error),
+    )
+
+
 def _truncate(path):
     with open(path, "r+b") as file:
         file.truncate(os.path.getsize(path) // 2)
@@ -2252,19 +2273,8 @@ def _truncated_weights(check, directory):
         m.save_weights(_path(directory, f"{tag}.weights.h5"))
         _truncate(_path(directory, f"{tag}.weights.h5"))
     before = model.get_weights()
-    check.raises(
-        "plain load_weights",
-        lambda: plain.load_weights(_path(directory, "plain.weights.h5")),
-    )
-    error = check.raises(
-        "load_weights",
-        lambda: model.load_weights(_path(directory, "sft.weights.h5")),
-    )
-    check.that(
-        "message names the file",
-        error is None or "sft.weights.h5" in str(error),
-        str(error),
-    )
+    error = _load_weights_raises(check, [plain, model], directory)
+    _names_file(check, error, "sft.weights.h5")
     check.close("weights kept", model.get_weights(), before, **_EXACT)
 
 
@@ -2294,11 +2304,7 @@ def _empty_weights_file(check, directory):
         "load_weights",
         lambda: model.load_weights(_path(directory, "empty.weights.h5")),
     )
-    check.that(
-        "message names the file",
-        error is None or "empty.weights.h5" in str(error),
-        str(error),
-    )
+    _names_file(check, error, "empty.weights.h5")
 
 
 @workflow(aside=True)
@@ -2310,14 +2316,7 @@ def _weights_of_another_architecture(check, directory):
     other.save_weights(_path(directory, "sft.weights.h5"))
     plain, model = _twins(_mlp)
     before = model.get_weights()
-    check.raises(
-        "plain load_weights",
-        lambda: plain.load_weights(_path(directory, "plain.weights.h5")),
-    )
-    check.raises(
-        "load_weights",
-        lambda: model.load_weights(_path(directory, "sft.weights.h5")),
-    )
+    _load_weights_raises(check, [plain, model], directory)
     check.close("weights kept", model.get_weights(), before, **_EXACT)
 
 
