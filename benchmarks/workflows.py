@@ -109,6 +109,14 @@ class Check:
                 return self.that(what, False, f"off by up to {gap.max():.3g}")
         return True
 
+    def predictions(self, what, model, expected_model, x, **tolerance):
+        return self.close(
+            what,
+            model.predict(x, verbose=0),
+            expected_model.predict(x, verbose=0),
+            **tolerance,
+        )
+
     def weights(self, what, model, expected_model, **tolerance):
         return self.close(
             what, model.get_weights(), expected_model.get_weights(), **tolerance
@@ -179,6 +187,17 @@ def _mlp(features=6, classes=3, *, dropout=0.0, hidden=8, **dense):
     return keras.Model(inputs, outputs)
 
 
+def _mlp_with_hidden(*, trainable):
+    """A builder of `_mlp()` whose hidden layer has `trainable`."""
+
+    def build():
+        model = _mlp()
+        model.get_layer("hidden").trainable = trainable
+        return model
+
+    return build
+
+
 def _cnn(*, frozen_backbone=False):
     inputs = keras.Input((8, 8, 2))
     h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
@@ -200,6 +219,10 @@ def _images(n=24):
         rng.normal(size=(n, 8, 8, 2)).astype("float32"),
         rng.integers(0, 3, size=n),
     )
+
+
+# Reloads and copies must give back the very same numbers.
+_EXACT = {"atol": 0, "rtol": 0}
 
 
 def _twins(build, *, lambda_=0.0, **sft_arguments):
@@ -230,9 +253,18 @@ def _compile(models, *, optimizer=_sgd, loss=_scce, metrics=None, **kwargs):
         )
 
 
-def _fit(models, *args, callbacks=None, **kwargs):
+def _compiled_twins(build=_mlp, *, sft=None, **compile_arguments):
+    """`_twins(build)`, both compiled alike."""
+    plain, model = _twins(build, **(sft or {}))
+    _compile([plain, model], **compile_arguments)
+    return plain, model
+
+
+def _fit(models, *args, callbacks=None, interrupted=False, **kwargs):
     """Each model's `fit` history from the same seed; `callbacks(tag)`
-    gives each its own callbacks (`tag` is `"plain"` or `"sft"`)."""
+    gives each its own callbacks (`tag` is `"plain"` or `"sft"`). With
+    `interrupted`, a fit the callbacks stop by `KeyboardInterrupt` (as a
+    preemption would) gives `None`."""
     histories = []
     for model, tag in zip(models, ("plain", "sft"), strict=True):
         keras.utils.set_random_seed(1)
@@ -241,8 +273,19 @@ def _fit(models, *args, callbacks=None, **kwargs):
         )
         if callbacks is not None:
             arguments["callbacks"] = callbacks(tag)
-        histories.append(model.fit(*args, **arguments))
+        try:
+            histories.append(model.fit(*args, **arguments))
+        except KeyboardInterrupt:
+            if not interrupted:
+                raise
+            histories.append(None)
     return histories
+
+
+def _fit_small(models, **fit):
+    """`_fit` on `_data()` in batches of 8."""
+    x, y = _data()
+    return _fit(models, x, y, batch_size=8, **fit)
 
 
 def _compare_fit(
@@ -250,8 +293,7 @@ def _compare_fit(
 ):
     """Fits both from the same weights; compares logs, weights and
     predictions. Returns the two models."""
-    plain, model = _twins(build, **(sft or {}))
-    _compile([plain, model], **(compile_arguments or {}))
+    plain, model = _compiled_twins(build, sft=sft, **(compile_arguments or {}))
     histories = _fit([plain, model], x, y, **fit)
     check.history(*histories)
     check.weights("trained weights", model.student, plain)
@@ -259,12 +301,24 @@ def _compare_fit(
     probe = (
         x if isinstance(x, (np.ndarray, list, dict, tf.Tensor)) else _data()[0]
     )
-    check.close(
-        "predictions",
-        model.predict(probe, verbose=0),
-        plain.predict(probe, verbose=0),
-    )
+    check.predictions("predictions", model, plain, probe)
     return plain, model
+
+
+def _compare_small_fit(check, build=_mlp, *, data=None, **fit):
+    """`_compare_fit` on `data` (`_data()` by default) in batches of 8
+    over two epochs, unless `fit` says otherwise."""
+    x, y = _data() if data is None else data
+    return _compare_fit(
+        check, build, x, y, **{"batch_size": 8, "epochs": 2, **fit}
+    )
+
+
+def _compare_optimizer(check, optimizer, build=_mlp):
+    """`_compare_small_fit`, both compiled with `optimizer()`."""
+    _compare_small_fit(
+        check, build, compile_arguments=dict(optimizer=optimizer)
+    )
 
 
 def _path(directory, name):
@@ -286,20 +340,15 @@ def _fit_arrays(check, directory):
 @workflow(aside=True)
 def _fit_shuffled(check, directory):
     """fit(shuffle=True) from the same seed."""
-    x, y = _data()
-    _compare_fit(check, _mlp, x, y, batch_size=8, epochs=2, shuffle=True)
+    _compare_small_fit(check, shuffle=True)
 
 
 @workflow()
 def _fit_twice(check, directory):
     """fit called twice, the second from initial_epoch."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
-    histories = _fit(
-        [plain, model], x, y, batch_size=8, epochs=3, initial_epoch=1
-    )
+    plain, model = _compiled_twins()
+    _fit_small([plain, model], epochs=1)
+    histories = _fit_small([plain, model], epochs=3, initial_epoch=1)
     check.history(*histories)
     check.weights("trained weights", model.student, plain)
     check.that(
@@ -311,10 +360,7 @@ def _fit_twice(check, directory):
 @workflow()
 def _validation_split(check, directory):
     """fit(validation_split=0.25)."""
-    x, y = _data()
-    _compare_fit(
-        check, _mlp, x, y, batch_size=8, epochs=2, validation_split=0.25
-    )
+    _compare_small_fit(check, validation_split=0.25)
 
 
 @workflow()
@@ -322,24 +368,14 @@ def _validation_data(check, directory):
     """fit(validation_data=(x, y))."""
     x, y = _data()
     xv, yv = _data(n=12, seed=3)
-    _compare_fit(
-        check, _mlp, x, y, batch_size=8, epochs=2, validation_data=(xv, yv)
-    )
+    _compare_small_fit(check, data=(x, y), validation_data=(xv, yv))
 
 
 @workflow(aside=True)
 def _validation_freq(check, directory):
     """fit(validation_freq=2) over three epochs."""
-    x, y = _data()
-    _compare_fit(
-        check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=3,
-        validation_split=0.25,
-        validation_freq=2,
+    _compare_small_fit(
+        check, epochs=3, validation_split=0.25, validation_freq=2
     )
 
 
@@ -406,8 +442,7 @@ def _generator(check, directory):
             for start in range(0, len(x), 8):
                 yield x[start : start + 8], y[start : start + 8]
 
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     histories = []
     for m in (plain, model):
         keras.utils.set_random_seed(1)
@@ -421,16 +456,7 @@ def _generator(check, directory):
 @workflow()
 def _class_weight(check, directory):
     """fit(class_weight=...)."""
-    x, y = _data()
-    _compare_fit(
-        check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
-        class_weight={0: 1.0, 1: 2.5, 2: 0.5},
-    )
+    _compare_small_fit(check, class_weight={0: 1.0, 1: 2.5, 2: 0.5})
 
 
 @workflow()
@@ -438,9 +464,7 @@ def _sample_weight(check, directory):
     """fit(sample_weight=array) and evaluate with sample weights."""
     x, y = _data()
     w = np.linspace(0.0, 2.0, len(x)).astype("float32")
-    plain, model = _compare_fit(
-        check, _mlp, x, y, batch_size=8, epochs=2, sample_weight=w
-    )
+    plain, model = _compare_small_fit(check, data=(x, y), sample_weight=w)
     check.close(
         "evaluate(sample_weight)",
         model.evaluate(x, y, sample_weight=w, verbose=0, return_dict=True)[
@@ -459,13 +483,9 @@ def _sample_weight(check, directory):
 def _one_hot_labels(check, directory):
     """categorical_crossentropy on one-hot labels."""
     x, y = _data()
-    _compare_fit(
+    _compare_small_fit(
         check,
-        _mlp,
-        x,
-        keras.utils.to_categorical(y, 3),
-        batch_size=8,
-        epochs=2,
+        data=(x, keras.utils.to_categorical(y, 3)),
         compile_arguments=dict(
             loss=lambda: keras.losses.CategoricalCrossentropy(from_logits=True),
             metrics=["categorical_accuracy"],
@@ -499,13 +519,10 @@ def _binary_mlp(activation):
 def _binary_probabilities(check, directory):
     """binary_crossentropy on a sigmoid output, accuracy metric."""
     x, y = _data(classes=2)
-    _compare_fit(
+    _compare_small_fit(
         check,
         _binary_mlp("sigmoid"),
-        x,
-        y.astype("float32")[:, None],
-        batch_size=8,
-        epochs=2,
+        data=(x, y.astype("float32")[:, None]),
         sft=_ONE_UNIT,
         compile_arguments=dict(
             loss="binary_crossentropy", metrics=["accuracy"]
@@ -517,13 +534,10 @@ def _binary_probabilities(check, directory):
 def _binary_logits(check, directory):
     """BinaryCrossentropy(from_logits=True), BinaryAccuracy."""
     x, y = _data(classes=2)
-    _compare_fit(
+    _compare_small_fit(
         check,
         _binary_mlp(None),
-        x,
-        y.astype("float32")[:, None],
-        batch_size=8,
-        epochs=2,
+        data=(x, y.astype("float32")[:, None]),
         sft=_ONE_UNIT,
         compile_arguments=dict(
             loss=lambda: keras.losses.BinaryCrossentropy(from_logits=True),
@@ -543,13 +557,10 @@ def _softmax_output(check, directory):
         h = keras.layers.Dense(8, activation="relu")(inputs)
         return keras.Model(inputs, keras.layers.Dense(3, "softmax")(h))
 
-    _compare_fit(
+    _compare_small_fit(
         check,
         build,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
         compile_arguments=dict(
             loss="sparse_categorical_crossentropy", metrics=["accuracy"]
         ),
@@ -561,13 +572,10 @@ def _regression(check, directory):
     """A regression head with mse and mae."""
     x, _ = _data()
     y = x[:, :2].sum(axis=1, keepdims=True)
-    _compare_fit(
+    _compare_small_fit(
         check,
         lambda: _mlp(classes=1),
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
         sft=_ONE_UNIT,
         compile_arguments=dict(loss="mse", metrics=["mae"]),
     )
@@ -578,13 +586,9 @@ def _metrics(check, directory):
     """Compiled metrics: accuracy, top-2, weighted metrics."""
     x, y = _data()
     w = np.linspace(0.5, 1.5, len(x)).astype("float32")
-    _compare_fit(
+    _compare_small_fit(
         check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
         sample_weight=w,
         validation_split=0.25,
         compile_arguments=dict(
@@ -614,13 +618,10 @@ def _dict_outputs(check, directory):
     """Dict outputs with per-output losses, loss_weights and metrics."""
     x, y = _data()
     targets = {"label": y, "score": x[:, :1]}
-    _compare_fit(
+    _compare_small_fit(
         check,
         _two_outputs,
-        x,
-        targets,
-        batch_size=8,
-        epochs=2,
+        data=(x, targets),
         validation_split=0.25,
         sft=_ONE_UNIT,
         compile_arguments=dict(
@@ -676,7 +677,7 @@ def _sequential(check, directory):
             ]
         )
 
-    _, model = _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    _, model = _compare_small_fit(check, build, data=(x, y))
     _round_trip(check, model, x, directory)
 
 
@@ -694,7 +695,7 @@ def _multi_input(check, directory):
         h = keras.layers.Dense(8, activation="relu")(h)
         return keras.Model([ia, ib], keras.layers.Dense(3)(h))
 
-    _compare_fit(check, build, [a, b], y, batch_size=8, epochs=2)
+    _compare_small_fit(check, build, data=([a, b], y))
 
 
 @workflow()
@@ -716,8 +717,8 @@ def _dict_inputs(check, directory):
         h = keras.layers.Dense(8, activation="relu")(h)
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
-    _, model = _compare_fit(
-        check, build, x, y, batch_size=8, epochs=2, validation_split=0.25
+    _, model = _compare_small_fit(
+        check, build, data=(x, y), validation_split=0.25
     )
     _round_trip(check, model, x, directory)
 
@@ -774,15 +775,15 @@ def _subclassed_built_by_build(check, directory):
         return model
 
     x, y = _data()
-    _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    _compare_small_fit(check, build, data=(x, y))
 
 
 @workflow()
 def _subclassed_with_config(check, directory):
     """A subclassed model with get_config: fit and a .keras round trip."""
     x, y = _data()
-    plain, model = _compare_fit(
-        check, _built(_Configured, hidden=7), x, y, batch_size=8, epochs=2
+    plain, model = _compare_small_fit(
+        check, _built(_Configured, hidden=7), data=(x, y)
     )
     _round_trip(check, model, x, directory)
 
@@ -792,23 +793,23 @@ def _subclassed_without_config(check, directory):
     """A subclassed model without get_config: fit, save and load as the
     plain model does."""
     x, y = _data()
-    plain, model = _compare_fit(
-        check, _built(_Unconfigured), x, y, batch_size=8, epochs=2
-    )
+    plain, model = _compare_small_fit(check, _built(_Unconfigured), data=(x, y))
     _same_outcome(
-        check,
-        "save and load",
-        lambda m, tag: keras.models.load_model(
-            _saved(m, _path(directory, f"{tag}.keras"))
-        ).predict(x, verbose=0),
-        plain,
-        model,
+        check, "save and load", _reloaded(directory, ".keras", x), plain, model
     )
 
 
-def _saved(model, path):
-    model.save(path)
-    return path
+def _reloaded(directory, suffix, x, **load_arguments):
+    """For `_same_outcome`: the predictions on `x` of the model saved as
+    `<tag><suffix>` and loaded back."""
+
+    def predictions(model, tag):
+        path = _path(directory, tag + suffix)
+        model.save(path)
+        loaded = keras.models.load_model(path, **load_arguments)
+        return loaded.predict(x, verbose=0)
+
+    return predictions
 
 
 def _same_outcome(check, what, function, plain, model):
@@ -844,13 +845,11 @@ def _lambda_layer(check, directory):
         h = keras.layers.Dense(8, activation="relu")(h)
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
-    plain, model = _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    plain, model = _compare_small_fit(check, build, data=(x, y))
     _same_outcome(
         check,
         "save and load(safe_mode=False)",
-        lambda m, tag: keras.models.load_model(
-            _saved(m, _path(directory, f"{tag}.keras")), safe_mode=False
-        ).predict(x, verbose=0),
+        _reloaded(directory, ".keras", x, safe_mode=False),
         plain,
         model,
     )
@@ -878,8 +877,8 @@ def _recurrent(layer):
 def _masking_lstm(check, directory):
     """Embedding(mask_zero=True) into an LSTM."""
     x, y = _sequences()
-    _, model = _compare_fit(
-        check, _recurrent(keras.layers.LSTM), x, y, batch_size=8, epochs=2
+    _, model = _compare_small_fit(
+        check, _recurrent(keras.layers.LSTM), data=(x, y)
     )
     _round_trip(check, model, x, directory)
 
@@ -888,9 +887,7 @@ def _masking_lstm(check, directory):
 def _masking_gru(check, directory):
     """Embedding(mask_zero=True) into a GRU."""
     x, y = _sequences()
-    _compare_fit(
-        check, _recurrent(keras.layers.GRU), x, y, batch_size=8, epochs=2
-    )
+    _compare_small_fit(check, _recurrent(keras.layers.GRU), data=(x, y))
 
 
 @workflow(aside=True)
@@ -905,14 +902,14 @@ def _masking_layer(check, directory):
         h = keras.layers.SimpleRNN(4)(h)
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
-    _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    _compare_small_fit(check, build, data=(x, y))
 
 
 @workflow()
 def _batch_norm(check, directory):
     """A CNN with BatchNormalization: weights and moving statistics."""
     x, y = _images()
-    _compare_fit(check, _cnn, x, y, batch_size=8, epochs=2)
+    _compare_small_fit(check, _cnn, data=(x, y))
 
 
 @workflow()
@@ -920,13 +917,10 @@ def _frozen_backbone(check, directory):
     """A frozen backbone with BatchNorm: only the head trains, the moving
     statistics stay."""
     x, y = _images()
-    plain, model = _compare_fit(
+    plain, model = _compare_small_fit(
         check,
         lambda: _cnn(frozen_backbone=True),
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
     )
     bn = model.student.get_layer("backbone").get_layer("bn")
     check.close(
@@ -955,8 +949,9 @@ def _mobilenet_freeze_unfreeze(check, directory):
         h = keras.layers.GlobalAveragePooling2D()(base(inputs, training=False))
         return keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
 
-    plain, model = _twins(build)
-    _compile([plain, model], optimizer=lambda: keras.optimizers.Adam(1e-3))
+    plain, model = _compiled_twins(
+        build, optimizer=lambda: keras.optimizers.Adam(1e-3)
+    )
     histories = _fit([plain, model], x, y, batch_size=8, epochs=1)
     check.history(*histories)
     for m in (plain, model.student):
@@ -1006,7 +1001,7 @@ def _nan_imputing_model(check, directory):
         h = keras.layers.Dense(8, activation="relu")(h)
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
-    _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    _compare_small_fit(check, build, data=(x, y))
 
 
 # Preprocessing layers.
@@ -1025,23 +1020,12 @@ def _normalization(check, directory):
         h = keras.layers.Dense(8, activation="relu")(norm(inputs))
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
-    _, model = _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    _, model = _compare_small_fit(check, build, data=(x, y))
     _round_trip(check, model, x, directory)
 
 
-_WORDS = np.array(
-    [
-        ["red"],
-        ["green"],
-        ["blue"],
-        ["cyan"],
-        ["red"],
-        ["blue"],
-        ["pink"],
-        ["green"],
-    ]
-    * 4
-)
+_COLOURS = ["red", "green", "blue", "cyan", "red", "blue", "pink", "green"]
+_WORDS = np.array([[word] for word in _COLOURS] * 4)
 
 
 @workflow()
@@ -1059,20 +1043,15 @@ def _string_lookup(check, directory):
 
     # Keras's array adapter takes strings as tensors, not NumPy's `<U`.
     words = tf.constant(_WORDS)
-    _, model = _compare_fit(check, build, words, y, batch_size=8, epochs=2)
+    _, model = _compare_small_fit(check, build, data=(words, y))
     _round_trip(check, model, words, directory)
 
 
 _TEXTS = np.array(
     [
-        ["the quick fox"],
-        ["a lazy dog"],
-        ["the dog jumps"],
-        ["quick quick"],
-        ["lazy fox jumps high"],
-        ["a dog"],
-        ["the end"],
-        ["fox"],
+        [text]
+        for text in ["the quick fox", "a lazy dog", "the dog jumps"]
+        + ["quick quick", "lazy fox jumps high", "a dog", "the end", "fox"]
     ]
     * 4
 )
@@ -1094,7 +1073,7 @@ def _text_vectorization(check, directory):
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
     texts = tf.constant(_TEXTS)
-    _, model = _compare_fit(check, build, texts, y, batch_size=8, epochs=2)
+    _, model = _compare_small_fit(check, build, data=(texts, y))
     _round_trip(check, model, texts, directory)
 
 
@@ -1112,7 +1091,7 @@ def _integer_lookup_encoding(check, directory):
         h = keras.layers.Dense(8, activation="relu")(lookup(inputs))
         return keras.Model(inputs, keras.layers.Dense(3)(h))
 
-    _, model = _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+    _, model = _compare_small_fit(check, build, data=(x, y))
     _round_trip(check, model, x, directory)
 
 
@@ -1131,7 +1110,7 @@ def _mixed(policy):
             outputs = keras.layers.Activation("linear", dtype="float32")(h)
             return keras.Model(inputs, outputs)
 
-        _compare_fit(check, build, x, y, batch_size=8, epochs=2)
+        _compare_small_fit(check, build, data=(x, y))
 
     return mixed
 
@@ -1152,13 +1131,10 @@ def _mixed_bfloat16(check, directory):
 def _jit_compile(check, directory):
     """compile(jit_compile=True)."""
     x, y = _data()
-    _compare_fit(
+    _compare_small_fit(
         check,
         lambda: _mlp(dropout=0.2),
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
         validation_split=0.25,
         compile_arguments=dict(jit_compile=True),
     )
@@ -1168,13 +1144,9 @@ def _jit_compile(check, directory):
 def _steps_per_execution(check, directory):
     """compile(steps_per_execution=3) with a partial last execution."""
     x, y = _data(n=40)
-    _compare_fit(
+    _compare_small_fit(
         check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
+        data=(x, y),
         validation_split=0.2,
         compile_arguments=dict(steps_per_execution=3),
     )
@@ -1183,15 +1155,8 @@ def _steps_per_execution(check, directory):
 @workflow(aside=True)
 def _run_eagerly(check, directory):
     """compile(run_eagerly=True)."""
-    x, y = _data()
-    _compare_fit(
-        check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=1,
-        compile_arguments=dict(run_eagerly=True),
+    _compare_small_fit(
+        check, epochs=1, compile_arguments=dict(run_eagerly=True)
     )
 
 
@@ -1201,11 +1166,9 @@ def _mirrored_strategy(check, directory):
     if len(tf.config.list_logical_devices("CPU")) < 2:
         raise RuntimeError("needs two logical CPU devices")
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    x, y = _data()
     with strategy.scope():
-        plain, model = _twins(_mlp)
-        _compile([plain, model])
-    histories = _fit([plain, model], x, y, batch_size=8, epochs=2)
+        plain, model = _compiled_twins()
+    histories = _fit_small([plain, model], epochs=2)
     check.history(*histories)
     check.weights("trained weights", model.student, plain)
 
@@ -1216,37 +1179,26 @@ def _mirrored_strategy(check, directory):
 @workflow()
 def _gradient_clipping(check, directory):
     """clipnorm, clipvalue and global_clipnorm."""
-    x, y = _data()
     for option in (
         {"clipnorm": 0.1},
         {"clipvalue": 0.01},
         {"global_clipnorm": 0.1},
     ):
         keras.backend.clear_session()
-        plain, model = _twins(_mlp)
-        _compile(
-            [plain, model],
-            optimizer=lambda o=option: keras.optimizers.SGD(0.5, **o),
+        plain, model = _compiled_twins(
+            optimizer=lambda o=option: keras.optimizers.SGD(0.5, **o)
         )
-        check.history(*_fit([plain, model], x, y, batch_size=8, epochs=2))
+        check.history(*_fit_small([plain, model], epochs=2))
         check.weights(f"weights with {option}", model.student, plain)
 
 
 @workflow()
 def _learning_rate_schedule(check, directory):
     """Adam with a CosineDecay schedule."""
-    x, y = _data()
-    _compare_fit(
+    _compare_optimizer(
         check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
-        compile_arguments=dict(
-            optimizer=lambda: keras.optimizers.Adam(
-                keras.optimizers.schedules.CosineDecay(0.05, 8)
-            )
+        lambda: keras.optimizers.Adam(
+            keras.optimizers.schedules.CosineDecay(0.05, 8)
         ),
     )
 
@@ -1254,38 +1206,28 @@ def _learning_rate_schedule(check, directory):
 @workflow()
 def _recompile(check, directory):
     """fit, recompile with another optimizer and loss, fit again."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
+    plain, model = _compiled_twins()
+    _fit_small([plain, model], epochs=1)
     _compile(
         [plain, model],
         optimizer=lambda: keras.optimizers.Adam(0.01),
         metrics=["accuracy"],
     )
-    check.history(*_fit([plain, model], x, y, batch_size=8, epochs=2))
+    check.history(*_fit_small([plain, model], epochs=2))
     check.weights("trained weights", model.student, plain)
 
 
 @workflow(aside=True)
 def _adamw_ema(check, directory):
     """AdamW with weight decay and use_ema=True."""
-    x, y = _data()
-    _compare_fit(
+    _compare_optimizer(
         check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
-        compile_arguments=dict(
-            optimizer=lambda: keras.optimizers.AdamW(
-                0.01,
-                weight_decay=0.1,
-                use_ema=True,
-                ema_momentum=0.5,
-                ema_overwrite_frequency=2,
-            )
+        lambda: keras.optimizers.AdamW(
+            0.01,
+            weight_decay=0.1,
+            use_ema=True,
+            ema_momentum=0.5,
+            ema_overwrite_frequency=2,
         ),
     )
 
@@ -1293,19 +1235,8 @@ def _adamw_ema(check, directory):
 @workflow(aside=True)
 def _gradient_accumulation(check, directory):
     """An optimizer with gradient_accumulation_steps=2."""
-    x, y = _data()
-    _compare_fit(
-        check,
-        _mlp,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
-        compile_arguments=dict(
-            optimizer=lambda: keras.optimizers.SGD(
-                0.1, gradient_accumulation_steps=2
-            )
-        ),
+    _compare_optimizer(
+        check, lambda: keras.optimizers.SGD(0.1, gradient_accumulation_steps=2)
     )
 
 
@@ -1313,7 +1244,6 @@ def _gradient_accumulation(check, directory):
 def _explicit_loss_scale(check, directory):
     """A LossScaleOptimizer given to compile under mixed_float16."""
     keras.config.set_dtype_policy("mixed_float16")
-    x, y = _data()
 
     def build():
         inputs = keras.Input((6,))
@@ -1321,36 +1251,38 @@ def _explicit_loss_scale(check, directory):
         outputs = keras.layers.Dense(3, dtype="float32")(h)
         return keras.Model(inputs, outputs)
 
-    _compare_fit(
+    _compare_optimizer(
         check,
-        build,
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
-        compile_arguments=dict(
-            optimizer=lambda: keras.optimizers.LossScaleOptimizer(
-                keras.optimizers.SGD(0.1), initial_scale=256.0
-            )
+        lambda: keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.1), initial_scale=256.0
         ),
+        build,
     )
 
 
 # Callbacks.
 
 
+def _fit_validated(callback, *, epochs=2):
+    """`_fit_small` of twins compiled with accuracy, a quarter held out
+    for validation, each with `callback(tag)` (to write its files)."""
+    plain, model = _compiled_twins(metrics=["accuracy"])
+    _fit_small(
+        [plain, model],
+        epochs=epochs,
+        validation_split=0.25,
+        callbacks=lambda tag: [callback(tag)],
+    )
+
+
 @workflow()
 def _checkpoint_weights(check, directory):
     """ModelCheckpoint(save_weights_only=True) each epoch, then
     load_weights into fresh models."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
-    _fit(
+    x, _ = _data()
+    plain, model = _compiled_twins()
+    _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
         epochs=2,
         callbacks=lambda tag: [
             keras.callbacks.ModelCheckpoint(
@@ -1360,23 +1292,11 @@ def _checkpoint_weights(check, directory):
         ],
     )
     fresh_plain, fresh = _twins(lambda: _mlp(hidden=8))
-    fresh_plain.load_weights(_path(directory, "plain-1.weights.h5"))
-    fresh.load_weights(_path(directory, "sft-1.weights.h5"))
-    check.close(
-        "epoch 1 checkpoint",
-        fresh.predict(x, verbose=0),
-        fresh_plain.predict(x, verbose=0),
-    )
-    fresh_plain.load_weights(_path(directory, "plain-2.weights.h5"))
-    fresh.load_weights(_path(directory, "sft-2.weights.h5"))
-    check.close(
-        "epoch 2 checkpoint",
-        fresh.predict(x, verbose=0),
-        model.predict(x, verbose=0),
-    )
-    check.weights(
-        "teacher after load", fresh.teacher, model.teacher, atol=0, rtol=0
-    )
+    _load_weights([fresh_plain, fresh], directory, "-1.weights.h5")
+    check.predictions("epoch 1 checkpoint", fresh, fresh_plain, x)
+    _load_weights([fresh_plain, fresh], directory, "-2.weights.h5")
+    check.predictions("epoch 2 checkpoint", fresh, model, x)
+    check.weights("teacher after load", fresh.teacher, model.teacher, **_EXACT)
 
 
 @workflow()
@@ -1384,22 +1304,13 @@ def _checkpoint_keras_best(check, directory):
     """ModelCheckpoint(".keras", save_best_only=True, monitor="val_loss"),
     then keras.models.load_model without custom_objects."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], metrics=["accuracy"])
-    _fit(
-        [plain, model],
-        x,
-        y,
-        batch_size=8,
+    _fit_validated(
+        lambda tag: keras.callbacks.ModelCheckpoint(
+            _path(directory, f"{tag}.keras"),
+            save_best_only=True,
+            monitor="val_loss",
+        ),
         epochs=3,
-        validation_split=0.25,
-        callbacks=lambda tag: [
-            keras.callbacks.ModelCheckpoint(
-                _path(directory, f"{tag}.keras"),
-                save_best_only=True,
-                monitor="val_loss",
-            )
-        ],
     )
     loaded_plain = keras.models.load_model(_path(directory, "plain.keras"))
     loaded = keras.models.load_model(_path(directory, "sft.keras"))
@@ -1408,11 +1319,7 @@ def _checkpoint_keras_best(check, directory):
         isinstance(loaded, keras_sft.SFTModel),
         type(loaded).__name__,
     )
-    check.close(
-        "best checkpoint",
-        loaded.predict(x, verbose=0),
-        loaded_plain.predict(x, verbose=0),
-    )
+    check.predictions("best checkpoint", loaded, loaded_plain, x)
     check.close(
         "loaded evaluate",
         loaded.evaluate(x, y, verbose=0, return_dict=True)["accuracy"],
@@ -1436,20 +1343,14 @@ def _checkpoint_into_plain_student(check, directory):
         plain.load_weights(path)
     except Exception:  # noqa: BLE001 - refusing is right
         return
-    check.close(
-        "loaded student",
-        plain.predict(x, verbose=0),
-        model.predict(x, verbose=0),
-    )
+    check.predictions("loaded student", plain, model, x)
 
 
 @workflow()
 def _early_stopping_restore_best(check, directory):
     """EarlyStopping(restore_best_weights=True) on val_loss."""
-    x, y = _data()
     xv, yv = _data(n=16, seed=9)
-    plain, model = _twins(_mlp)
-    _compile([plain, model], optimizer=lambda: keras.optimizers.SGD(0.5))
+    plain, model = _compiled_twins(optimizer=lambda: keras.optimizers.SGD(0.5))
     stoppers = {}
 
     def callbacks(tag):
@@ -1459,11 +1360,8 @@ def _early_stopping_restore_best(check, directory):
         return [stoppers[tag]]
 
     check.history(
-        *_fit(
+        *_fit_small(
             [plain, model],
-            x,
-            y,
-            batch_size=8,
             epochs=10,
             validation_data=(xv, yv),
             callbacks=callbacks,
@@ -1480,10 +1378,8 @@ def _early_stopping_restore_best(check, directory):
 def _monitors_val_task_loss(check, directory):
     """EarlyStopping, ReduceLROnPlateau and ModelCheckpoint on
     val_task_loss without mode=, against the plain model's on val_loss."""
-    x, y = _data()
     xv, yv = _data(n=16, seed=9)
-    plain, model = _twins(_mlp)
-    _compile([plain, model], optimizer=lambda: keras.optimizers.SGD(0.5))
+    plain, model = _compiled_twins(optimizer=lambda: keras.optimizers.SGD(0.5))
     made = {}
 
     def callbacks(tag):
@@ -1504,11 +1400,8 @@ def _monitors_val_task_loss(check, directory):
         ]
         return made[tag]
 
-    _fit(
+    _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
         epochs=8,
         validation_data=(xv, yv),
         callbacks=callbacks,
@@ -1530,15 +1423,10 @@ def _monitors_val_task_loss(check, directory):
 @workflow()
 def _reduce_lr_on_plateau(check, directory):
     """ReduceLROnPlateau on val_loss and on loss."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], optimizer=lambda: keras.optimizers.SGD(0.5))
+    plain, model = _compiled_twins(optimizer=lambda: keras.optimizers.SGD(0.5))
     check.history(
-        *_fit(
+        *_fit_small(
             [plain, model],
-            x,
-            y,
-            batch_size=8,
             epochs=5,
             validation_split=0.25,
             callbacks=lambda tag: [
@@ -1561,15 +1449,10 @@ def _reduce_lr_on_plateau(check, directory):
 @workflow(aside=True)
 def _learning_rate_scheduler(check, directory):
     """LearningRateScheduler halving the rate each epoch."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     check.history(
-        *_fit(
+        *_fit_small(
             [plain, model],
-            x,
-            y,
-            batch_size=8,
             epochs=3,
             callbacks=lambda tag: [
                 keras.callbacks.LearningRateScheduler(
@@ -1606,19 +1489,10 @@ def _scalars(log_dir):
 def _tensorboard(check, directory):
     """The TensorBoard callback with histograms: the plain model's
     summaries, with the same values."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], metrics=["accuracy"])
-    _fit(
-        [plain, model],
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
-        validation_split=0.25,
-        callbacks=lambda tag: [
-            keras.callbacks.TensorBoard(_path(directory, tag), histogram_freq=1)
-        ],
+    _fit_validated(
+        lambda tag: keras.callbacks.TensorBoard(
+            _path(directory, tag), histogram_freq=1
+        )
     )
     plain_logs = _scalars(_path(directory, "plain"))
     logs = _scalars(_path(directory, "sft"))
@@ -1632,19 +1506,8 @@ def _tensorboard(check, directory):
 @workflow()
 def _csv_logger(check, directory):
     """CSVLogger: the plain model's columns, with the same values."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], metrics=["accuracy"])
-    _fit(
-        [plain, model],
-        x,
-        y,
-        batch_size=8,
-        epochs=2,
-        validation_split=0.25,
-        callbacks=lambda tag: [
-            keras.callbacks.CSVLogger(_path(directory, f"{tag}.csv"))
-        ],
+    _fit_validated(
+        lambda tag: keras.callbacks.CSVLogger(_path(directory, f"{tag}.csv"))
     )
     rows = {}
     for tag in ("plain", "sft"):
@@ -1674,28 +1537,24 @@ class _Interrupt(keras.callbacks.Callback):
 
 def _interrupted_and_resumed(check, directory, backup_class):
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], optimizer=lambda: keras.optimizers.Adam(0.01))
-    for m, tag in ((plain, "plain"), (model, "sft")):
-        keras.utils.set_random_seed(1)
-        with contextlib.suppress(KeyboardInterrupt):
-            m.fit(
-                x,
-                y,
-                batch_size=8,
-                epochs=4,
-                shuffle=False,
-                verbose=0,
-                callbacks=[backup_class(_path(directory, tag)), _Interrupt(1)],
-            )
-    # A new process: fresh models of the initial weights.
-    plain, model = _twins(_mlp)
-    _compile([plain, model], optimizer=lambda: keras.optimizers.Adam(0.01))
-    histories = _fit(
+    plain, model = _compiled_twins(
+        optimizer=lambda: keras.optimizers.Adam(0.01)
+    )
+    _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
+        epochs=4,
+        callbacks=lambda tag: [
+            backup_class(_path(directory, tag)),
+            _Interrupt(1),
+        ],
+        interrupted=True,
+    )
+    # A new process: fresh models of the initial weights.
+    plain, model = _compiled_twins(
+        optimizer=lambda: keras.optimizers.Adam(0.01)
+    )
+    histories = _fit_small(
+        [plain, model],
         epochs=4,
         callbacks=lambda tag: [backup_class(_path(directory, tag))],
     )
@@ -1734,15 +1593,10 @@ def _backup_and_restore_sft(check, directory):
 @workflow(aside=True)
 def _batch_logs(check, directory):
     """A LambdaCallback reading each batch's logs; verbose=2 output."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], metrics=["accuracy"])
+    plain, model = _compiled_twins(metrics=["accuracy"])
     seen = {"plain": [], "sft": []}
-    _fit(
+    _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
         epochs=1,
         callbacks=lambda tag: [
             keras.callbacks.LambdaCallback(
@@ -1758,20 +1612,15 @@ def _batch_logs(check, directory):
 @workflow(aside=True)
 def _stop_training_mid_epoch(check, directory):
     """A callback setting model.stop_training after the second batch."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
 
     class Stop(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             if batch == 1:
                 self.model.stop_training = True
 
-    _fit(
+    _fit_small(
         [plain, model],
-        x,
-        y,
-        batch_size=8,
         epochs=3,
         callbacks=lambda tag: [Stop()],
     )
@@ -1787,9 +1636,7 @@ def _stop_training_mid_epoch(check, directory):
 @workflow(aside=True)
 def _callback_reads_model(check, directory):
     """A callback that reads self.model's weights and learning rate."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     read = {"plain": [], "sft": []}
 
     def callbacks(tag):
@@ -1800,7 +1647,7 @@ def _callback_reads_model(check, directory):
 
         return [keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)]
 
-    _fit([plain, model], x, y, batch_size=8, epochs=2, callbacks=callbacks)
+    _fit_small([plain, model], epochs=2, callbacks=callbacks)
     check.close("read values", read["sft"], read["plain"])
 
 
@@ -1810,8 +1657,7 @@ def _terminate_on_nan(check, directory):
     SFTModel's weights stay finite."""
     x, y = _data()
     x[9] = np.nan
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     outcomes = {}
     for m, tag in ((plain, "plain"), (model, "sft")):
         try:
@@ -1845,8 +1691,7 @@ def _terminate_on_nan(check, directory):
 def _evaluate(check, directory):
     """evaluate: list and dict returns, on arrays and a dataset."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], metrics=["accuracy"])
+    plain, model = _compiled_twins(metrics=["accuracy"])
     p = plain.evaluate(x, y, batch_size=5, verbose=0, return_dict=True)
     s = model.evaluate(x, y, batch_size=5, verbose=0, return_dict=True)
     missing = sorted(set(p) - set(s))
@@ -1876,11 +1721,7 @@ def _predict(check, directory):
         plain.predict(x, batch_size=5, verbose=0),
     )
     dataset = tf.data.Dataset.from_tensor_slices(x).batch(7)
-    check.close(
-        "predict(dataset)",
-        model.predict(dataset, verbose=0),
-        plain.predict(dataset, verbose=0),
-    )
+    check.predictions("predict(dataset)", model, plain, dataset)
     check.close("__call__", model(x, training=False), plain(x, training=False))
 
 
@@ -1888,8 +1729,7 @@ def _predict(check, directory):
 def _on_batch(check, directory):
     """train_on_batch, test_on_batch and predict_on_batch."""
     x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model], metrics=["accuracy"])
+    plain, model = _compiled_twins(metrics=["accuracy"])
     for start in (0, 8):
         batch = (x[start : start + 8], y[start : start + 8])
         p = plain.train_on_batch(*batch, return_dict=True)
@@ -1958,19 +1798,9 @@ def _round_trip(check, model, x, directory, *, name="round_trip.keras"):
         isinstance(loaded, keras_sft.SFTModel),
         type(loaded).__name__,
     )
-    check.close(
-        ".keras predictions",
-        loaded.predict(x, verbose=0),
-        model.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
-    )
-    check.close(
-        ".keras teacher",
-        loaded.teacher.predict(x, verbose=0),
-        model.teacher.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
+    check.predictions(".keras predictions", loaded, model, x, **_EXACT)
+    check.predictions(
+        ".keras teacher", loaded.teacher, model.teacher, x, **_EXACT
     )
     check.that(".keras lambda_", loaded.lambda_ == model.lambda_)
     return loaded
@@ -1980,18 +1810,15 @@ def _round_trip(check, model, x, directory, *, name="round_trip.keras"):
 def _keras_round_trip_resume(check, directory):
     """.keras save after fit, load_model, then fit on: as the plain model
     (the optimizer state travels)."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile(
-        [plain, model],
-        optimizer=lambda: keras.optimizers.Adam(0.01),
-        metrics=["accuracy"],
+    x, _ = _data()
+    plain, model = _compiled_twins(
+        optimizer=lambda: keras.optimizers.Adam(0.01), metrics=["accuracy"]
     )
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
+    _fit_small([plain, model], epochs=1)
     plain.save(_path(directory, "plain.keras"))
     loaded = _round_trip(check, model, x, directory, name="sft.keras")
     loaded_plain = keras.models.load_model(_path(directory, "plain.keras"))
-    check.history(*_fit([loaded_plain, loaded], x, y, batch_size=8, epochs=1))
+    check.history(*_fit_small([loaded_plain, loaded], epochs=1))
     check.weights("weights after resuming", loaded.student, loaded_plain)
 
 
@@ -2017,62 +1844,54 @@ def _keras_round_trip_lambda(check, directory):
 @workflow()
 def _save_load_weights(check, directory):
     """save_weights then load_weights into a fresh model."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
+    x, _ = _data()
+    plain, model = _compiled_twins()
+    _fit_small([plain, model], epochs=1)
     model.save_weights(_path(directory, "sft.weights.h5"))
     keras.utils.set_random_seed(3)
     fresh = keras_sft.SFTModel(_mlp(), lambda_=0.0)
     fresh.load_weights(_path(directory, "sft.weights.h5"))
-    check.close(
-        "reloaded predictions",
-        fresh.predict(x, verbose=0),
-        model.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
-    )
-    check.weights(
-        "reloaded teacher", fresh.teacher, model.teacher, atol=0, rtol=0
-    )
+    check.predictions("reloaded predictions", fresh, model, x, **_EXACT)
+    check.weights("reloaded teacher", fresh.teacher, model.teacher, **_EXACT)
+
+
+def _fit_across_trainable_change(check, build, *, then, recompile):
+    """Fits twins of `build` an epoch, sets the hidden layer's trainable
+    to `then`, recompiles or not, fits an epoch more and compares."""
+    plain, model = _compiled_twins(build)
+    _fit_small([plain, model], epochs=1)
+    for m in (plain, model.student):
+        m.get_layer("hidden").trainable = then
+    if recompile:
+        _compile([plain, model])
+    check.history(*_fit_small([plain, model], epochs=1))
+    check.weights("trained weights", model.student, plain)
+    return plain, model
+
+
+def _load_weights(models, directory, suffix):
+    """Loads `plain<suffix>` and `sft<suffix>` into the two models."""
+    for model, tag in zip(models, ("plain", "sft"), strict=True):
+        model.load_weights(_path(directory, tag + suffix))
 
 
 def _trainable_change_then_reload(check, directory, *, first, then):
     """Trains with the first layer's trainable `first`, sets it to `then`,
     trains on, saves weights and loads them into a fresh model made with
     `first`."""
-    x, y = _data()
-
-    def build():
-        model = _mlp()
-        model.get_layer("hidden").trainable = first
-        return model
-
-    plain, model = _twins(build)
-    _compile([plain, model])
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
-    for m in (plain, model.student):
-        m.get_layer("hidden").trainable = then
-    _compile([plain, model])
-    check.history(*_fit([plain, model], x, y, batch_size=8, epochs=1))
-    check.weights("trained weights", model.student, plain)
+    x, _ = _data()
+    build = _mlp_with_hidden(trainable=first)
+    plain, model = _fit_across_trainable_change(
+        check, build, then=then, recompile=True
+    )
     plain.save_weights(_path(directory, "plain.weights.h5"))
     model.save_weights(_path(directory, "sft.weights.h5"))
     fresh_plain, fresh = _twins(build)
     keras.utils.set_random_seed(5)
-    fresh_plain.load_weights(_path(directory, "plain.weights.h5"))
-    fresh.load_weights(_path(directory, "sft.weights.h5"))
-    check.close(
-        "reloaded predictions",
-        fresh.predict(x, verbose=0),
-        fresh_plain.predict(x, verbose=0),
-    )
-    check.close(
-        "reloaded teacher",
-        fresh.teacher.predict(x, verbose=0),
-        model.teacher.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
+    _load_weights([fresh_plain, fresh], directory, ".weights.h5")
+    check.predictions("reloaded predictions", fresh, fresh_plain, x)
+    check.predictions(
+        "reloaded teacher", fresh.teacher, model.teacher, x, **_EXACT
     )
 
 
@@ -2093,70 +1912,37 @@ def _freeze_then_reload(check, directory):
 @workflow(aside=True)
 def _unfreeze_without_recompile(check, directory):
     """A layer unfrozen after compile, fit again without recompiling."""
-    x, y = _data()
-
-    def build():
-        model = _mlp()
-        model.get_layer("hidden").trainable = False
-        return model
-
-    plain, model = _twins(build)
-    _compile([plain, model])
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
-    for m in (plain, model.student):
-        m.get_layer("hidden").trainable = True
-    check.history(*_fit([plain, model], x, y, batch_size=8, epochs=1))
-    check.weights("trained weights", model.student, plain)
+    _fit_across_trainable_change(
+        check, _mlp_with_hidden(trainable=False), then=True, recompile=False
+    )
 
 
 @workflow()
 def _get_set_weights(check, directory):
     """get_weights/set_weights across models: SFTModel to SFTModel,
     student to plain, plain to student."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
+    x, _ = _data()
+    plain, model = _compiled_twins()
+    _fit_small([plain, model], epochs=1)
     keras.utils.set_random_seed(4)
     other = keras_sft.SFTModel(_mlp(), lambda_=0.0)
     other.set_weights(model.get_weights())
-    check.close(
-        "SFTModel to SFTModel",
-        other.predict(x, verbose=0),
-        model.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
-    )
-    check.weights(
-        "teacher copied", other.teacher, model.teacher, atol=0, rtol=0
-    )
+    check.predictions("SFTModel to SFTModel", other, model, x, **_EXACT)
+    check.weights("teacher copied", other.teacher, model.teacher, **_EXACT)
     keras.utils.set_random_seed(4)
     target = _mlp()
     target.set_weights(model.student.get_weights())
-    check.close(
-        "student to plain",
-        target.predict(x, verbose=0),
-        model.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
-    )
+    check.predictions("student to plain", target, model, x, **_EXACT)
     teacher_before = model.teacher.predict(x, verbose=0)
     keras.utils.set_random_seed(4)
     source = _mlp()
     model.student.set_weights(source.get_weights())
-    check.close(
-        "plain to student",
-        model.predict(x, verbose=0),
-        source.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
-    )
+    check.predictions("plain to student", model, source, x, **_EXACT)
     check.close(
         "teacher kept",
         model.teacher.predict(x, verbose=0),
         teacher_before,
-        atol=0,
-        rtol=0,
+        **_EXACT,
     )
 
 
@@ -2165,23 +1951,14 @@ def _student_set_weights_with_frozen_layer(check, directory):
     """student.set_weights on a student with a frozen layer: the teacher
     keeps its weights, as a teacher apart from the student does."""
     x, _ = _data()
-
-    def build():
-        model = _mlp()
-        model.get_layer("hidden").trainable = False
-        return model
-
+    build = _mlp_with_hidden(trainable=False)
     keras.utils.set_random_seed(0)
     model = keras_sft.SFTModel(build(), lambda_=0.0)
     before = model.teacher.predict(x, verbose=0)
     keras.utils.set_random_seed(8)
     model.student.set_weights(build().get_weights())
     check.close(
-        "teacher outputs",
-        model.teacher.predict(x, verbose=0),
-        before,
-        atol=0,
-        rtol=0,
+        "teacher outputs", model.teacher.predict(x, verbose=0), before, **_EXACT
     )
 
 
@@ -2190,12 +1967,7 @@ def _student_load_weights_with_frozen_layer(check, directory):
     """student.load_weights on a student with a frozen layer: the teacher
     keeps its weights."""
     x, _ = _data()
-
-    def build():
-        model = _mlp()
-        model.get_layer("hidden").trainable = False
-        return model
-
+    build = _mlp_with_hidden(trainable=False)
     keras.utils.set_random_seed(8)
     other = build()
     other.save_weights(_path(directory, "other.weights.h5"))
@@ -2203,19 +1975,9 @@ def _student_load_weights_with_frozen_layer(check, directory):
     model = keras_sft.SFTModel(build(), lambda_=0.0)
     before = model.teacher.predict(x, verbose=0)
     model.student.load_weights(_path(directory, "other.weights.h5"))
+    check.predictions("student loaded", model, other, x, **_EXACT)
     check.close(
-        "student loaded",
-        model.predict(x, verbose=0),
-        other.predict(x, verbose=0),
-        atol=0,
-        rtol=0,
-    )
-    check.close(
-        "teacher outputs",
-        model.teacher.predict(x, verbose=0),
-        before,
-        atol=0,
-        rtol=0,
+        "teacher outputs", model.teacher.predict(x, verbose=0), before, **_EXACT
     )
 
 
@@ -2223,10 +1985,9 @@ def _student_load_weights_with_frozen_layer(check, directory):
 def _export(check, directory):
     """model.export and keras_sft.export_saved_model: the served outputs
     are the plain model's predictions."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
-    _fit([plain, model], x, y, batch_size=8, epochs=1)
+    x, _ = _data()
+    plain, model = _compiled_twins()
+    _fit_small([plain, model], epochs=1)
     plain.export(_path(directory, "plain"), verbose=False)
     model.export(_path(directory, "sft"), verbose=False)
     expected = plain.predict(x, verbose=0)
@@ -2268,13 +2029,7 @@ def _legacy_h5(check, directory):
     x, _ = _data()
     plain, model = _twins(_mlp)
     _same_outcome(
-        check,
-        "legacy .h5",
-        lambda m, tag: keras.models.load_model(
-            _saved(m, _path(directory, f"{tag}.h5"))
-        ).predict(x, verbose=0),
-        plain,
-        model,
+        check, "legacy .h5", _reloaded(directory, ".h5", x), plain, model
     )
 
 
@@ -2282,39 +2037,10 @@ def _legacy_h5(check, directory):
 
 
 def _bert_classifier():
-    import keras_hub
+    from benchmarks import _hub_tasks
 
-    tokenizer = keras_hub.models.BertTokenizer(
-        vocabulary=[
-            "[PAD]",
-            "[UNK]",
-            "[CLS]",
-            "[SEP]",
-            "[MASK]",
-            "the",
-            "quick",
-            "fox",
-            "a",
-            "lazy",
-            "dog",
-            "jumps",
-            "end",
-        ]
-    )
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=13,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=8,
-    )
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
-        tokenizer=tokenizer, sequence_length=8
-    )
-    return keras_hub.models.BertTextClassifier(
-        backbone=backbone, num_classes=3, preprocessor=preprocessor
-    )
+    words = ["the", "quick", "fox", "a", "lazy", "dog", "jumps", "end"]
+    return _hub_tasks.bert_text_classifier(words, sequence_length=8)
 
 
 @workflow()
@@ -2341,13 +2067,7 @@ def _keras_hub_text_classifier(check, directory):
     loaded = keras_hub.models.TextClassifier.from_preset(
         _path(directory, "preset")
     )
-    check.close(
-        "from_preset predictions",
-        loaded.predict(texts, verbose=0),
-        model.predict(texts, verbose=0),
-        atol=0,
-        rtol=0,
-    )
+    check.predictions("from_preset predictions", loaded, model, texts, **_EXACT)
     _round_trip(check, model, texts, directory)
 
 
@@ -2356,32 +2076,13 @@ def _keras_hub_causal_lm(check, directory):
     """A tiny keras-hub GPT2CausalLM from its config: fit on strings."""
 
     def build():
-        import keras_hub
+        from benchmarks import _hub_tasks
 
-        tokens = ["<|endoftext|>", "a", "b", "Ġ", "Ġa", "Ġb", "ab", "Ġab"]
-        tokenizer = keras_hub.models.GPT2Tokenizer(
-            vocabulary={t: i for i, t in enumerate(tokens)},
-            merges=["a b", "Ġ a", "Ġ b", "Ġa b"],
-        )
-        backbone = keras_hub.models.GPT2Backbone(
-            vocabulary_size=8,
-            num_layers=1,
-            num_heads=2,
-            hidden_dim=8,
-            intermediate_dim=16,
-            max_sequence_length=16,
-        )
-        preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
-            tokenizer=tokenizer, sequence_length=8
-        )
-        return keras_hub.models.GPT2CausalLM(
-            backbone=backbone, preprocessor=preprocessor
-        )
+        return _hub_tasks.gpt2_causal_lm(num_layers=1)
 
     texts = np.array(["a b ab", "b a", "ab ab a", "a a b b"] * 4)
-    plain, model = _twins(build)
-    _compile(
-        [plain, model],
+    plain, model = _compiled_twins(
+        build,
         optimizer=lambda: keras.optimizers.Adam(1e-3),
         loss=_scce,
         weighted_metrics=[],
@@ -2399,8 +2100,7 @@ def _refused_without_harm(
     """`fit` on faulty data: SFTModel raises where the plain model raises
     or trains silently, and keeps its weights (or those of the plain
     model trained on `valid_steps`, the batches before the faulty one)."""
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
     before = model.get_weights()
     if valid_steps is not None:
         trained, _ = _twins(_mlp)
@@ -2538,6 +2238,27 @@ def _full_disk(check, directory):
     keras.models.load_model(keras_path, compile=False)
 
 
+def _load_weights_raises(check, models, directory):
+    """`load_weights` of `<tag>.weights.h5` raises for both models;
+    returns SFTModel's error."""
+    errors = []
+    for m, tag in zip(models, ("plain", "sft"), strict=True):
+        path = _path(directory, f"{tag}.weights.h5")
+        what = "load_weights" if tag == "sft" else "plain load_weights"
+        errors.append(
+            check.raises(what, lambda m=m, path=path: m.load_weights(path))
+        )
+    return errors[-1]
+
+
+def _names_file(check, error, name):
+    check.that(
+        "message names the file",
+        error is None or name in str(error),
+        str(error),
+    )
+
+
 def _truncate(path):
     with open(path, "r+b") as file:
         file.truncate(os.path.getsize(path) // 2)
@@ -2547,26 +2268,14 @@ def _truncate(path):
 def _truncated_weights(check, directory):
     """A truncated .weights.h5 file: load_weights raises, as for the
     plain model, and the model keeps its weights."""
-    x, y = _data()
     plain, model = _twins(_mlp)
     for m, tag in ((plain, "plain"), (model, "sft")):
         m.save_weights(_path(directory, f"{tag}.weights.h5"))
         _truncate(_path(directory, f"{tag}.weights.h5"))
     before = model.get_weights()
-    check.raises(
-        "plain load_weights",
-        lambda: plain.load_weights(_path(directory, "plain.weights.h5")),
-    )
-    error = check.raises(
-        "load_weights",
-        lambda: model.load_weights(_path(directory, "sft.weights.h5")),
-    )
-    check.that(
-        "message names the file",
-        error is None or "sft.weights.h5" in str(error),
-        str(error),
-    )
-    check.close("weights kept", model.get_weights(), before, atol=0, rtol=0)
+    error = _load_weights_raises(check, [plain, model], directory)
+    _names_file(check, error, "sft.weights.h5")
+    check.close("weights kept", model.get_weights(), before, **_EXACT)
 
 
 @workflow()
@@ -2595,11 +2304,7 @@ def _empty_weights_file(check, directory):
         "load_weights",
         lambda: model.load_weights(_path(directory, "empty.weights.h5")),
     )
-    check.that(
-        "message names the file",
-        error is None or "empty.weights.h5" in str(error),
-        str(error),
-    )
+    _names_file(check, error, "empty.weights.h5")
 
 
 @workflow(aside=True)
@@ -2611,43 +2316,28 @@ def _weights_of_another_architecture(check, directory):
     other.save_weights(_path(directory, "sft.weights.h5"))
     plain, model = _twins(_mlp)
     before = model.get_weights()
-    check.raises(
-        "plain load_weights",
-        lambda: plain.load_weights(_path(directory, "plain.weights.h5")),
-    )
-    check.raises(
-        "load_weights",
-        lambda: model.load_weights(_path(directory, "sft.weights.h5")),
-    )
-    check.close("weights kept", model.get_weights(), before, atol=0, rtol=0)
+    _load_weights_raises(check, [plain, model], directory)
+    check.close("weights kept", model.get_weights(), before, **_EXACT)
 
 
 @workflow(aside=True)
 def _interrupt_then_fit_again(check, directory):
     """Ctrl-C in the middle of fit, then fit again: as the plain model."""
-    x, y = _data()
-    plain, model = _twins(_mlp)
-    _compile([plain, model])
+    plain, model = _compiled_twins()
 
     class CtrlC(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             if batch == 1:
                 raise KeyboardInterrupt
 
-    for m in (plain, model):
-        keras.utils.set_random_seed(1)
-        with contextlib.suppress(KeyboardInterrupt):
-            m.fit(
-                x,
-                y,
-                batch_size=8,
-                epochs=2,
-                shuffle=False,
-                verbose=0,
-                callbacks=[CtrlC()],
-            )
+    _fit_small(
+        [plain, model],
+        epochs=2,
+        callbacks=lambda tag: [CtrlC()],
+        interrupted=True,
+    )
     check.weights("interrupted weights", model.student, plain)
-    check.history(*_fit([plain, model], x, y, batch_size=8, epochs=1))
+    check.history(*_fit_small([plain, model], epochs=1))
     check.weights("weights after fitting again", model.student, plain)
 
 
@@ -2655,15 +2345,14 @@ def _interrupt_then_fit_again(check, directory):
 def _whole_model_frozen(check, directory):
     """model.trainable = False before compile: fit trains nothing, as for
     the plain model."""
-    x, y = _data()
     plain, model = _twins(_mlp)
     plain.trainable = False
     model.trainable = False
     _compile([plain, model])
     before = plain.get_weights()
-    check.history(*_fit([plain, model], x, y, batch_size=8, epochs=1))
+    check.history(*_fit_small([plain, model], epochs=1))
     check.close(
-        "weights unchanged", model.student.get_weights(), before, atol=0, rtol=0
+        "weights unchanged", model.student.get_weights(), before, **_EXACT
     )
 
 

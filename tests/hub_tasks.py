@@ -7,54 +7,19 @@ a second way from the task's outputs.
 import keras_hub
 import numpy as np
 
+from benchmarks import _hub_tasks
+
 
 def gpt2_causal_lm():
     """A GPT-2 causal LM with a byte-pair vocabulary of 8 tokens."""
-    tokens = ["<|endoftext|>", "a", "b", "Ġ", "Ġa", "Ġb", "ab", "Ġab"]
-    tokenizer = keras_hub.models.GPT2Tokenizer(
-        vocabulary={token: i for i, token in enumerate(tokens)},
-        merges=["a b", "Ġ a", "Ġ b", "Ġa b"],
-    )
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=len(tokens),
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=16,
-        dropout=0.0,
-    )
-    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
-        tokenizer=tokenizer, sequence_length=8
-    )
-    return keras_hub.models.GPT2CausalLM(
-        backbone=backbone, preprocessor=preprocessor
-    )
+    return _hub_tasks.gpt2_causal_lm(num_layers=2, dropout=0.0)
 
 
 def bert_text_classifier():
     """A one-layer BERT classifier of 3 classes, with its preprocessor."""
-    tokenizer = keras_hub.models.BertTokenizer(
-        vocabulary=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-        + ["the", "quick", "brown", "fox", "jumps"]
-    )
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=10,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=12,
-        dropout=0.0,
-    )
-    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
-        tokenizer=tokenizer, sequence_length=12
-    )
-    return keras_hub.models.BertTextClassifier(
-        backbone=backbone,
-        num_classes=3,
-        preprocessor=preprocessor,
-        dropout=0.0,
+    words = ["the", "quick", "brown", "fox", "jumps"]
+    return _hub_tasks.bert_text_classifier(
+        words, sequence_length=12, dropout=0.0
     )
 
 
