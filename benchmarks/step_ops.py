@@ -4,10 +4,12 @@ For each variant of `benchmarks/throughput.py` (same models, same batch of
 128), traces the variant's `train_step` with `tf.function`, counts the ops
 of its graph, and times the traced step on one fixed in-memory batch:
 `--rounds` rounds (6) of `--steps` steps (50) per variant, taken in turns in a
-rotating order, reporting the fastest and the median round. This isolates
-the step's own cost from `fit`'s Python loop and the input pipeline; on a
-small model, where a step takes a few milliseconds, the op count matters
-as much as the FLOPs.
+rotating order, reporting the fastest and the median round, and the
+median over rounds of each round's time over `sft_live`'s (paired; the
+guard's cost is one over `sft_unguarded`'s). This isolates the step's own
+cost from `fit`'s Python loop and the input pipeline; on a small model,
+where a step takes a few milliseconds, the op count matters as much as
+the FLOPs.
 
     python -m benchmarks.step_ops
     python -m benchmarks.step_ops --models=mlp --rounds=20
@@ -66,8 +68,20 @@ def _measure(model_name, variants):
             elapsed = time.perf_counter() - start
             times[variant].append(elapsed / _STEPS.value * 1e3)
         order = order[1:] + order[:1]
+    # Each round's time over `sft_live`'s in the same round: load that
+    # changes from round to round falls on both.
+    live = times.get("sft_live")
     return {
-        v: (ops[v], min(times[v]), statistics.median(times[v]))
+        v: (
+            ops[v],
+            min(times[v]),
+            statistics.median(times[v]),
+            statistics.median(
+                a / b for a, b in zip(times[v], live, strict=True)
+            )
+            if live
+            else None,
+        )
         for v in variants
     }
 
@@ -78,9 +92,9 @@ def main(argv):
     print(report.machine(), flush=True)
     print(
         "| model | variant | graph ops | step ms (fastest) | step ms (median) "
-        "| vs plain (fastest) |"
+        "| vs plain (fastest) | time vs sft_live (paired median) |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     if throughput._INPUT.value != "dataset":
         raise app.UsageError("step_ops times steps on a dataset's batch")
     variants = [
@@ -89,11 +103,12 @@ def main(argv):
     for model_name in throughput._MODELS.value:
         results = _measure(model_name, variants)
         plain = results.get("plain")
-        for variant, (ops, fastest, median) in results.items():
+        for variant, (ops, fastest, median, paired) in results.items():
             ratio = f"{plain[1] / fastest:.2f}" if plain else ""
+            paired = "" if paired is None else f"{paired:.3f}"
             print(
                 f"| {model_name} | {variant} | {ops} | {fastest:.2f} "
-                f"| {median:.2f} | {ratio} |",
+                f"| {median:.2f} | {ratio} | {paired} |",
                 flush=True,
             )
 
