@@ -37,6 +37,10 @@ def _epoch_scalars(log_dir):
     for path in sorted(glob.glob(os.path.join(log_dir, "train", "*"))):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
+                # The run also holds the model's graph (Keras's `keras`
+                # summary), as a plain model's does.
+                if value.metadata.plugin_data.plugin_name != "scalars":
+                    continue
                 scalars.setdefault(value.tag, []).append(
                     float(tf.make_ndarray(value.tensor))
                 )
