@@ -690,8 +690,11 @@ class BatchCheck:
         # The read orders the stop after the assignment; XLA drops it.
         recorded = ops.convert_to_tensor(self.fault)[0]
         valid = ops.logical_or(ops.logical_not(invalid), recorded == _NO_FAULT)
-        tf.debugging.Assert(valid, [_FAULT])
-        return valid
+        # What waits for the returned value (the loss's read of the
+        # labels) waits for the stop: a lowered cond passes on a branch's
+        # output as soon as it exists, before the branch's other ops run.
+        with tf.control_dependencies([tf.debugging.Assert(valid, [_FAULT])]):
+            return tf.identity(valid)
 
     @contextlib.contextmanager
     def stopping(self, where):
