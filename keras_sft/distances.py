@@ -137,8 +137,8 @@ def normalized_mse(teacher_outputs, student_outputs):
     if teacher_outputs.shape[-1] == 1:
         # Standardised over one unit, every output is 0: the term would
         # vanish. A one-unit output (a binary logit, a regression) keeps
-        # its scale, as under `mse`.
-        return ops.square(teacher_outputs - student_outputs)[..., 0]
+        # its scale.
+        return mse(teacher_outputs, student_outputs)
     teacher_centred = teacher_outputs - ops.mean(
         teacher_outputs, axis=-1, keepdims=True
     )
