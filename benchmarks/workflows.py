@@ -1767,6 +1767,39 @@ def _summary(check, directory):
 
 
 @workflow()
+def _model_graph(check, directory):
+    """What a Functional model answers about its graph: get_layer (by
+    name and index), inputs and outputs, their shapes, and a feature
+    extractor built from them, trained."""
+    x, _ = _data()
+    plain, model = _compiled_twins()
+    _fit_small([plain, model], epochs=1)
+    for what, answer in (
+        ("get_layer", lambda m: m.get_layer("hidden").name),
+        ("get_layer(index=)", lambda m: m.get_layer(index=2).name),
+        ("inputs", lambda m: [(t.name, t.shape) for t in m.inputs]),
+        ("outputs", lambda m: [t.shape for t in m.outputs]),
+        ("input and output", lambda m: (m.input.shape, m.output.shape)),
+        ("shapes", lambda m: (m.input_shape, m.output_shape)),
+        ("compute_output_shape", lambda m: m.compute_output_shape((5, 6))),
+    ):
+        expected, actual = answer(plain), answer(model)
+        check.that(what, actual == expected, f"{actual} != {expected}")
+    _same_outcome(
+        check,
+        "feature extractor",
+        lambda m, tag: (
+            keras.Model(m.inputs, m.get_layer("hidden").output)
+            .predict(x, verbose=0)
+            .round(5)
+            .tolist()
+        ),
+        plain,
+        model,
+    )
+
+
+@workflow()
 def _clone_model(check, directory):
     """keras.models.clone_model of the SFTModel: same kind of model, as
     clone_model gives of a plain one."""
@@ -1860,7 +1893,7 @@ def _fit_across_trainable_change(check, build, *, then, recompile):
     to `then`, recompiles or not, fits an epoch more and compares."""
     plain, model = _compiled_twins(build)
     _fit_small([plain, model], epochs=1)
-    for m in (plain, model.student):
+    for m in (plain, model):
         m.get_layer("hidden").trainable = then
     if recompile:
         _compile([plain, model])

@@ -27,7 +27,8 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
     Subclasses set `self.student` and `self.teacher` (shared with the
     student by `_shared_teacher` or given by the user) in their
     constructor, and define the steps. The model is then built when its
-    student is, calls and exports the student, keeps the teacher frozen
+    student is, calls and exports the student, answers `get_layer`,
+    `inputs`, `outputs` and shapes as the student, keeps the teacher frozen
     whatever `trainable` is set to, gives the teacher its own copies of
     shared weights before they train, lists and writes weights as if the
     teacher held copies of all (as a loaded or cloned model does), saves
@@ -232,6 +233,42 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
+
+    # What a Functional or Sequential model answers about its graph is the
+    # student's: `model.get_layer("backbone").trainable = True`, feature
+    # extractors (`keras.Model(model.inputs, model.get_layer(n).output)`)
+    # and shapes. A subclassed student has no `inputs`, and the wrapper
+    # then has none either. `layers` stays Keras's list of the wrapper's
+    # two models: Keras's weights files are laid out by it.
+    def get_layer(self, name=None, index=None):
+        return self.student.get_layer(name=name, index=index)
+
+    @property
+    def inputs(self):
+        return self.student.inputs
+
+    @property
+    def outputs(self):
+        return self.student.outputs
+
+    @property
+    def input(self):
+        return self.student.input
+
+    @property
+    def output(self):
+        return self.student.output
+
+    @property
+    def input_shape(self):
+        return self.student.input_shape
+
+    @property
+    def output_shape(self):
+        return self.student.output_shape
+
+    def compute_output_shape(self, *args, **kwargs):
+        return self.student.compute_output_shape(*args, **kwargs)
 
     def export(self, filepath, **kwargs):
         """Exports the student alone, as `keras.Model.export` does; takes its

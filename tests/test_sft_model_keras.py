@@ -127,6 +127,55 @@ def test_unfreezing_without_compile_trains_as_the_plain_model():
         np.testing.assert_array_equal(weight, expected)
 
 
+def test_graph_questions_are_answered_by_the_student():
+    plain = helpers.mlp()
+    model = keras_sft.SFTModel(helpers.mlp())
+    x = np.ones((2, 6), "float32")
+
+    assert model.get_layer(index=1) is model.student.layers[1]
+    name = model.student.layers[1].name
+    assert model.get_layer(name) is model.student.get_layer(name)
+    assert [t.shape for t in model.inputs] == [t.shape for t in plain.inputs]
+    assert model.output is model.student.output
+    assert (model.input_shape, model.output_shape) == ((None, 6), (None, 3))
+    assert model.compute_output_shape((4, 6)) == (4, 3)
+    features = keras.Model(model.input, model.get_layer(name).output)
+    np.testing.assert_array_equal(
+        features.predict(x, verbose=0),
+        keras.Model(plain.input, plain.layers[1].output).predict(x, verbose=0),
+    )
+    # Keras's own message, naming the student's layers.
+    with pytest.raises(ValueError, match="No such layer: missing"):
+        model.get_layer("missing")
+
+
+def test_a_subclassed_student_has_no_graph_and_neither_has_the_wrapper():
+    student = _SubclassedClassifier()
+    student(np.ones((2, 6), "float32"))
+    model = keras_sft.SFTModel(student)
+
+    assert not hasattr(student, "inputs")
+    assert not hasattr(model, "inputs")
+    for m in (student, model):
+        with pytest.raises(NotImplementedError, match="_SubclassedClassifier"):
+            m.compute_output_shape((4, 6))
+
+
+def test_freezing_through_get_layer_freezes_the_students_layer():
+    model = keras_sft.SFTModel(helpers.mlp(), lambda_=0.0)
+    x, y, _ = helpers.classification_data()
+    frozen = model.get_layer(index=1)
+    before = frozen.get_weights()
+
+    frozen.trainable = False
+    model.compile(optimizer="adam")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+    assert not model.student.layers[1].trainable
+    for weight, expected in zip(frozen.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(weight, expected)
+
+
 def test_export_and_summary_after_construction_fit_and_loading(tmp_path):
     x, y, _ = helpers.classification_data()
     model = keras_sft.SFTModel(
