@@ -213,7 +213,11 @@ def test_student_writes_leave_the_teacher_pretrained(kind, tmp_path):
     model = sft(student)
     kernel = student.layers[1].kernel
     assert model.teacher.layers[1].kernel is kernel
-    # A function traced before the write reads the student's variable.
+    # Functions traced before the write (the training step computing the
+    # shared hidden layer once for both models) read the student's
+    # variable; a zero learning rate keeps the weights.
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
     model.teacher.predict(x, verbose=0)
 
     write(kind, student, other, tmp_path)
@@ -232,8 +236,7 @@ def test_student_writes_leave_the_teacher_pretrained(kind, tmp_path):
     ):
         np.testing.assert_array_equal(actual, expected)
     # The consistency term compares the new student with the pretrained
-    # model; a zero learning rate keeps the weights for the whole batch.
-    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    # model.
     history = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0)
     distill = np.mean(
         (
