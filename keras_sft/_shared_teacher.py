@@ -236,9 +236,10 @@ def _copy_on_write(weight, teacher, teacher_layer, on_unshare):
 
 
 class _CopyOnWrite:
-    """Called before a write to a student variable that teachers share:
-    gives each teacher layer still sharing it its own copy, holding the
-    value before the write, then stops watching the variable."""
+    """Called before each write to a student variable that teachers
+    share: at the first that changes it, gives each teacher layer still
+    sharing it its own copy, holding the value before the write, and
+    stops watching the variable."""
 
     def __init__(self, variable):
         # Weakly, as each teacher: the student must not keep alive the
