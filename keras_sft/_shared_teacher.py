@@ -249,6 +249,8 @@ class _CopyOnWrite:
 
     def add(self, teacher, teacher_layer, on_unshare):
         """Watches for `teacher_layer` of `teacher` too."""
+        # Models made from one student one after another leave no trail.
+        self._sharers = [s for s in self._sharers if s[0]() is not None]
         if any(
             t() is teacher and layer() is teacher_layer
             for t, layer, _ in self._sharers
