@@ -271,7 +271,19 @@ class _CopyOnWrite:
         # shared. While a function is traced the value is not known yet.
         if not tf.inside_function() and _same_bits(variable, value):
             return
+        replica = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and replica is not None:
+            # In a replica's step (`student.fit` under a strategy) the
+            # strategy's copies are made across replicas: each replica's
+            # write waits here, so the hook stays until all have come.
+            replica.merge_call(lambda strategy: self._unshare(variable))
+        else:
+            self._unshare(variable)
         _keras_compat.set_before_writes(variable, None)
+
+    def _unshare(self, variable):
+        """Gives each teacher layer still sharing `variable` its own copy
+        of its current value."""
         # While a function is traced (a moving statistic's update), it has
         # not run: the variable still holds the value before the write,
         # which the copy takes eagerly.

@@ -311,6 +311,31 @@ def test_traced_moving_statistics_updates_leave_the_teacher_pretrained():
     )
 
 
+def test_moving_statistics_updated_in_mirrored_steps_leave_the_teacher():
+    strategy = helpers.two_cpu_strategy()
+    with strategy.scope():
+        student = helpers.frozen_backbone_cnn()
+        model = sft(student)
+        # A zero learning rate: only the moving statistics change.
+        student.compile(
+            optimizer=keras.optimizers.SGD(0.0),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    x, y = images()
+    bn = student.get_layer("backbone").get_layer("bn")
+    mean = keras.ops.convert_to_numpy(bn.moving_mean)
+    bn.trainable = True
+
+    # Each replica's traced update meets the hook; one copy is made.
+    student.fit(x, y, batch_size=8, epochs=1, verbose=0)
+
+    teacher_bn = model.teacher.get_layer("backbone").get_layer("bn")
+    assert not np.allclose(keras.ops.convert_to_numpy(bn.moving_mean), mean)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(teacher_bn.moving_mean), mean
+    )
+
+
 def test_the_student_does_not_keep_its_sft_model_alive():
     student, _ = frozen_mlp()
     model = sft(student)
