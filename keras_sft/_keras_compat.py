@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import warnings
+import weakref
 
 import keras
 import tensorflow as tf
@@ -330,6 +331,40 @@ def replace_weight(layer, old, new):
         for index, weight in enumerate(weights):
             if weight is old:
                 weights[index] = new
+
+
+def before_writes(variable):
+    """The callable that `set_before_writes` gave `variable`, or `None`."""
+    direct_assign = vars(variable).get("_direct_assign")
+    return getattr(direct_assign, "before", None)
+
+
+def set_before_writes(variable, before):
+    """Makes each write to `variable` through Keras call `before(value)`
+    first, or, with `before=None`, no longer.
+
+    Keras's writes are `assign` and what calls it: `assign_add`,
+    `assign_sub`, a layer's `set_weights` and `load_own_variables` (so
+    `Model.set_weights` and `load_weights`). Optimizers and
+    `tf.train.Checkpoint` write the TensorFlow variable behind it, unseen.
+    """
+    # Keras 3.15's `Variable.assign` writes with `self._direct_assign`,
+    # which an attribute of the instance overrides for this variable
+    # alone; there is no public hook on a variable's writes. Checked on
+    # Keras 3.15.1.
+    if before is None:
+        vars(variable).pop("_direct_assign", None)
+        return
+    # Weakly: the variable must not keep itself alive through its hook.
+    reference = weakref.ref(variable)
+
+    def direct_assign(value):
+        before(value)
+        target = reference()
+        type(target)._direct_assign(target, value)
+
+    direct_assign.before = before
+    variable._direct_assign = direct_assign
 
 
 def lora_adapters(layer):

@@ -1,13 +1,16 @@
 """A teacher that shares the student's frozen weights instead of copying."""
 
+import weakref
+
 import keras
+import tensorflow as tf
 from keras import ops
 
 from keras_sft import _keras_compat
 from keras_sft.teacher import clone_teacher
 
 
-def shared_teacher(student):
+def shared_teacher(student, *, on_unshare=None):
     """Returns a frozen teacher of `student` that reuses its frozen weights.
 
     The teacher is `keras_sft.clone_teacher(student)`, then each of its
@@ -34,10 +37,20 @@ def shared_teacher(student):
     hold the pretrained values. Weights written into the `SFTModel`
     (`set_weights`, `load_weights`, the callbacks that restore) reach the
     teacher's own copies (`unshare_all`), and are shared again where the
-    student's and the teacher's values are the same (`reshare`). What it
-    cannot see are changes made to a shared variable outside `SFTModel`
-    (`assign`, `student.fit`, loading weights into the student alone):
-    those reach the teacher too.
+    student's and the teacher's values are the same (`reshare`).
+
+    A shared variable written outside `SFTModel` through Keras (`assign`,
+    `assign_add`, `student.set_weights`, `student.load_weights`, the
+    moving statistics of a `BatchNormalization` layer unfrozen and run in
+    training) is copied on write: before its first write that changes
+    it, each teacher still sharing it gets its own copy holding the value
+    before the write, and `on_unshare` is called (the `SFTModel` drops
+    the functions it traced with the shared variable). Writing the value
+    it holds keeps it shared. What this cannot see are writes to the
+    TensorFlow variable behind it: optimizers (`student.fit` after
+    `layer.trainable = True` on the student's layer, without `SFTModel`
+    seeing the change) and `tf.train.Checkpoint` restoring into the
+    student; those reach the teacher too.
 
     Example:
 
@@ -48,6 +61,9 @@ def shared_teacher(student):
 
     Args:
         student: A built `keras.Model`.
+        on_unshare: A bound method, held weakly, called after a write to
+            the student gave the teacher its own copy of a variable.
+            Defaults to `None`.
 
     Returns:
         A `keras.Model` with `trainable=False`.
@@ -78,6 +94,7 @@ def shared_teacher(student):
                 and copy.dtype == weight.dtype
             ):
                 _keras_compat.replace_weight(teacher_layer, copy, weight)
+                _copy_on_write(weight, teacher, teacher_layer, on_unshare)
     return teacher
 
 
@@ -114,10 +131,11 @@ def unshare_all(student, teacher, strategy):
     return _unshare(student, teacher, strategy, lambda layer, weight: True)
 
 
-def reshare(student, unshared):
-    """Shares again the weights `unshare_all` copied where the copy holds,
-    bit for bit, the student's value and the student does not train them;
-    returns whether any copy stays the teacher's own."""
+def reshare(student, teacher, unshared, *, on_unshare=None):
+    """Shares again the weights `unshare_all` copied into `teacher` where
+    the copy holds, bit for bit, the student's value and the student does
+    not train them, copied on write as `shared_teacher` makes them (with
+    `on_unshare`); returns whether any copy stays the teacher's own."""
     trained = {id(w) for w in student.trainable_weights}
     kept = False
     for student_layer, teacher_layer, weight, copy in unshared:
@@ -125,6 +143,7 @@ def reshare(student, unshared):
             _same_bits(weight, copy)
         ):
             _keras_compat.replace_weight(teacher_layer, copy, weight)
+            _copy_on_write(weight, teacher, teacher_layer, on_unshare)
         else:
             kept = True
     return kept
@@ -187,16 +206,102 @@ def _unshare(student, teacher, strategy, condition):
         for weight in _shared(student_layer, teacher_layer):
             if not condition(student_layer, weight):
                 continue
-            with strategy.scope():
-                copy = keras.Variable(
-                    ops.convert_to_tensor(weight),
-                    dtype=weight.dtype,
-                    trainable=False,
-                    name=weight.name,
-                )
-            _keras_compat.replace_weight(teacher_layer, weight, copy)
+            copy = _own_copy(teacher_layer, weight, strategy)
             unshared.append((student_layer, teacher_layer, weight, copy))
     return unshared
+
+
+def _own_copy(teacher_layer, weight, strategy):
+    """Gives `teacher_layer` its own copy of `weight`, made in
+    `strategy`'s scope; returns the copy."""
+    with strategy.scope():
+        copy = keras.Variable(
+            ops.convert_to_tensor(weight),
+            dtype=weight.dtype,
+            trainable=False,
+            name=weight.name,
+        )
+    _keras_compat.replace_weight(teacher_layer, weight, copy)
+    return copy
+
+
+def _copy_on_write(weight, teacher, teacher_layer, on_unshare):
+    """Makes the first write that changes `weight`, which `teacher_layer`
+    of `teacher` shares, give that layer its own copy first."""
+    hook = _keras_compat.before_writes(weight)
+    if hook is None:
+        hook = _CopyOnWrite(weight)
+        _keras_compat.set_before_writes(weight, hook)
+    hook.add(teacher, teacher_layer, on_unshare)
+
+
+class _CopyOnWrite:
+    """Called before each write to a student variable that teachers
+    share: at the first that changes it, gives each teacher layer still
+    sharing it its own copy, holding the value before the write, and
+    stops watching the variable."""
+
+    def __init__(self, variable):
+        # Weakly, as each teacher: the student must not keep alive the
+        # models made from it (several may share its variables).
+        self._variable = weakref.ref(variable)
+        self._sharers = []
+
+    def add(self, teacher, teacher_layer, on_unshare):
+        """Watches for `teacher_layer` of `teacher` too."""
+        # Models made from one student one after another leave no trail.
+        self._sharers = [s for s in self._sharers if s[0]() is not None]
+        if any(
+            t() is teacher and layer() is teacher_layer
+            for t, layer, _ in self._sharers
+        ):
+            return
+        self._sharers.append(
+            (
+                weakref.ref(teacher),
+                weakref.ref(teacher_layer),
+                None if on_unshare is None else weakref.WeakMethod(on_unshare),
+            )
+        )
+
+    def __call__(self, value):
+        variable = self._variable()
+        # An eager write of the value held (`set_weights` with the
+        # student's own weights) changes nothing: the variable stays
+        # shared. While a function is traced the value is not known yet.
+        if not tf.inside_function() and _same_bits(variable, value):
+            return
+        replica = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and replica is not None:
+            # In a replica's step (`student.fit` under a strategy) the
+            # strategy's copies are made across replicas: each replica's
+            # write waits here, so the hook stays until all have come.
+            replica.merge_call(lambda strategy: self._unshare(variable))
+        else:
+            self._unshare(variable)
+        _keras_compat.set_before_writes(variable, None)
+
+    def _unshare(self, variable):
+        """Gives each teacher layer still sharing `variable` its own copy
+        of its current value."""
+        # While a function is traced (a moving statistic's update), it has
+        # not run: the variable still holds the value before the write,
+        # which the copy takes eagerly.
+        with tf.init_scope():
+            for teacher, teacher_layer, on_unshare in self._sharers:
+                teacher, teacher_layer = teacher(), teacher_layer()
+                if teacher is None or not any(
+                    weight is variable
+                    for weights in _keras_compat.own_weights(teacher_layer)
+                    for weight in weights
+                ):
+                    # Gone, or no longer sharing it (`SFTModel`'s own
+                    # writes unshare first).
+                    continue
+                _own_copy(teacher_layer, variable, teacher.distribute_strategy)
+                callback = on_unshare and on_unshare()
+                if callback is not None:
+                    callback()
 
 
 def _same_bits(variable, other):

@@ -207,7 +207,12 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         try:
             yield
         finally:
-            if _shared_teacher.reshare(self.student, unshared):
+            if _shared_teacher.reshare(
+                self.student,
+                self.teacher,
+                unshared,
+                on_unshare=self._forget_traced,
+            ):
                 self._forget_traced()
 
     def _unshare_trained(self):

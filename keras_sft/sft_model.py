@@ -176,7 +176,9 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
 
         self.student = student
         self.teacher = (
-            _shared_teacher.shared_teacher(student)
+            _shared_teacher.shared_teacher(
+                student, on_unshare=self._forget_traced
+            )
             if teacher is None
             else teacher
         )

@@ -10,10 +10,6 @@ from tests import helpers
 # The workflows where SFTModel still differs from the plain model, each
 # with what differs (the benchmark's own line says by how much).
 _KNOWN = {
-    "student_set_weights_with_frozen_layer": "the teacher shares the "
-    "frozen weights (docs: changes outside SFTModel reach it)",
-    "student_load_weights_with_frozen_layer": "the teacher shares the "
-    "frozen weights (docs: changes outside SFTModel reach it)",
     "legacy_h5": "the legacy HDF5 format cannot save the wrapper: "
     "refused with one ValueError naming model.student.save",
 }
