@@ -11,6 +11,7 @@ module.
 """
 
 import contextlib
+import functools
 import io
 import os
 import warnings
@@ -355,16 +356,30 @@ def set_before_writes(variable, before):
     if before is None:
         vars(variable).pop("_direct_assign", None)
         return
-    # Weakly: the variable must not keep itself alive through its hook.
-    reference = weakref.ref(variable)
+    variable._direct_assign = _BeforeWrites(variable, before)
 
-    def direct_assign(value):
-        before(value)
-        target = reference()
-        type(target)._direct_assign(target, value)
 
-    direct_assign.before = before
-    variable._direct_assign = direct_assign
+class _BeforeWrites:
+    """A variable's own `_direct_assign`: `before(value)`, then Keras's."""
+
+    def __init__(self, variable, before):
+        # Weakly: the variable must not keep itself alive through its hook.
+        self._variable = weakref.ref(variable)
+        self.before = before
+
+    def __call__(self, value):
+        self.before(value)
+        variable = self._variable()
+        type(variable)._direct_assign(variable, value)
+
+    def __deepcopy__(self, memo):
+        # `copy.deepcopy` of the variable copies its attributes, this hook
+        # too: the copy, which no model shares, writes to itself unwatched
+        # (not through this hook, to the original).
+        copy = memo.get(id(self._variable()))
+        if copy is None:
+            return self
+        return functools.partial(type(copy)._direct_assign, copy)
 
 
 def lora_adapters(layer):

@@ -1,5 +1,6 @@
 """Tests for keras_sft._shared_teacher: teachers sharing frozen weights."""
 
+import copy as copy_module
 import gc
 import weakref
 
@@ -266,6 +267,21 @@ def test_writes_of_the_value_held_keep_the_weights_shared():
         keras.ops.convert_to_numpy(model.teacher.layers[1].kernel),
         pretrained[0],
     )
+
+
+def test_a_deep_copy_of_a_shared_variable_writes_to_itself():
+    student, pretrained = frozen_mlp()
+    model = sft(student)
+    kernel = student.layers[1].kernel
+
+    copy = copy_module.deepcopy(kernel)
+    copy.assign(np.zeros(kernel.shape))
+
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(copy), 0.0)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(kernel), pretrained[0]
+    )
+    assert model.teacher.layers[1].kernel is kernel
 
 
 def test_two_models_on_one_student_each_keep_their_teacher():
