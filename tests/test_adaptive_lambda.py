@@ -200,10 +200,17 @@ def test_mirrored_equals_one_device(update_freq):
     initial = _model(0.5).student.get_weights()
     one_weights, one_logs = train(tf.distribute.OneDeviceStrategy("/cpu:0"))
     two_weights, two_logs = train(helpers.two_cpu_strategy())
-    helpers.assert_same_trained_weights(two_weights, one_weights, initial)
+    # Two replicas sum in another order, and `lambda_` follows the
+    # gradients: over these twelve steps the weights moved apart by up to
+    # 8e-5 and `lambda_` (22.5) by 1.6e-5 of itself on a CPU without
+    # AVX-512 (a term counted twice moves them by the size of the update,
+    # over 1e-2).
+    helpers.assert_same_trained_weights(
+        two_weights, one_weights, initial, atol=2e-4
+    )
     assert len(set(one_logs["lambda"])) == 2
     for key in ("lambda", "distill_loss", "loss"):
-        np.testing.assert_allclose(two_logs[key], one_logs[key], rtol=1e-5)
+        np.testing.assert_allclose(two_logs[key], one_logs[key], rtol=1e-4)
 
 
 def test_saved_with_the_model(tmp_path):
