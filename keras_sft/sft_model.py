@@ -422,6 +422,23 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
 
     fit.__signature__ = _FIT_SIGNATURE
 
+    def _flatten_metrics_in_order(self, logs):
+        # The list that `evaluate` and the `*_on_batch` methods return
+        # without `return_dict` is read by position (`loss, accuracy =
+        # model.evaluate(...)`): it is the plain model's, without the
+        # terms it lacks, which stay in the dict and in `fit`'s logs.
+        # Keras 3.15's private hook for that list; checked on 3.15.1.
+        keras_names = {
+            f"{name}_loss"
+            for name, tracker in self.output_task_loss_trackers.items()
+            if tracker.name == f"{name}_loss"
+        }
+        ours = {t.name for t in self._term_trackers()} - keras_names
+        ours.add("lambda")
+        return super()._flatten_metrics_in_order(
+            {name: value for name, value in logs.items() if name not in ours}
+        )
+
     def _log_directions(self, callbacks):
         """`"min"` or `"max"`, whichever is better, for each log of `fit`
         that Keras's monitors cannot tell: the loss terms, and what

@@ -119,6 +119,35 @@ def test_evaluate_logs_match_numpy(distance, use_weights):
     assert logs["loss"] == pytest.approx(task + 0.7 * distill, rel=1e-5)
 
 
+@pytest.mark.parametrize("metrics", [None, ["accuracy"]])
+def test_lists_read_by_position_are_the_plain_models(metrics):
+    # `loss, accuracy = model.evaluate(x, y)` as for the plain model: the
+    # terms are in the dict form and in `fit`'s logs, not in the list.
+    x, y, _ = helpers.classification_data(n=30)
+    plain = helpers.mlp()
+    model = keras_sft.SFTModel(helpers.mlp(), lambda_=0.7)
+    for m in (plain, model):
+        m.compile(
+            optimizer=keras.optimizers.SGD(0.0),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=metrics,
+        )
+
+    expected = plain.evaluate(x, y, verbose=0)
+    actual = model.evaluate(x, y, verbose=0)
+    # The teacher is the student: the term is zero, the losses equal.
+    np.testing.assert_allclose(actual, expected, rtol=1e-6)
+    assert np.shape(actual) == np.shape(expected)
+    for method in ("train_on_batch", "test_on_batch"):
+        np.testing.assert_allclose(
+            getattr(model, method)(x, y),
+            getattr(plain, method)(x, y),
+            rtol=1e-6,
+        )
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    assert {"task_loss", "distill_loss"} <= set(logs)
+
+
 @pytest.mark.parametrize("use_weights", [False, True])
 def test_fit_logs_match_numpy(use_weights):
     x, y, weights = helpers.classification_data(n=30)
