@@ -1950,6 +1950,29 @@ def _freeze_then_reload(check, directory):
 
 
 @workflow(aside=True)
+def _tf_checkpoint_after_unfreezing(check, directory):
+    """tf.train.Checkpoint saved after a frozen layer was unfrozen and
+    trained; restored into fresh frozen models."""
+    x, _ = _data()
+    build = _mlp_with_hidden(trainable=False)
+    plain, model = _fit_across_trainable_change(
+        check, build, then=True, recompile=True
+    )
+    paths = [
+        tf.train.Checkpoint(model=m).save(_path(directory, tag))
+        for m, tag in ((plain, "plain"), (model, "sft"))
+    ]
+    fresh_plain, fresh = _twins(build)
+    for m, path in zip((fresh_plain, fresh), paths, strict=True):
+        status = tf.train.Checkpoint(model=m).restore(path)
+        status.assert_existing_objects_matched()
+    check.predictions("restored predictions", fresh, fresh_plain, x)
+    check.predictions(
+        "restored teacher", fresh.teacher, model.teacher, x, **_EXACT
+    )
+
+
+@workflow(aside=True)
 def _unfreeze_without_recompile(check, directory):
     """A layer unfrozen after compile, fit again without recompiling."""
     _fit_across_trainable_change(

@@ -298,6 +298,24 @@ def apply_gradients(optimizer, gradients, trainable_weights):
     optimizer.apply_gradients(zip(gradients, trainable_weights, strict=True))
 
 
+def trained_weights(model, optimizer):
+    """The weights of `model` that a training step with `optimizer` trains.
+
+    `model`'s trainable weights until `optimizer` is built, then those it
+    was built for, whatever `trainable` is set to since: Keras takes a
+    change of `trainable` into account at the next `compile`, and until
+    then a plain model's step, traced once, trains what it was traced
+    with (and an optimizer refuses any other variable).
+    """
+    # Keras 3.15's optimizers keep the variables they were built for in
+    # `_trainable_variables` (a `LossScaleOptimizer` too), and refuse
+    # others in `_check_variables_are_known`. Checked on Keras 3.15.1.
+    if optimizer is None or not optimizer.built:
+        return model.trainable_weights
+    known = {id(v) for v in optimizer._trainable_variables}
+    return [w for w in model.weights if id(w) in known]
+
+
 def output_layer(model):
     """The layer that makes a Functional or Sequential model's single
     output (Keras records it only in the output tensor's private history;
@@ -332,6 +350,54 @@ def replace_weight(layer, old, new):
         for index, weight in enumerate(weights):
             if weight is old:
                 weights[index] = new
+
+
+# What `tf.train.Checkpoint` saves and restores: an object that defines
+# `_serialize_to_tensors` and `_restore_from_tensors`, as TensorFlow's
+# variables do. TensorFlow has no public name for it. Checked on
+# TensorFlow 2.21.0.
+Trackable = tf.__internal__.tracking.Trackable
+
+
+def set_checkpoint_stand_in(layer, variable, stand_in):
+    """Makes `tf.train.Checkpoint` find the trackable `stand_in` where it
+    finds `variable` among `layer`'s dependencies now, and keep finding it
+    there; SavedModels still find `layer`'s own."""
+    # TensorFlow asks each object for its dependencies, named after the
+    # attributes that hold them (`_kernel`, `bias`), through
+    # `_trackable_children`, which an attribute of the instance overrides
+    # for this layer alone. Checked on TensorFlow 2.21.0, Keras 3.15.1.
+    children = vars(layer).get("_trackable_children")
+    if not isinstance(children, _CheckpointChildren):
+        children = _CheckpointChildren(layer)
+        vars(layer)["_trackable_children"] = children
+    for name, child in type(layer)._trackable_children(layer).items():
+        if child is variable:
+            children.stand_ins.setdefault(name, stand_in)
+
+
+class _CheckpointChildren:
+    """A layer's own `_trackable_children`: Keras's, with stand-ins."""
+
+    def __init__(self, layer):
+        # Weakly: the layer must not keep itself alive through it.
+        self._layer = weakref.ref(layer)
+        self.stand_ins = {}
+
+    def __call__(self, save_type="checkpoint", **kwargs):
+        layer = self._layer()
+        children = type(layer)._trackable_children(layer, save_type, **kwargs)
+        if save_type == "checkpoint":
+            children.update(self.stand_ins)
+        return children
+
+    def __deepcopy__(self, memo):
+        # As `_BeforeWrites`: a deep copy of the layer, which shares
+        # nothing, lists its own dependencies (not the original's).
+        copy = memo.get(id(self._layer()))
+        if copy is None:
+            return self
+        return functools.partial(type(copy)._trackable_children, copy)
 
 
 def before_writes(variable):

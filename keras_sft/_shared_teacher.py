@@ -37,7 +37,10 @@ def shared_teacher(student, *, on_unshare=None):
     hold the pretrained values. Weights written into the `SFTModel`
     (`set_weights`, `load_weights`, the callbacks that restore) reach the
     teacher's own copies (`unshare_all`), and are shared again where the
-    student's and the teacher's values are the same (`reshare`).
+    student's and the teacher's values are the same (`reshare`). So do
+    the teacher's values of a `tf.train.Checkpoint` restored into the
+    `SFTModel`, through stand-ins at the teacher's places of the weights
+    it shares (`reshare_restored` shares them again).
 
     A shared variable written outside `SFTModel` through Keras (`assign`,
     `assign_add`, `student.set_weights`, `student.load_weights`, the
@@ -93,21 +96,24 @@ def shared_teacher(student, *, on_unshare=None):
                 and copy.shape == weight.shape
                 and copy.dtype == weight.dtype
             ):
-                _keras_compat.replace_weight(teacher_layer, copy, weight)
-                _copy_on_write(weight, teacher, teacher_layer, on_unshare)
+                _share(
+                    (student_layer, teacher_layer, weight, copy),
+                    teacher,
+                    on_unshare,
+                )
     return teacher
 
 
-def unshare_trained(student, teacher, strategy):
+def unshare_trained(student, teacher, strategy, *, trained):
     """Copies into `teacher` the weights it shares with `student` that the
-    student now trains.
+    student now trains (those among `trained`).
 
     The copies take the shared variables' current values, so call this
     before training changes them; they are made in `strategy`'s scope.
     Returns whether any was copied: functions traced before then read the
     student's variables.
     """
-    trained = {id(w) for w in student.trainable_weights}
+    trained = {id(w) for w in trained}
     return bool(
         _unshare(
             student,
@@ -131,22 +137,43 @@ def unshare_all(student, teacher, strategy):
     return _unshare(student, teacher, strategy, lambda layer, weight: True)
 
 
-def reshare(student, teacher, unshared, *, on_unshare=None):
+def reshare(student, teacher, unshared, *, trained, on_unshare=None):
     """Shares again the weights `unshare_all` copied into `teacher` where
     the copy holds, bit for bit, the student's value and the student does
-    not train them, copied on write as `shared_teacher` makes them (with
-    `on_unshare`); returns whether any copy stays the teacher's own."""
-    trained = {id(w) for w in student.trainable_weights}
+    not train them (they are not among `trained`), copied on write as
+    `shared_teacher` makes them (with `on_unshare`); returns whether any
+    copy stays the teacher's own."""
+    trained = {id(w) for w in trained}
     kept = False
-    for student_layer, teacher_layer, weight, copy in unshared:
+    for entry in unshared:
+        student_layer, teacher_layer, weight, copy = entry
+        if not _holds(teacher_layer, copy):
+            continue
         if any(weight is w for w in _shareable(student_layer, trained)) and (
             _same_bits(weight, copy)
         ):
-            _keras_compat.replace_weight(teacher_layer, copy, weight)
-            _copy_on_write(weight, teacher, teacher_layer, on_unshare)
+            _share(entry, teacher, on_unshare)
         else:
             kept = True
     return kept
+
+
+def reshare_restored(student, teacher, *, trained, on_unshare=None):
+    """`reshare` of the copies that restoring a `tf.train.Checkpoint`
+    gave `teacher` since the last call; returns whether any was shared
+    again (functions traced since read the copy).
+
+    Call it where no checkpoint is being restored (at the start of a
+    `fit`): while one is, the student's variables may not hold their
+    restored values yet.
+    """
+    restored = [
+        entry
+        for entry in _RESTORED.pop(teacher, [])
+        if _holds(entry[1], entry[3])
+    ]
+    reshare(student, teacher, restored, trained=trained, on_unshare=on_unshare)
+    return any(not _holds(entry[1], entry[3]) for entry in restored)
 
 
 def owned_weights(student, teacher):
@@ -225,6 +252,94 @@ def _own_copy(teacher_layer, weight, strategy):
     return copy
 
 
+def _share(entry, teacher, on_unshare):
+    """Makes `teacher_layer` of `teacher` compute with the student's
+    `weight` instead of its `copy`, for `entry = (student_layer,
+    teacher_layer, weight, copy)`: copied on write, and held apart in
+    checkpoints."""
+    _, teacher_layer, weight, copy = entry
+    _keras_compat.replace_weight(teacher_layer, copy, weight)
+    _copy_on_write(weight, teacher, teacher_layer, on_unshare)
+    _keras_compat.set_checkpoint_stand_in(
+        teacher_layer, weight, _TeacherWeight(entry, teacher, on_unshare)
+    )
+
+
+def _holds(layer, variable):
+    """Whether `variable` is one of `layer`'s own weights."""
+    return any(
+        weight is variable
+        for weights in _keras_compat.own_weights(layer)
+        for weight in weights
+    )
+
+
+# The copies restoring a checkpoint gave each teacher, by teacher, for
+# `reshare_restored`.
+_RESTORED = weakref.WeakKeyDictionary()
+
+
+class _TeacherWeight(_keras_compat.Trackable):
+    """What a `tf.train.Checkpoint` finds at the place of a weight that a
+    teacher layer shares (or once shared) with its student: the layer's
+    variable there when saved; when restored, the layer's own copy, made
+    first if the layer still shares the weight.
+
+    Checkpoints follow each layer's dependencies. Were the shared variable
+    itself at the teacher's place, a checkpoint would see one variable at
+    two places, and restoring it would write the checkpoint's student
+    value and teacher value (two, where the layer was unfrozen after it
+    saved) into the one variable, one over the other. Sharing the copy
+    again, where it holds the student's restored value, is left to
+    `reshare_restored`.
+    """
+
+    def __init__(self, entry, teacher, on_unshare):
+        # Weakly, as copy on write holds them: a checkpoint's stand-in must
+        # not keep the models alive.
+        student_layer, teacher_layer, weight, _ = entry
+        self._layers = (weakref.ref(student_layer), weakref.ref(teacher_layer))
+        self._weight = weakref.ref(weight)
+        self._teacher = weakref.ref(teacher)
+        self._on_unshare = (
+            None if on_unshare is None else weakref.WeakMethod(on_unshare)
+        )
+        # The place of the weight in the layer's lists, which its own copy
+        # takes.
+        self._place = next(
+            (i, j)
+            for i, weights in enumerate(
+                _keras_compat.own_weights(teacher_layer)
+            )
+            for j, w in enumerate(weights)
+            if w is weight
+        )
+
+    def _serialize_to_tensors(self):
+        return self._variable()._serialize_to_tensors()
+
+    def _variable(self):
+        """The teacher layer's variable at the weight's place."""
+        i, j = self._place
+        return _keras_compat.own_weights(self._layers[1]())[i][j]
+
+    def _restore_from_tensors(self, restored_tensors):
+        student_layer, teacher_layer = (ref() for ref in self._layers)
+        weight, teacher = self._weight(), self._teacher()
+        copy = self._variable()
+        # Unless the layer has had its own copy since the checkpoint began
+        # to restore (the student's value, restored first, copied on write).
+        if copy is weight:
+            copy = _own_copy(teacher_layer, weight, teacher.distribute_strategy)
+            callback = self._on_unshare and self._on_unshare()
+            if callback is not None:
+                callback()
+        _RESTORED.setdefault(teacher, []).append(
+            (student_layer, teacher_layer, weight, copy)
+        )
+        return copy._restore_from_tensors(restored_tensors)
+
+
 def _copy_on_write(weight, teacher, teacher_layer, on_unshare):
     """Makes the first write that changes `weight`, which `teacher_layer`
     of `teacher` shares, give that layer its own copy first."""
@@ -290,11 +405,7 @@ class _CopyOnWrite:
         with tf.init_scope():
             for teacher, teacher_layer, on_unshare in self._sharers:
                 teacher, teacher_layer = teacher(), teacher_layer()
-                if teacher is None or not any(
-                    weight is variable
-                    for weights in _keras_compat.own_weights(teacher_layer)
-                    for weight in weights
-                ):
+                if teacher is None or not _holds(teacher_layer, variable):
                     # Gone, or no longer sharing it (`SFTModel`'s own
                     # writes unshare first).
                     continue

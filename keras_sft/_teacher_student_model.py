@@ -81,10 +81,8 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
     def make_train_function(self, force=False):
         # Layers the user unfroze since the teacher was made would train
         # the weights the teacher shares: it gets its own copies first.
-        # Only for a new function: as for a plain model, the function
-        # traced before (`fit` again without `compile`) trains what it
-        # trained, and remaking it would meet an optimizer built for
-        # other variables.
+        # Only for a new function: the function traced before (`fit` again
+        # without `compile`) trains what it trained.
         if force or self.train_function is None:
             self._unshare_trained()
         return super().make_train_function(force=force)
@@ -211,6 +209,7 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
                 self.student,
                 self.teacher,
                 unshared,
+                trained=self._unshareable_weights(),
                 on_unshare=self._forget_traced,
             ):
                 self._forget_traced()
@@ -219,9 +218,32 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         """Gives the teacher its own copies of the weights it shares that
         the student now trains."""
         if _shared_teacher.unshare_trained(
-            self.student, self.teacher, self.distribute_strategy
+            self.student,
+            self.teacher,
+            self.distribute_strategy,
+            trained=self._unshareable_weights(),
         ):
             self._forget_traced()
+
+    def _reshare_restored(self):
+        """Shares again the weights that restoring a `tf.train.Checkpoint`
+        gave the teacher its own copies of, where they hold the student's
+        value; call it before a training step is traced."""
+        if _shared_teacher.reshare_restored(
+            self.student,
+            self.teacher,
+            trained=self._unshareable_weights(),
+            on_unshare=self._forget_traced,
+        ):
+            self._forget_traced()
+
+    def _unshareable_weights(self):
+        """The student's weights that the teacher must not share: those
+        the step trains (what the optimizer was built for, while `fit` is
+        not compiled again), and those it would train after `compile`."""
+        return self.student.trainable_weights + _keras_compat.trained_weights(
+            self.student, getattr(self, "optimizer", None)
+        )
 
     def _forget_traced(self):
         """Drops the functions traced with the teacher's former variables;
@@ -303,6 +325,7 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
         )
 
     def train_on_batch(self, x, y=None, sample_weight=None, **kwargs):
+        self._reshare_restored()
         batch = _task_preprocessing.batch(self.student, x, y, sample_weight)
         return super().train_on_batch(*batch, **kwargs)
 

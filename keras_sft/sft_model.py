@@ -383,6 +383,7 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
                 `anchor_x` is an array. Defaults to `None`: the training
                 batch size.
         """
+        self._reshare_restored()
         arguments = _FIT_SIGNATURE.bind(None, *args, **kwargs)
         arguments = dict(list(arguments.arguments.items())[1:])
         arguments = _task_preprocessing.fit_arguments(self.student, arguments)
@@ -494,7 +495,9 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
                 batch, teacher, student, lambda_, self.student.losses
             )
             scaled_total = self.optimizer.scale_loss(total)
-        trainable_weights = self.student.trainable_weights
+        trainable_weights = _keras_compat.trained_weights(
+            self.student, self.optimizer
+        )
         gradients = tape.gradient(scaled_total, trainable_weights)
         _step_guard.apply_gradients(
             self._step_guard,

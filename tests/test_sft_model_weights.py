@@ -6,6 +6,7 @@ workflow runs on both and they are compared."""
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_sft
 from tests import helpers
@@ -13,7 +14,7 @@ from tests import helpers
 SHARING = [True, False]
 
 
-def _model(*, sharing, frozen=True):
+def _model(*, sharing, frozen=True, cache_teacher=False):
     """An `SFTModel` of `helpers.mlp()` whose first layer is frozen, with
     the default teacher (which shares that layer) or a copied one."""
     keras.utils.set_random_seed(0)
@@ -21,7 +22,7 @@ def _model(*, sharing, frozen=True):
     student.layers[1].trainable = not frozen
     teacher = None if sharing else keras_sft.clone_teacher(student)
     model = keras_sft.SFTModel(
-        student, teacher, lambda_=0.5, cache_teacher=False
+        student, teacher, lambda_=0.5, cache_teacher=cache_teacher
     )
     _compile(model)
     return model
@@ -180,6 +181,109 @@ def test_freezing_after_build_trains_and_saves_as_without_sharing(
     _assert_same_weights(fresh.get_weights(), model.get_weights())
     _assert_teacher_is_pretrained(fresh)
     assert _shares(fresh) == sharing
+
+
+@pytest.mark.parametrize("sharing", SHARING)
+@pytest.mark.parametrize("frozen", [True, False])
+def test_trainable_changed_without_compile_trains_as_the_plain_model(
+    sharing, frozen
+):
+    # Keras takes a change of `trainable` into account at the next
+    # `compile`: until then the plain model's step, traced once, trains
+    # what it was traced with. The cached epochs of the second `fit` trace
+    # the step again, for their inputs.
+    keras.utils.set_random_seed(0)
+    plain = helpers.mlp()
+    plain.layers[1].trainable = not frozen
+    plain.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model = _model(sharing=sharing, frozen=frozen, cache_teacher=True)
+    changed = []
+    for student, fitted in ((plain, plain), (model.student, model)):
+        _fit(fitted)
+        student.layers[1].trainable = frozen
+        before = student.get_weights()
+        _fit(fitted, epochs=2)
+        changed.append(
+            [
+                not np.array_equal(b, a)
+                for b, a in zip(before, student.get_weights(), strict=True)
+            ]
+        )
+
+    assert changed[1] == changed[0] == [not frozen] * 2 + [True] * 2
+    _assert_teacher_is_pretrained(model)
+
+
+@pytest.mark.parametrize("sharing", SHARING)
+@pytest.mark.parametrize("unfrozen", [True, False])
+def test_tf_checkpoint_restores_each_model_its_own_values(
+    sharing, unfrozen, tmp_path
+):
+    model = _model(sharing=sharing)
+    if unfrozen:
+        _train_then_unfreeze(model)
+    else:
+        _fit(model, epochs=2)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    fresh = _model(sharing=sharing)
+
+    status = tf.train.Checkpoint(model=fresh).restore(path)
+
+    status.assert_existing_objects_matched()
+    _assert_same_weights(fresh.get_weights(), model.get_weights())
+    _assert_teacher_is_pretrained(fresh)
+    x, _, _ = helpers.classification_data()
+    np.testing.assert_array_equal(
+        fresh.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
+    # Where the restored student's frozen layer holds its pretrained
+    # value, the teacher shares it again when training resumes.
+    _fit(fresh)
+    assert _shares(fresh) == (sharing and not unfrozen)
+    _assert_teacher_is_pretrained(fresh)
+
+
+def test_tf_checkpoint_restores_under_a_mirrored_strategy(tmp_path):
+    model = _model(sharing=True)
+    _train_then_unfreeze(model)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    with helpers.two_cpu_strategy(through_one_device=True).scope():
+        fresh = _model(sharing=True)
+
+    tf.train.Checkpoint(model=fresh).restore(
+        path
+    ).assert_existing_objects_matched()
+
+    _assert_same_weights(fresh.get_weights(), model.get_weights())
+    _assert_teacher_is_pretrained(fresh)
+    _fit(fresh)
+    _assert_teacher_is_pretrained(fresh)
+
+
+def test_saved_model_of_the_wrapper_saves_its_models_weights(tmp_path):
+    # TensorFlow's SavedModel follows the dependencies that checkpoints
+    # follow, without the teacher's stand-ins for the weights it shares.
+    model = _model(sharing=True)
+    _fit(model)
+    path = str(tmp_path / "saved_model")
+
+    tf.saved_model.save(model, path)
+
+    tf.saved_model.load(path)
+    reader = tf.train.load_checkpoint(f"{path}/variables/variables")
+    keys = [
+        key
+        for key in reader.get_variable_to_shape_map()
+        if key.startswith(("student/", "teacher/"))
+    ]
+    assert keys
+    weights = model.get_weights()
+    for key in keys:
+        value = reader.get_tensor(key)
+        assert any(np.array_equal(value, w) for w in weights), key
 
 
 def _trained_with(callback, *, sharing):

@@ -284,6 +284,17 @@ def test_a_deep_copy_of_a_shared_variable_writes_to_itself():
     assert model.teacher.layers[1].kernel is kernel
 
 
+def test_a_deep_copy_of_a_sharing_teacher_layer_checkpoints_its_own():
+    student, _ = frozen_mlp()
+    layer = sft(student).teacher.layers[1]
+
+    copy = copy_module.deepcopy(layer)
+
+    children = copy._trackable_children()
+    assert children["_kernel"] is copy.kernel
+    assert copy.kernel is not layer.kernel
+
+
 def test_two_models_on_one_student_each_keep_their_teacher():
     student, pretrained = frozen_mlp()
     x, _, _ = helpers.classification_data()
