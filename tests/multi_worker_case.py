@@ -15,9 +15,7 @@ GLOBAL_BATCH_SIZE = 16
 # arrays`, in the order a worker runs them: the step guard's refusal last,
 # as it aborts the collectives of its process.
 CASES = ("anchors", "cache_teacher", "backup", "step_guard")
-# At `lambda_=1` with SGD at 0.2 and momentum, `normalized_mse` (the
-# default), steep where the perturbed teacher's logits are nearly flat,
-# diverges; what these runs compare is the strategy, not the distance.
+# What these runs compare is the strategy, not the distance.
 _DISTANCE = "mse"
 
 
