@@ -480,15 +480,24 @@ class _BeforeWrites:
         self._name = name
         self.before = before
 
-    def __call__(self, argument, *args, **kwargs):
+    def __call__(self, *args, **kwargs):
         variable = self._variable()
+        write = getattr(type(variable), self._name)
+        # The value, delta or tensors written, positional or by the name
+        # that each class of variable gives it (`assign(value=...)`).
+        names = [name for name in _WRITTEN_ARGUMENTS if name in kwargs]
+        if not args and not names:
+            return write(variable, *args, **kwargs)
+        argument = args[0] if args else kwargs[names[0]]
         if tf.inside_function():
             self.before(argument)
         else:
             self.before(_WRITES[self._name](variable, argument))
-        return getattr(type(variable), self._name)(
-            variable, argument, *args, **kwargs
-        )
+        return write(variable, *args, **kwargs)
+
+
+# The names of the written argument in TensorFlow 2.21's variables.
+_WRITTEN_ARGUMENTS = ("value", "delta", "sparse_delta", "restored_tensors")
 
 
 def lora_adapters(layer):

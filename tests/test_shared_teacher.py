@@ -260,7 +260,7 @@ def test_writes_of_the_value_held_keep_the_weights_shared(tmp_path):
     student.set_weights(pretrained)
     model.set_weights(model.get_weights())
     kernel.value.assign_add(np.zeros(kernel.shape, "float32"))
-    kernel.value.assign_sub(np.zeros(kernel.shape, "float32"))
+    kernel.value.assign_sub(delta=np.zeros(kernel.shape, "float32"))
     kernel.value.scatter_add(tf.IndexedSlices(np.zeros((1, 8), "float32"), [2]))
     tf.train.Checkpoint(model=student).read(path).assert_consumed()
 
