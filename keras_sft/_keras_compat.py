@@ -11,6 +11,7 @@ module.
 """
 
 import contextlib
+import functools
 import io
 import os
 import warnings
