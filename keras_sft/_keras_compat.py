@@ -402,50 +402,103 @@ class _CheckpointChildren:
 
 def before_writes(variable):
     """The callable that `set_before_writes` gave `variable`, or `None`."""
-    direct_assign = vars(variable).get("_direct_assign")
-    return getattr(direct_assign, "before", None)
+    for target in _tensorflow_variables(variable):
+        return getattr(vars(target).get("assign"), "before", None)
+    return None
 
 
 def set_before_writes(variable, before):
-    """Makes each write to `variable` through Keras call `before(value)`
-    first, or, with `before=None`, no longer.
+    """Makes each write to `variable` call `before(value)` first, or, with
+    `before=None`, no longer.
 
-    Keras's writes are `assign` and what calls it: `assign_add`,
-    `assign_sub`, a layer's `set_weights` and `load_own_variables` (so
-    `Model.set_weights` and `load_weights`). Optimizers and
-    `tf.train.Checkpoint` write the TensorFlow variable behind it, unseen.
+    The writes are those to the TensorFlow variable behind it: Keras's
+    (`assign`, `assign_add`, `assign_sub`, a layer's `set_weights` and
+    `load_own_variables`, so `Model.set_weights` and `load_weights`),
+    optimizers' (`assign`, `assign_add`, `assign_sub` and the `scatter_*`
+    of sparse gradients, under a `tf.distribute` strategy on each
+    replica's component) and `tf.train.Checkpoint`'s restore. `value` is
+    the value the variable will hold; while a function is traced, a
+    tensor of that function instead (a gradient, say), whose value is not
+    known yet. The hooks run where the write is called, so in a traced
+    function once, at trace time: not at each step.
     """
-    # Keras 3.15's `Variable.assign` writes with `self._direct_assign`,
-    # which an attribute of the instance overrides for this variable
-    # alone; there is no public hook on a variable's writes. Checked on
-    # Keras 3.15.1.
-    if before is None:
-        vars(variable).pop("_direct_assign", None)
-        return
-    variable._direct_assign = _BeforeWrites(variable, before)
+    # Every write reaches the `tf.Variable` (under a strategy, the
+    # distributed variable and then each component) through one of these
+    # methods, which an attribute of the instance overrides for this
+    # variable alone; there is no public hook on a variable's writes. A
+    # `copy.deepcopy` of either variable makes new TensorFlow variables,
+    # without these attributes. Checked on Keras 3.15.1 with TensorFlow
+    # 2.21.0.
+    for target in _tensorflow_variables(variable):
+        for name in _WRITES:
+            if before is None:
+                vars(target).pop(name, None)
+            else:
+                setattr(target, name, _BeforeWrites(target, name, before))
+
+
+# Each write method of a `tf.Variable`, and how the value it writes is
+# computed (eagerly) from the variable and the method's first argument.
+_WRITES = {
+    "assign": lambda variable, value: value,
+    "assign_add": lambda variable, value: variable + value,
+    "assign_sub": lambda variable, value: variable - value,
+    "scatter_update": lambda variable, delta: tf.tensor_scatter_nd_update(
+        variable, tf.expand_dims(delta.indices, -1), delta.values
+    ),
+    "scatter_add": lambda variable, delta: tf.tensor_scatter_nd_add(
+        variable, tf.expand_dims(delta.indices, -1), delta.values
+    ),
+    "scatter_sub": lambda variable, delta: tf.tensor_scatter_nd_sub(
+        variable, tf.expand_dims(delta.indices, -1), delta.values
+    ),
+    # `tf.train.Checkpoint` restores a variable (a Keras one through its
+    # `tf.Variable`) with this, not with `assign`.
+    "_restore_from_tensors": lambda variable, tensors: tensors[
+        "VARIABLE_VALUE"
+    ],
+}
+
+
+def _tensorflow_variables(variable):
+    """The `tf.Variable` behind the Keras `variable`, and under a strategy
+    each replica's component of it."""
+    value = variable._value
+    if value is None:
+        return []
+    if isinstance(value, tf.distribute.DistributedValues):
+        return [value, *value.values]
+    return [value]
 
 
 class _BeforeWrites:
-    """A variable's own `_direct_assign`: `before(value)`, then Keras's."""
+    """A `tf.Variable`'s own write method `name`: `before(value)`, then
+    TensorFlow's."""
 
-    def __init__(self, variable, before):
+    def __init__(self, variable, name, before):
         # Weakly: the variable must not keep itself alive through its hook.
         self._variable = weakref.ref(variable)
+        self._name = name
         self.before = before
 
-    def __call__(self, value):
-        self.before(value)
+    def __call__(self, *args, **kwargs):
         variable = self._variable()
-        type(variable)._direct_assign(variable, value)
+        write = getattr(type(variable), self._name)
+        # The value, delta or tensors written, positional or by the name
+        # that each class of variable gives it (`assign(value=...)`).
+        names = [name for name in _WRITTEN_ARGUMENTS if name in kwargs]
+        if not args and not names:
+            return write(variable, *args, **kwargs)
+        argument = args[0] if args else kwargs[names[0]]
+        if tf.inside_function():
+            self.before(argument)
+        else:
+            self.before(_WRITES[self._name](variable, argument))
+        return write(variable, *args, **kwargs)
 
-    def __deepcopy__(self, memo):
-        # `copy.deepcopy` of the variable copies its attributes, this hook
-        # too: the copy, which no model shares, writes to itself unwatched
-        # (not through this hook, to the original).
-        copy = memo.get(id(self._variable()))
-        if copy is None:
-            return self
-        return functools.partial(type(copy)._direct_assign, copy)
+
+# The names of the written argument in TensorFlow 2.21's variables.
+_WRITTEN_ARGUMENTS = ("value", "delta", "sparse_delta", "restored_tensors")
 
 
 def lora_adapters(layer):

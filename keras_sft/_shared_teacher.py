@@ -48,12 +48,15 @@ def shared_teacher(student, *, on_unshare=None):
     training) is copied on write: before its first write that changes
     it, each teacher still sharing it gets its own copy holding the value
     before the write, and `on_unshare` is called (the `SFTModel` drops
-    the functions it traced with the shared variable). Writing the value
-    it holds keeps it shared. What this cannot see are writes to the
-    TensorFlow variable behind it: optimizers (`student.fit` after
-    `layer.trainable = True` on the student's layer, without `SFTModel`
-    seeing the change) and `tf.train.Checkpoint` restoring into the
-    student; those reach the teacher too.
+    the functions it traced with the shared variable). So are the writes
+    to the TensorFlow variable behind it: an optimizer's (`student.fit`
+    after `layer.trainable = True` on the student's layer, without
+    `SFTModel` seeing the change; dense or sparse, on one device or on
+    each replica under a strategy, seen once while the step is traced)
+    and `tf.train.Checkpoint` restoring into the student. Writing the
+    value it holds keeps it shared. Unseen are the TensorFlow variable's
+    other writes (`scatter_nd_update`, `scatter_max`, ...), which no
+    optimizer or restore of Keras 3.15 makes.
 
     Example:
 
@@ -393,15 +396,17 @@ class _CopyOnWrite:
             # write waits here, so the hook stays until all have come.
             replica.merge_call(lambda strategy: self._unshare(variable))
         else:
+            # Eager, or across replicas: an optimizer's update of one
+            # replica's component; the copy is mirrored on every replica.
             self._unshare(variable)
         _keras_compat.set_before_writes(variable, None)
 
     def _unshare(self, variable):
         """Gives each teacher layer still sharing `variable` its own copy
         of its current value."""
-        # While a function is traced (a moving statistic's update), it has
-        # not run: the variable still holds the value before the write,
-        # which the copy takes eagerly.
+        # While a function is traced (a moving statistic's or an
+        # optimizer's update), it has not run: the variable still holds
+        # the value before the write, which the copy takes eagerly.
         with tf.init_scope():
             for teacher, teacher_layer, on_unshare in self._sharers:
                 teacher, teacher_layer = teacher(), teacher_layer()
