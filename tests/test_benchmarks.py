@@ -79,3 +79,19 @@ def test_speed_prints_each_table_and_the_decisions():
         "teacher_dtype=None",
         "digits",
     ]
+
+
+def test_stability_trains_a_binary_classifier_at_the_defaults():
+    rows = _run(
+        "benchmarks.stability",
+        "--learning_rates=0.05",
+        "--seeds=0",
+        "--epochs=1",
+    )
+    assert [row.split("|")[3].strip() for row in rows[2:]] == [
+        "plain",
+        "SFT defaults",
+    ]
+    # The teacher's logits are nearly equal on some digits: the term must
+    # not weigh them up until the step is no longer finite.
+    assert "NonFiniteLossError" not in rows[3]
