@@ -16,7 +16,7 @@ def _normalized_numpy(t, s, keep):
         t_kept, s_kept = t_row[keep_row], s_row[keep_row]
         t_centred = t_kept - t_kept.mean()
         s_centred = s_kept - s_kept.mean()
-        scale = np.sqrt(t_centred.var() + 1e-6)
+        scale = np.sqrt(t_centred.var() + 1.0)
         result.append((((s_centred - t_centred) / scale) ** 2).mean())
     return np.array(result)
 
