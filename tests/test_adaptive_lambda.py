@@ -185,6 +185,7 @@ def test_callbacks_after_it_see_the_updated_lambda():
     assert seen[0][0] != pytest.approx(0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("update_freq", ["epoch", 2])
 def test_mirrored_equals_one_device(update_freq):
     def train(strategy):

@@ -91,6 +91,7 @@ def test_cached_fit_equals_live_with_a_bfloat16_teacher():
     _assert_same(cached, live)
 
 
+@pytest.mark.slow
 def test_cached_fit_equals_live_mirrored(monkeypatch):
     mirrored = helpers.two_cpu_strategy
     cached_model = _model(cache_teacher=True, strategy=mirrored())

@@ -125,7 +125,8 @@ _CASES = [
     "features",
     "frozen_prefix",
     "live",
-    "mirrored",
+    # Fifteen seconds in the full suite: the other cases cover the step.
+    pytest.param("mirrored", marks=pytest.mark.slow),
     "schedule",
     "two_outputs",
     "unguarded",

@@ -246,6 +246,7 @@ def test_tf_checkpoint_restores_each_model_its_own_values(
     _assert_teacher_is_pretrained(fresh)
 
 
+@pytest.mark.slow
 def test_tf_checkpoint_restores_under_a_mirrored_strategy(tmp_path):
     model = _model(sharing=True)
     _train_then_unfreeze(model)
@@ -335,6 +336,7 @@ def test_backup_of_an_unfrozen_run_resumes_as_without_sharing(backup, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_backup_resumes_under_a_mirrored_strategy_as_on_one_device(tmp_path):
     trained = {}
     for name in ("one", "mirrored"):

@@ -88,6 +88,7 @@ def test_lora_teacher_shares_base_kernels_and_predicts_as_before():
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(base), value)
 
 
+@pytest.mark.slow
 def test_trained_lora_adapters_give_a_full_copy():
     student = lora_model()
     with_lora(student)
@@ -107,6 +108,7 @@ def test_trained_lora_adapters_give_a_full_copy():
     )
 
 
+@pytest.mark.slow
 def test_lora_teacher_survives_load_weights_and_saving(tmp_path):
     student = lora_model()
     x, y = images()

@@ -57,6 +57,7 @@ def test_cached_equals_live(use_weights, arrays):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arrays", [False, True])
 def test_cached_equals_live_mirrored(arrays):
     live, _ = _fit(helpers.two_cpu_strategy(), False)

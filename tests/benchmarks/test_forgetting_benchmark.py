@@ -191,6 +191,7 @@ def test_quick_run_writes_table_plot_and_merges(tmp_path):
     assert merged_table == table
 
 
+@pytest.mark.slow
 def test_untuned_and_adaptive_methods_each_train_their_own_model(
     tmp_path, monkeypatch
 ):

@@ -78,6 +78,7 @@ def test_fast_workflow_passes(name, tmp_path):
     assert (status, detail) == ("pass", "")
 
 
+@pytest.mark.slow
 def test_binary_lists_and_runs_workflows():
     result = helpers.run_binary(
         "benchmarks.workflows", "--workflows=predict,summary"
