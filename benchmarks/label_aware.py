@@ -33,10 +33,12 @@ import tensorflow as tf
 from keras import ops
 
 import keras_sft
+from keras_sft import distances
 
-# As `keras_sft.distances.normalized_mse` adds to the teacher's variance
-# (1e-6 until 2026-12-07, when docs/forgetting.md measured these terms).
-_VARIANCE = 1.0
+# What `normalized_mse` adds to the teacher's variance (1e-6 until
+# 2026-12-07, when docs/forgetting.md measured these terms), so that the
+# masked term over every unit is the library's distance.
+_VARIANCE = distances._NORMALIZED_MSE_VARIANCE
 
 
 def _masked_normalized_mse(teacher, student, mask):

@@ -392,8 +392,8 @@ class _CheckpointChildren:
         return children
 
     def __deepcopy__(self, memo):
-        # As `_BeforeWrites`: a deep copy of the layer, which shares
-        # nothing, lists its own dependencies (not the original's).
+        # A deep copy of the layer, which shares nothing, lists its own
+        # dependencies (not the original's).
         copy = memo.get(id(self._layer()))
         if copy is None:
             return self

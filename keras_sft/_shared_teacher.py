@@ -150,8 +150,6 @@ def reshare(student, teacher, unshared, *, trained, on_unshare=None):
     kept = False
     for entry in unshared:
         student_layer, teacher_layer, weight, copy = entry
-        if not _holds(teacher_layer, copy):
-            continue
         if any(weight is w for w in _shareable(student_layer, trained)) and (
             _same_bits(weight, copy)
         ):
