@@ -987,6 +987,35 @@ def _regularizers(check, directory):
 
 
 @workflow()
+def _freeze_by_position(check, directory):
+    """`for layer in model.layers[:-1]: layer.trainable = False`, then
+    compile, fit, save and load: the wrapper's `layers` are the model's."""
+    x, y = _data()
+    plain, model = _twins(_mlp)
+    check.that(
+        "layers",
+        [layer.name for layer in model.layers]
+        == [layer.name for layer in plain.layers],
+    )
+    for m in (plain, model):
+        for layer in m.layers[:-1]:
+            layer.trainable = False
+    _compile([plain, model])
+    check.history(*_fit([plain, model], x, y, batch_size=8, epochs=2))
+    check.weights("trained weights", model.student, plain)
+    loaded = []
+    for m, name in ((plain, "plain.keras"), (model, "sft.keras")):
+        m.save(os.path.join(directory, name))
+        loaded.append(keras.models.load_model(os.path.join(directory, name)))
+    check.weights("loaded weights", loaded[1], model)
+    check.that(
+        "loaded trainability",
+        [layer.trainable for layer in loaded[1].layers]
+        == [layer.trainable for layer in loaded[0].layers],
+    )
+
+
+@workflow()
 def _nan_imputing_model(check, directory):
     """NaN in the inputs of a model that imputes them itself."""
     x, y = _data()

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import io
 import os
+import sys
 import warnings
 import weakref
 
@@ -525,6 +526,15 @@ def disable_lora(layer):
     layer.lora_enabled = False
     layer.lora_rank = None
     layer.lora_alpha = None
+
+
+def in_saving_walk():
+    """Whether the caller was called by Keras's walk of a model's saved
+    state (`.keras` files and `.weights.h5`, saving and loading)."""
+    # The walk reads each attribute `dir` lists, `layers` among them for a
+    # subclassed model, and names the file's entries after it. Checked on
+    # Keras 3.15.1 (`saving_lib._walk_saveable`, a generator).
+    return sys._getframe(2).f_code is saving_lib._walk_saveable.__code__
 
 
 def all_layers(layer, include_self=True):

@@ -261,12 +261,21 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
-    # What a Functional or Sequential model answers about its graph is the
-    # student's: `model.get_layer("backbone").trainable = True`, feature
-    # extractors (`keras.Model(model.inputs, model.get_layer(n).output)`)
-    # and shapes. A subclassed student has no `inputs`, and the wrapper
-    # then has none either. `layers` stays Keras's list of the wrapper's
-    # two models: Keras's weights files are laid out by it.
+    # What a Functional or Sequential model answers about its layers and
+    # graph is the student's: `for layer in model.layers[:-2]: ...`,
+    # `model.get_layer("backbone").trainable = True`, feature extractors
+    # (`keras.Model(model.inputs, model.get_layer(n).output)`) and shapes.
+    # A subclassed student has no `inputs`, and the wrapper then has none
+    # either.
+    @property
+    def layers(self):
+        # Keras lays out the files of a subclassed model by its `layers`,
+        # and every file saved so far holds the wrapper's two models there:
+        # Keras's saving walk alone still sees them.
+        if _keras_compat.in_saving_walk():
+            return super().layers
+        return self.student.layers
+
     def get_layer(self, name=None, index=None):
         return self.student.get_layer(name=name, index=index)
 

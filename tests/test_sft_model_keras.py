@@ -5,6 +5,7 @@ import json
 import os
 import warnings
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -84,7 +85,9 @@ def _assert_exports_the_student(model, x, path):
     """`model.export` serves `model.predict`, with the student's variables."""
     lines = []
     model.summary(print_fn=lambda line, **_: lines.append(line))
-    assert model.student.name in "\n".join(lines)
+    # As the student's own summary: its layers.
+    for layer in model.student.layers:
+        assert layer.name in "\n".join(lines)
 
     model.export(str(path), verbose=False)
 
@@ -147,6 +150,46 @@ def test_graph_questions_are_answered_by_the_student():
     # Keras's own message, naming the student's layers.
     with pytest.raises(ValueError, match="No such layer: missing"):
         model.get_layer("missing")
+
+
+def test_layers_are_the_students_and_freeze_by_position_as_for_plain():
+    x, y, _ = helpers.classification_data()
+    plain, student = helpers.mlp(), helpers.mlp()
+    model = keras_sft.SFTModel(student, lambda_=0.0)
+
+    assert model.layers == student.layers
+    for m in (plain, model):
+        for layer in m.layers[:-1]:
+            layer.trainable = False
+        m.compile(
+            optimizer=keras.optimizers.SGD(0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+        m.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+
+    assert _ids(model.trainable_weights) == _ids(student.layers[-1].weights)
+    for weight, expected in zip(
+        student.get_weights(), plain.get_weights(), strict=True
+    ):
+        np.testing.assert_allclose(weight, expected, atol=1e-6)
+
+
+def test_weights_files_keep_the_wrappers_two_models_as_its_layers(tmp_path):
+    # Every file saved so far lays the weights out under the wrapper's two
+    # models: `layers` answering the student's must not move them.
+    model = keras_sft.SFTModel(helpers.mlp())
+    path = str(tmp_path / "sft.weights.h5")
+    model.save_weights(path)
+
+    with h5py.File(path, "r") as file:
+        # Keras names each model's entry after its class.
+        assert sorted(file["layers"]) == ["functional", "functional_1"]
+    restored = keras_sft.SFTModel(helpers.perturbed_copy(helpers.mlp()))
+    restored.load_weights(path)
+    for weight, expected in zip(
+        restored.get_weights(), model.get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(weight, expected)
 
 
 def test_a_subclassed_student_has_no_graph_and_neither_has_the_wrapper():
