@@ -31,6 +31,7 @@ from keras.src.utils import tracking
 from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
 from tensorflow.python.distribute import multi_worker_util
 from tensorflow.python.eager import context
+from tensorflow.python.framework import ops as tf_ops
 
 # The Keras releases whose internals these entries were checked against,
 # as `setup.cfg` pins them (`keras>=3.15,<3.16`).
@@ -526,6 +527,32 @@ def disable_lora(layer):
     layer.lora_enabled = False
     layer.lora_rank = None
     layer.lora_alpha = None
+
+
+@contextlib.contextmanager
+def releasing_traced_graphs():
+    """Lets the functions traced in the block be freed after it.
+
+    TensorFlow 2.21 registers a gradient function for good at each
+    `tf.custom_gradient` traced in graph mode, which every Keras optimizer
+    step traces (`ReplicaContext.all_reduce`). Each holds its traced graph,
+    and through the graph's captures the model's variables and optimizer
+    state: a process that trains model after model keeps every one of
+    them (TensorFlow issue 97697). On exit, the functions registered in
+    the block are dropped; they are only read while a gradient is traced
+    through the graph that registered them, so use this where the block's
+    functions will not be traced further.
+    """
+    # TensorFlow's private registry of gradient functions, by op type;
+    # checked on TensorFlow 2.21.0.
+    registry = tf_ops._gradient_registry._registry
+    before = set(registry)
+    try:
+        yield
+    finally:
+        for name in set(registry) - before:
+            if name.startswith("CustomGradient-"):
+                del registry[name]
 
 
 def in_saving_walk():

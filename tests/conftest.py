@@ -1,5 +1,6 @@
 """Test set-up: two logical CPU devices, quiet TensorFlow, clean state."""
 
+import gc
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -8,6 +9,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from keras_sft import _keras_compat  # noqa: E402
 
 # Strategy tests split the CPU into two logical devices; this must happen
 # before TensorFlow initialises its devices, so at import of the test suite.
@@ -59,7 +62,10 @@ def _clean_keras_state():
     keras.backend.clear_session()
     keras.config.set_dtype_policy("float32")
     keras.utils.set_random_seed(0)
-    yield
+    # Else every test's models stay alive, and each garbage collection
+    # (one per `clear_session`) takes longer than the last.
+    with _keras_compat.releasing_traced_graphs():
+        yield
     keras.config.set_dtype_policy("float32")
 
 
@@ -76,6 +82,13 @@ def pytest_addoption(parser):
         default=False,
         help="compile models with jit_compile=True unless a test chooses",
     )
+
+
+def pytest_collection_finish(session):
+    # What importing TensorFlow, Keras and the test modules made lives as
+    # long as the process: out of every later garbage collection, which
+    # would scan its 370,000 objects again (0.3 s each, one per test).
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,5 +1,6 @@
 """Tiny models and data shared by the tests."""
 
+import gc
 import json
 import os
 import pathlib
@@ -215,6 +216,12 @@ def count_predicts(model, monkeypatch):
 
     monkeypatch.setattr(model.teacher, "predict", counted)
     return calls
+
+
+def live_traced_graphs():
+    """How many graphs of traced functions the process still holds."""
+    gc.collect()
+    return sum(isinstance(o, tf.Graph) for o in gc.get_objects())
 
 
 def run_binary(module, *args, timeout=300):

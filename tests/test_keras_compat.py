@@ -1,4 +1,5 @@
-"""Private Keras and TensorFlow names live in `keras_sft/_keras_compat.py`."""
+"""Private Keras and TensorFlow names live in `keras_sft/_keras_compat.py`,
+and the workarounds there do what they are for."""
 
 import configparser
 import glob
@@ -6,8 +7,10 @@ import os
 import re
 
 import keras
+import numpy as np
 
 from keras_sft import _keras_compat
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPAT = os.path.join("keras_sft", "_keras_compat.py")
@@ -24,7 +27,7 @@ _PRIVATE_NAMES = re.compile(
     r"|non_trainable_variables|functional|nodes_by_depth|inputs_struct"
     r"|outputs_struct|seed_generators|call_has_training_arg"
     r"|in_multi_worker_mode|build_by_run_for_single_pos_arg"
-    r"|build_by_run_for_kwargs)\b"
+    r"|build_by_run_for_kwargs|gradient_registry)\b"
 )
 
 
@@ -74,3 +77,24 @@ def test_supported_keras_versions_are_the_checked_ones():
     major, minor = (int(part) for part in checked.split("."))
     assert keras_pin == f"keras>={checked},<{major}.{minor + 1}"
     assert keras.__version__.startswith(f"{checked}.")
+
+
+def _fit_a_model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((4, 3)), np.ones((4, 2)), verbose=0)
+
+
+def test_releasing_traced_graphs_frees_the_graphs_traced_in_it():
+    # The first fit of a process makes graphs that stay: Keras's own.
+    with _keras_compat.releasing_traced_graphs():
+        _fit_a_model()
+    before = helpers.live_traced_graphs()
+    with _keras_compat.releasing_traced_graphs():
+        _fit_a_model()
+    assert helpers.live_traced_graphs() == before
+    # TensorFlow 2.21 keeps those traced outside, and with them the
+    # variables they read (issue 97697): once this fails, TensorFlow
+    # frees them and the workaround can go.
+    _fit_a_model()
+    assert helpers.live_traced_graphs() > before

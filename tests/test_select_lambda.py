@@ -61,6 +61,16 @@ def test_frozen_weights_give_the_pretrained_accuracies():
         np.testing.assert_array_equal(a, b)
 
 
+def test_no_candidate_stays_in_memory():
+    # TensorFlow keeps every traced training step, and through it the
+    # weights and optimizer state it reads, unless they are released.
+    x, y, _ = helpers.classification_data(n=30)
+    pretrained = helpers.mlp()
+    before = helpers.live_traced_graphs()
+    select_lambda(pretrained, x, y, lambdas=(0.0, 1.0), folds=2, epochs=1)
+    assert helpers.live_traced_graphs() == before
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
