@@ -539,9 +539,10 @@ def releasing_traced_graphs():
     and through the graph's captures the model's variables and optimizer
     state: a process that trains model after model keeps every one of
     them (TensorFlow issue 97697). On exit, the functions registered in
-    the block are dropped; they are only read while a gradient is traced
-    through the graph that registered them, so use this where the block's
-    functions will not be traced further.
+    the block are dropped. Each is read only where a gradient is traced
+    through the op that registered it: use this around code whose
+    gradients are taken in the block (a training step takes its own) or
+    never.
     """
     # TensorFlow's private registry of gradient functions, by op type;
     # checked on TensorFlow 2.21.0.

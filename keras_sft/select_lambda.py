@@ -26,7 +26,6 @@ import keras
 import numpy as np
 
 from keras_sft import _checks
-from keras_sft import _keras_compat
 from keras_sft import distances
 from keras_sft.sft_model import SFTModel
 from keras_sft.teacher import clone_teacher
@@ -177,30 +176,26 @@ def select_lambda(
         train, held_out = fold_of != fold, fold_of == fold
         for value in results:
             keras.utils.set_random_seed(seed + fold)
-            # Each candidate's weights and optimizer state are freed
-            # before the next is made.
-            with _keras_compat.releasing_traced_graphs():
-                model = SFTModel(
-                    copy_model(pretrained),
-                    teacher=teacher,
-                    lambda_=value,
-                    distance=distance,
-                )
-                model.compile(optimizer=optimizer())
-                model.fit(
-                    x[train],
-                    y[train],
-                    batch_size=batch_size,
-                    epochs=epochs,
-                    verbose=0,
-                )
-                new, old = results[value]
-                new.append(
-                    _accuracy(model, x[held_out], y[held_out], batch_size)
-                )
-                if retained is not None:
-                    old.append(_accuracy(model, *retained, batch_size))
-                del model
+            model = SFTModel(
+                copy_model(pretrained),
+                teacher=teacher,
+                lambda_=value,
+                distance=distance,
+            )
+            model.compile(optimizer=optimizer())
+            model.fit(
+                x[train],
+                y[train],
+                batch_size=batch_size,
+                epochs=epochs,
+                verbose=0,
+            )
+            new, old = results[value]
+            new.append(_accuracy(model, x[held_out], y[held_out], batch_size))
+            if retained is not None:
+                old.append(_accuracy(model, *retained, batch_size))
+            # Freed before the next candidate is made: memory holds one.
+            del model
     scores = tuple(
         LambdaScore(
             lambda_=value,

@@ -481,6 +481,13 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         return function
 
     def train_step(self, data):
+        # Run where the step is traced: TensorFlow 2.21 would keep the
+        # traced step, and through it the model's weights and optimizer
+        # state, for as long as the process lives.
+        with _keras_compat.releasing_traced_graphs():
+            return self._train_step(data)
+
+    def _train_step(self, data):
         batch = _batch.unpack(data)
         lambda_ = self._current_lambda()
         teacher, student_forward = self._teacher_outputs.forward(

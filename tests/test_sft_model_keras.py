@@ -192,6 +192,23 @@ def test_weights_files_keep_the_wrappers_two_models_as_its_layers(tmp_path):
         np.testing.assert_array_equal(weight, expected)
 
 
+def test_a_model_dropped_after_fit_leaves_no_traced_step_behind():
+    # TensorFlow 2.21 keeps a plain model's traced steps, and through
+    # them its weights and optimizer state, for good (issue 97697).
+    x, y, _ = helpers.classification_data()
+    graphs = []
+    # The first fit of a process also makes graphs that stay: Keras's own.
+    for _ in range(2):
+        model = keras_sft.SFTModel(helpers.mlp())
+        model.compile(optimizer="adam")
+        model.fit(x, y, epochs=2, validation_data=(x, y), verbose=0)
+        model.train_on_batch(x[:8], y[:8])
+        del model
+        graphs.append(helpers.live_traced_graphs())
+
+    assert graphs[1] == graphs[0]
+
+
 def test_a_subclassed_student_has_no_graph_and_neither_has_the_wrapper():
     student = _SubclassedClassifier()
     student(np.ones((2, 6), "float32"))
