@@ -23,8 +23,9 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 
 # One pytest worker per CPU (pytest-xdist), at most four: the tests are
-# mostly single-threaded TensorFlow tracing of tiny models. About 7 to 12
-# minutes of tests on two idle cores, by CPU (8 to 14 with a fresh install).
+# mostly single-threaded TensorFlow tracing of tiny models. About 9
+# minutes of tests on two idle cores without AVX-512 (11 with a fresh
+# install), less with it.
 test: lint
 	$(PY) -m pytest -n logical --maxprocesses=4 $(PYTEST_ARGS)
 
