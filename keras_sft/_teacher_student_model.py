@@ -27,8 +27,9 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
     Subclasses set `self.student` and `self.teacher` (shared with the
     student by `_shared_teacher` or given by the user) in their
     constructor, and define the steps. The model is then built when its
-    student is, calls and exports the student, answers `get_layer`,
-    `inputs`, `outputs` and shapes as the student, keeps the teacher frozen
+    student is, calls and exports the student, answers `layers`,
+    `get_layer`, `inputs`, `outputs` and shapes as the student (Keras's
+    saving walk alone sees its two models), keeps the teacher frozen
     whatever `trainable` is set to, gives the teacher its own copies of
     shared weights before they train, lists and writes weights as if the
     teacher held copies of all (as a loaded or cloned model does), saves

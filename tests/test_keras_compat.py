@@ -86,7 +86,8 @@ def _fit_a_model():
 
 
 def test_releasing_traced_graphs_frees_the_graphs_traced_in_it():
-    # The first fit of a process makes graphs that stay: Keras's own.
+    # The first fit after `clear_session` makes TensorFlow's default
+    # graph, which stays.
     with _keras_compat.releasing_traced_graphs():
         _fit_a_model()
     before = helpers.live_traced_graphs()

@@ -197,7 +197,8 @@ def test_a_model_dropped_after_fit_leaves_no_traced_step_behind():
     # them its weights and optimizer state, for good (issue 97697).
     x, y, _ = helpers.classification_data()
     graphs = []
-    # The first fit of a process also makes graphs that stay: Keras's own.
+    # The first fit after `clear_session` also makes TensorFlow's
+    # default graph, which stays.
     for _ in range(2):
         model = keras_sft.SFTModel(helpers.mlp())
         model.compile(optimizer="adam")
