@@ -10,6 +10,8 @@ On `fit` of NumPy arrays (`fit(x, y, batch_size=128)`), the MLP
    process's CPU time (all threads) are taken. Variants: `plain` and
    `distiller` (`variants.py`); `sft_live` (`cache_teacher=False`, the
    step guard on); `sft_unguarded` (`guard_nonfinite=False`);
+   `sft_keras_adam` (`sft_live` with Keras's Adam update unfused, as
+   plain `fit` and the Distiller run it);
    `sft_cached` (the defaults: the timed epoch is the second of a
    two-epoch `fit`, which reads the teacher's outputs that the first
    stored); `sft_bfloat16` and `sft_float16` (`sft_live` with that
@@ -63,6 +65,7 @@ STEP_VARIANTS = (
     "distiller",
     "sft_live",
     "sft_unguarded",
+    "sft_keras_adam",
     "sft_cached",
     "sft_bfloat16",
     "sft_float16",
@@ -460,7 +463,8 @@ def _decisions(step_rows, fit_rows, precision_rows, accuracy_rows):
             f"{'within' if cpu_cost <= GUARD_BUDGET else 'over'}); "
             f"guarded live step at "
             f"{steps[(model_name, 'sft_live')]['vs distiller']:.3f}x the "
-            "Distiller's speed"
+            "Distiller's speed (with Keras's Adam update unfused: "
+            f"{steps[(model_name, 'sft_keras_adam')]['vs distiller']:.3f}x)"
         )
         cpu = {
             (r["epochs"], r["variant"]): r["cpu_s"]

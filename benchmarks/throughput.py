@@ -11,7 +11,9 @@ Times, on the same data and the same model:
    weight-space alternative to SFT's consistency term;
 6. `sft_unguarded`: `sft_live` with `guard_nonfinite=False`, to measure
    the cost of the non-finite step guard (on in every other SFT variant);
-7. `torch_sft` and `torch_plain`, where PyTorch is installed: the textbook
+7. `sft_keras_adam`: `sft_live` with Keras's Adam update unfused, as the
+   variants without `SFTModel` run it;
+8. `torch_sft` and `torch_plain`, where PyTorch is installed: the textbook
    PyTorch loop of SFT with a frozen teacher copy, and the same loop
    without the teacher (`benchmarks/torch_loop.py`);
 
@@ -65,6 +67,7 @@ VARIANTS = (
     "sft_cached",
     "l2_sp",
     "sft_unguarded",
+    "sft_keras_adam",
 )
 TORCH_VARIANTS = ("torch_sft", "torch_plain")
 MODELS = ("mlp", "cnn")
@@ -141,7 +144,9 @@ def _compiled(model_name, variant):
         variants.build(model_name),
         variant,
         cache_teacher=(
-            False if variant in ("sft_live", "sft_unguarded") else None
+            False
+            if variant in ("sft_live", "sft_unguarded", "sft_keras_adam")
+            else None
         ),
         **_compile_kwargs(),
     )

@@ -10,6 +10,9 @@ times the same students and the same objectives:
 - `sft_live` and `sft_cached`: `keras_sft.SFTModel`, the second fed the
   teacher's outputs (`examples`) or at its defaults on arrays;
 - `sft_unguarded`: `sft_live` without the non-finite step guard;
+- `sft_keras_adam`: `sft_live` with Keras's Adam update as Keras runs it
+  (eleven kernels per weight), not fused into TensorFlow's one kernel as
+  `SFTModel` runs it on one device without XLA;
 - `sft_bfloat16` and `sft_float16`: `sft_live` with the teacher in that
   precision (`teacher_dtype`).
 
@@ -158,7 +161,8 @@ def compiled(student, variant, *, cache_teacher=None, **compile_kwargs):
 
     `cache_teacher` is `SFTModel`'s argument for the `sft_*` variants;
     None leaves its default. `sft_unguarded` is `sft_live` without the
-    non-finite step guard; `sft_bfloat16` and `sft_float16` run the
+    non-finite step guard; `sft_keras_adam` is `sft_live` with Keras's
+    Adam update unfused; `sft_bfloat16` and `sft_float16` run the
     teacher in that precision. The Distiller computes
     `w * task + (1 - w) * mse`; with `w = 1 / (1 + LAMBDA)` that is SFT's
     `task + LAMBDA * mse` divided by `1 + LAMBDA`, the same objective.
@@ -197,10 +201,23 @@ def compiled(student, variant, *, cache_teacher=None, **compile_kwargs):
             **options,
         )
         task_loss = None
-    model.compile(
-        optimizer=keras.optimizers.Adam(1e-3), loss=task_loss, **compile_kwargs
-    )
+    optimizer = keras.optimizers.Adam(1e-3)
+    if variant == "sft_keras_adam":
+        optimizer = _unfused_adam(1e-3)
+    model.compile(optimizer=optimizer, loss=task_loss, **compile_kwargs)
     return model
+
+
+def _unfused_adam(learning_rate):
+    """Keras's Adam, whose update `SFTModel` leaves unfused: it fuses
+    Keras's own `Adam.update_step`, not a subclass's."""
+    import keras
+
+    class KerasAdam(keras.optimizers.Adam):
+        def update_step(self, gradient, variable, learning_rate):
+            super().update_step(gradient, variable, learning_rate)
+
+    return KerasAdam(learning_rate)
 
 
 def examples(model, variant, data):

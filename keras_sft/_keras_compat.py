@@ -300,6 +300,81 @@ def apply_gradients(optimizer, gradients, trainable_weights):
     optimizer.apply_gradients(zip(gradients, trainable_weights, strict=True))
 
 
+@contextlib.contextmanager
+def fused_adam(optimizer, *, jit_compile):
+    """Within, the Adam updates that `optimizer` traces run in one
+    TensorFlow kernel per weight, `ResourceApplyAdam`.
+
+    Keras 3's `Adam.update_step` makes eleven elementwise passes over each
+    weight; without XLA TensorFlow runs each as its own kernel, and for a
+    model whose weights are large next to its compute (dense layers on a
+    small batch) the update is where a step's time goes: two fifths of the
+    MLP's step of `benchmarks/` on a CPU. `ResourceApplyAdam`, the kernel
+    of `tf.keras`'s Adam before Keras 3, makes one.
+
+    It applies where the update is Keras's own `Adam.update_step` (`Adam`,
+    `AdamW`, and subclasses that keep it) without `amsgrad`, on one device
+    (no strategy: there the update is the strategy's) and without XLA
+    (which fuses Keras's update itself); for float32 weights with dense
+    gradients whose writes no one watches (`before_writes`). Everything
+    else the optimizer does (clipping, weight decay, gradient accumulation,
+    loss scaling, its EMA and step counter) stays Keras's. The update is
+    the same to float32 rounding: the kernel takes `1 - beta_1` and
+    `1 - beta_2` in float32, Keras in float64 (`beta_2=0.999`: 1.3e-5
+    relative).
+
+    Args:
+        optimizer: The model's optimizer (or a `LossScaleOptimizer`, whose
+            inner optimizer is the one fused).
+        jit_compile: Bool, whether the step is compiled with XLA.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    adam = keras.optimizers.Adam
+    if (
+        jit_compile
+        or tf.distribute.has_strategy()
+        or getattr(type(inner), "update_step", None) is not adam.update_step
+        or inner.amsgrad
+    ):
+        yield
+        return
+
+    # An attribute of the instance while the step is traced: the update
+    # that Keras's `apply` calls for each weight, below clipping, weight
+    # decay and gradient accumulation; Keras 3.15 keeps a weight's moments
+    # in `_momentums` and `_velocities` at `_get_variable_index` (as
+    # `Adam.update_step` reads them). Checked on Keras 3.15.1.
+    def update_step(gradient, variable, learning_rate):
+        if (
+            variable.dtype != tf.float32
+            or isinstance(gradient, tf.IndexedSlices)
+            or before_writes(variable) is not None
+        ):
+            return adam.update_step(inner, gradient, variable, learning_rate)
+        index = inner._get_variable_index(variable)
+        step = tf.cast(inner.iterations + 1, tf.float32)
+        beta_1 = tf.cast(inner.beta_1, tf.float32)
+        beta_2 = tf.cast(inner.beta_2, tf.float32)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=inner._momentums[index].value.handle,
+            v=inner._velocities[index].value.handle,
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(learning_rate, tf.float32),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(inner.epsilon, tf.float32),
+            grad=tf.cast(gradient, tf.float32),
+        )
+
+    inner.update_step = update_step
+    try:
+        yield
+    finally:
+        del inner.update_step
+
+
 def trained_weights(model, optimizer):
     """The weights of `model` that a training step with `optimizer` trains.
 
@@ -403,8 +478,14 @@ class _CheckpointChildren:
 
 
 def before_writes(variable):
-    """The callable that `set_before_writes` gave `variable`, or `None`."""
-    for target in _tensorflow_variables(variable):
+    """The callable that `set_before_writes` gave `variable` (a Keras
+    variable, or the `tf.Variable` behind one), or `None`."""
+    targets = (
+        [variable]
+        if isinstance(variable, tf.Variable)
+        else _tensorflow_variables(variable)
+    )
+    for target in targets:
         return getattr(vars(target).get("assign"), "before", None)
     return None
 

@@ -56,7 +56,8 @@ def apply_gradients(
     guard, optimizer, update, data, values, *, jit_compile, valid=None
 ):
     """Applies `SFTModel`'s step through `guard`, or, with `guard=None` or
-    nothing to train, as Keras does.
+    nothing to train, as Keras does; Keras's Adam update in one kernel per
+    weight where `_keras_compat.fused_adam` applies.
 
     Args:
         guard: `StepGuard` or `None`.
@@ -71,19 +72,20 @@ def apply_gradients(
             batch is refused.
     """
     gradients, variables = update
-    if guard is None or not variables:
-        _keras_compat.apply_gradients(optimizer, gradients, variables)
-        return
-    lambda_, terms, loss = values
-    guard.apply_gradients(
-        optimizer,
-        gradients,
-        variables,
-        data,
-        [lambda_, terms["task_loss"], terms["distill_loss"], loss],
-        jit_compile=jit_compile,
-        valid=valid,
-    )
+    with _keras_compat.fused_adam(optimizer, jit_compile=jit_compile):
+        if guard is None or not variables:
+            _keras_compat.apply_gradients(optimizer, gradients, variables)
+            return
+        lambda_, terms, loss = values
+        guard.apply_gradients(
+            optimizer,
+            gradients,
+            variables,
+            data,
+            [lambda_, terms["task_loss"], terms["distill_loss"], loss],
+            jit_compile=jit_compile,
+            valid=valid,
+        )
 
 
 def stopping(guard):

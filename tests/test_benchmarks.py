@@ -60,18 +60,19 @@ def test_speed_prints_each_table_and_the_decisions():
     assert "logical CPUs" in lines[0]
     rows = [line.split("|")[1:3] for line in lines if line.startswith("| mlp")]
     variants = [variant.strip() for _, variant in rows]
-    # Seven step variants, five short fits, four whole fits, then three
+    # Eight step variants, five short fits, four whole fits, then three
     # precisions.
-    assert variants[:7] == [
+    assert variants[:8] == [
         "plain",
         "distiller",
         "sft_live",
         "sft_unguarded",
+        "sft_keras_adam",
         "sft_cached",
         "sft_bfloat16",
         "sft_float16",
     ]
-    assert len(rows) == 7 + 5 + 4 + 3
+    assert len(rows) == 8 + 5 + 4 + 3
     decisions = [line for line in lines if line.startswith("- ")]
     assert [line.split(" ")[1] for line in decisions] == [
         "guard_nonfinite=True",
