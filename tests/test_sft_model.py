@@ -80,9 +80,17 @@ def test_explicit_teacher_is_frozen():
 # 2. lambda_=0 is plain fine-tuning.
 
 
-def test_lambda_zero_equals_plain_fit():
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        # The step's update is fused, plain `fit`'s is Keras's.
+        lambda: keras.optimizers.Adam(0.01),
+    ],
+    ids=["sgd", "adam"],
+)
+def test_lambda_zero_equals_plain_fit(optimizer):
     x, y, _ = helpers.classification_data(n=40)
-    optimizer = lambda: keras.optimizers.SGD(0.1, momentum=0.9)  # noqa: E731
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     plain = helpers.mlp(dropout=0.3)
