@@ -47,9 +47,10 @@ def _train(optimizer, variables, *, steps=5, fuse=True, jit_compile=False):
                 zip(gradients, variables, strict=True)
             )
         )
+    dtype = variables[0].dtype
     for i in range(steps):
-        step(_gradients(i, variables[0].dtype))
-    return _op_types(step.get_concrete_function(_gradients(0)))
+        step(_gradients(i, dtype))
+    return _op_types(step.get_concrete_function(_gradients(0, dtype)))
 
 
 def _numpy_adam(steps, learning_rate=1e-3, beta_1=0.9, beta_2=0.999):
