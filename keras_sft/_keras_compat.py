@@ -308,7 +308,7 @@ def fused_adam(optimizer, *, jit_compile):
     Keras 3's `Adam.update_step` makes eleven elementwise passes over each
     weight; without XLA TensorFlow runs each as its own kernel, and for a
     model whose weights are large next to its compute (dense layers on a
-    small batch) the update is where a step's time goes: two fifths of the
+    small batch) the update is where a step's time goes: about a third of the
     MLP's step of `benchmarks/` on a CPU. `ResourceApplyAdam`, the kernel
     of `tf.keras`'s Adam before Keras 3, makes one.
 
