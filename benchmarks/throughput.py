@@ -132,10 +132,11 @@ def _compile_kwargs():
 def _compiled(model_name, variant):
     """The compiled Keras model of `variant`, built from seed 0.
 
-    `sft_live` has `cache_teacher=False`; `sft_cached` is `SFTModel` at
-    its defaults. With `--input=arrays` each timed epoch is a one-epoch
-    `fit`, which does not cache (nothing to reuse): `sft_cached` then runs
-    the live step, and `speed.py` times the cache.
+    Every `sft_*` variant but `sft_cached` has `cache_teacher=False`;
+    `sft_cached` is `SFTModel` at its defaults. With `--input=arrays` each
+    timed epoch is a one-epoch `fit`, which does not cache (nothing to
+    reuse): `sft_cached` then runs the live step, and `speed.py` times the
+    cache.
     """
     import keras
 
@@ -143,11 +144,7 @@ def _compiled(model_name, variant):
     return variants.compiled(
         variants.build(model_name),
         variant,
-        cache_teacher=(
-            False
-            if variant in ("sft_live", "sft_unguarded", "sft_keras_adam")
-            else None
-        ),
+        cache_teacher=None if variant == "sft_cached" else False,
         **_compile_kwargs(),
     )
 

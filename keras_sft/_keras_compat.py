@@ -333,11 +333,24 @@ def fused_adam(optimizer, *, jit_compile):
     if (
         jit_compile
         or tf.distribute.has_strategy()
-        or getattr(type(inner), "update_step", None) is not adam.update_step
+        or type(inner).update_step is not adam.update_step
         or inner.amsgrad
     ):
         yield
         return
+
+    # The same for every weight, so made once, not once per weight as
+    # Keras's update does: read before the update, as Keras reads them.
+    step = tf.cast(inner.iterations + 1, tf.float32)
+    beta_1 = tf.cast(inner.beta_1, tf.float32)
+    beta_2 = tf.cast(inner.beta_2, tf.float32)
+    constants = {
+        "beta1_power": tf.pow(beta_1, step),
+        "beta2_power": tf.pow(beta_2, step),
+        "beta1": beta_1,
+        "beta2": beta_2,
+        "epsilon": tf.cast(inner.epsilon, tf.float32),
+    }
 
     # An attribute of the instance while the step is traced: the update
     # that Keras's `apply` calls for each weight, below clipping, weight
@@ -352,20 +365,13 @@ def fused_adam(optimizer, *, jit_compile):
         ):
             return adam.update_step(inner, gradient, variable, learning_rate)
         index = inner._get_variable_index(variable)
-        step = tf.cast(inner.iterations + 1, tf.float32)
-        beta_1 = tf.cast(inner.beta_1, tf.float32)
-        beta_2 = tf.cast(inner.beta_2, tf.float32)
         tf.raw_ops.ResourceApplyAdam(
             var=variable.handle,
             m=inner._momentums[index].value.handle,
             v=inner._velocities[index].value.handle,
-            beta1_power=tf.pow(beta_1, step),
-            beta2_power=tf.pow(beta_2, step),
             lr=tf.cast(learning_rate, tf.float32),
-            beta1=beta_1,
-            beta2=beta_2,
-            epsilon=tf.cast(inner.epsilon, tf.float32),
             grad=tf.cast(gradient, tf.float32),
+            **constants,
         )
 
     inner.update_step = update_step
