@@ -6,14 +6,18 @@ pass apart. This times what a user waits for: a fresh model's
 tracing, the cache's `teacher.predict` pass and every epoch included, for
 each `E` of `--epochs` (1, 2, 5 and 20). Each round builds every variant
 anew (`plain`, `distiller`, `sft_live` with `cache_teacher=False`,
-`sft_cached` at `SFTModel`'s defaults, whatever they cache) and times its
-call, in turns in a rotating order; the table gives the median call and
-each variant's speed relative to `plain`, to the Distiller and to
-`sft_live` (the reference's seconds over the variant's): `sft_cached`'s
-`vs sft_live` says whether the defaults beat not caching.
+`sft_cached` at `SFTModel`'s defaults, whatever they cache; those of them
+that `--variants` names) and times its call, in turns in a rotating
+order; the table gives the median call and each variant's speed relative
+to `plain`, to the Distiller and to `sft_live` (the reference's seconds
+over the variant's), and against `sft_live` paired by round (the median
+over rounds of the two calls' ratio, which load that changes from round
+to round falls on alike): `sft_cached`'s says whether the defaults beat
+not caching.
 
     python -m benchmarks.whole_fit
     python -m benchmarks.whole_fit --epochs=3 --models=mlp
+    python -m benchmarks.whole_fit --variants=sft_live,sft_cached
 """
 
 import os
@@ -38,10 +42,11 @@ _COLUMNS = [
     ("vs plain", "vs plain", "{:.2f}"),
     ("vs distiller", "vs distiller", "{:.2f}"),
     ("vs sft_live", "vs sft_live", "{:.2f}"),
+    ("paired vs sft_live", "paired vs sft_live", "{:.2f}"),
 ]
 
-# `--models` and `--rounds` are throughput's flags, and so are
-# `--jit_compile` and `--steps_per_execution`, which apply here too.
+# `--models`, `--variants` and `--rounds` are throughput's flags, and so
+# are `--jit_compile` and `--steps_per_execution`, which apply here too.
 _EPOCHS = flags.DEFINE_list(
     "epochs",
     ["1", "2", "5", "20"],
@@ -55,10 +60,10 @@ flags.register_validator(
 
 
 def _measure(model_name, epochs):
-    """Median seconds of a whole `fit` call of `epochs`, by variant."""
+    """Seconds of each round's whole `fit` call of `epochs`, by variant."""
     x, y = throughput._arrays(model_name)
-    times = {v: [] for v in VARIANTS}
-    order = list(VARIANTS)
+    times = {v: [] for v in VARIANTS if v in throughput._VARIANTS.value}
+    order = list(times)
     for _ in range(throughput._ROUNDS.value):
         for variant in order:
             model = throughput._compiled(model_name, variant)
@@ -72,7 +77,7 @@ def _measure(model_name, epochs):
             )
             times[variant].append(time.perf_counter() - start)
         order = order[1:] + order[:1]
-    return {v: statistics.median(t) for v, t in times.items()}
+    return times
 
 
 def main(argv):
@@ -83,16 +88,19 @@ def main(argv):
     print("\n".join(columns), flush=True)
     for model_name in throughput._MODELS.value:
         for epochs in [int(v) for v in _EPOCHS.value]:
-            seconds = _measure(model_name, epochs)
+            times = _measure(model_name, epochs)
+            live = times.get("sft_live")
             rows = report.with_ratios(
                 [
                     {
                         "model": model_name,
                         "variant": variant,
                         "epochs": epochs,
-                        "fit_s": value,
+                        "fit_s": statistics.median(seconds),
+                        "paired vs sft_live": live
+                        and report.paired_ratio(seconds, live)[0],
                     }
-                    for variant, value in seconds.items()
+                    for variant, seconds in times.items()
                 ],
                 value="fit_s",
                 group=("model", "epochs"),
