@@ -36,6 +36,25 @@ Split = collections.namedtuple(
 def split(student, teacher):
     """The `Split` of `student` and its `teacher`, or `None` where no layer
     can be shared."""
+    found = _frontier_and_graphs(student, teacher)
+    if found is None:
+        return None
+    frontier, student_graph, teacher_graph, pairs = found
+    return Split(
+        keras.Model(student_graph[0], frontier),
+        keras.Model(frontier, student_graph[1]),
+        keras.Model([pairs[id(t)] for t in frontier], teacher_graph[1]),
+    )
+
+
+def shares(student, teacher):
+    """Whether `split` finds layers to share, without building its models."""
+    return _frontier_and_graphs(student, teacher) is not None
+
+
+def _frontier_and_graphs(student, teacher):
+    """The frontier of the shared prefix, both models' graphs and the
+    pairing of their tensors, or `None` where no layer can be shared."""
     student_graph = _keras_compat.functional_graph(student)
     teacher_graph = _keras_compat.functional_graph(teacher)
     if student_graph is None or teacher_graph is None:
@@ -54,11 +73,7 @@ def split(student, teacher):
     frontier = _frontier(student_graph, prefix)
     if any(map(_keras_compat.has_mask, frontier)):
         return None
-    return Split(
-        keras.Model(student_graph[0], frontier),
-        keras.Model(frontier, student_graph[1]),
-        keras.Model([pairs[id(t)] for t in frontier], teacher_graph[1]),
-    )
+    return frontier, student_graph, teacher_graph, pairs
 
 
 def _pair_tensors(student_graph, teacher_graph):

@@ -177,6 +177,20 @@ class TeacherOutputs:
             return None
         return self._split[1]
 
+    def _shares_prefix(self):
+        """Whether the live step would run the student's frozen leading
+        layers once for both models (`split_prefix`, for the layers'
+        current `trainable`)."""
+        # The live teacher then runs only past the prefix, and a cache,
+        # whose first epoch or `predict` pass runs the whole teacher,
+        # costs more than it saves: three-epoch fits of a CNN with a
+        # frozen backbone ran 0.80x as fast as with the cache off
+        # (docs/performance.md, "The cache's threshold"). No split is
+        # kept here: `split_prefix` makes it when the step is traced.
+        return not self._live.features and _frozen_prefix.shares(
+            self.student, self.teacher
+        )
+
     def _split_key(self):
         """Each student layer's `trainable`, and which variables the
         teacher holds (they change when it unshares)."""
@@ -194,16 +208,20 @@ class TeacherOutputs:
         this), packed for cached teacher outputs where that pays (and
         `enabled`); frees the first epoch's buffers when `fit` ends.
 
-        Given arrays and two or more epochs, on one device, each example's
-        position is packed beside its inputs, and the steps of the first
-        epoch store the live teacher's outputs in a buffer by position,
-        which later epochs read: no separate pass, so the cache costs
-        nothing the live teacher does not already pay. Under a strategy,
-        where replicas cannot scatter into one buffer, the teacher runs
-        once, in one `predict` pass, and its outputs are packed beside the
-        inputs.
+        Given arrays and three or more epochs, and no frozen prefix that
+        the live step shares (`shared_prefix`), on one device, each
+        example's position is packed beside its inputs, and the steps of
+        the first epoch store the live teacher's outputs in a buffer by
+        position, which later epochs read: no separate pass. Under a
+        strategy, where replicas cannot scatter into one buffer, the
+        teacher runs once, in one `predict` pass, for two or more epochs,
+        and its outputs are packed beside the inputs.
         """
-        if not (enabled and _caches_inputs(model, arguments)):
+        if not (
+            enabled
+            and _caches_inputs(model, arguments)
+            and not self._shares_prefix()
+        ):
             yield arguments
             return
         if _keras_compat.made_in_strategy_scope(model):
@@ -313,9 +331,10 @@ class _FirstEpochCache:
 
     The live teacher runs in the first epoch anyway; storing its outputs
     then costs a scatter per step and no separate pass (no `predict`, no
-    extra tracing), and every later epoch reads them back. So where the
-    cache is used it is never slower than the live teacher by more than the
-    scatter, and it saves the teacher's forward pass from the second epoch.
+    extra tracing), and every later epoch reads them back. Each step pays
+    a `cond` (read or compute) and a gather; the teacher's forward pass
+    saved from the second epoch pays for them from three epochs
+    (`_epochs_that_pay`).
 
     The buffers are variables of unknown length, made once per model and
     resized at each `fit`, so the traced train function that captures them
@@ -395,15 +414,25 @@ def _caches_inputs(model, arguments):
     epochs = arguments.get("epochs", 1) - arguments.get("initial_epoch", 0)
     return (
         model.cache_teacher
-        # One epoch reads each example once: the pass would only add
-        # `predict`'s overhead to the live teacher's work.
-        and epochs >= 2
+        and epochs >= _epochs_that_pay(model)
         # Unequal lengths too are left to Keras, whose error names `x`
         # and `y`.
         and _same_length_arrays(x, y)
         and may_cache(model)
         and _outputs_fit_beside(model.teacher, x)
     )
+
+
+def _epochs_that_pay(model):
+    """The fewest epochs of a `fit` whose cache of the teacher's outputs
+    saves more than it costs."""
+    # Under a strategy one `predict` pass replaces the teacher's work of
+    # every epoch: one epoch would only add `predict`'s overhead, two save
+    # one. On one device the first epoch runs the teacher anyway, and each
+    # step pays a `cond` and a gather: two-epoch fits ran slower than with
+    # the cache off (MLP 0.96x in wall time, CNN 0.97x), three faster
+    # (docs/performance.md, "The cache's threshold").
+    return 2 if _keras_compat.made_in_strategy_scope(model) else 3
 
 
 def _same_length_arrays(*parts):

@@ -101,11 +101,11 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             outputs are kept close to the same layers' in the teacher
             with `distance` (any but `"kl"`; Functional or Sequential
             models). Defaults to `None`.
-        cache_teacher: Bool. When `fit` gets arrays and two or more
-            epochs, keep the teacher's outputs from the first epoch
-            instead of computing them at every step, where that pays
-            (docs/user_guide.md, "Teacher-output caching"). Defaults to
-            `True`.
+        cache_teacher: Bool. When `fit` gets arrays and three or more
+            epochs (two under a `tf.distribute` strategy), keep the
+            teacher's outputs from the first epoch instead of computing
+            them at every step, where that pays (docs/user_guide.md,
+            "Teacher-output caching"). Defaults to `True`.
         guard_nonfinite: Bool. Never apply a step whose loss, terms,
             `lambda_` or gradients are not finite (or whose `lambda_` is
             negative): `fit` stops with a `keras_sft.NonFiniteLossError`

@@ -107,15 +107,15 @@ def _case(name):
         return model, _fit(model, x, {"a": y, "b": y % 2}, epochs=2)
     if name == "anchors":
         return model, _fit(
-            model, x, y, epochs=2, anchor_x=x[:5], anchor_mode="both"
+            model, x, y, epochs=3, anchor_x=x[:5], anchor_mode="both"
         )
     if name == "cache_teacher_outputs":
         cached = keras_sft.cache_teacher_outputs(model.teacher, (x, y))
         return model, lambda: model.fit(
             cached.batch(8), shuffle=False, verbose=0
         )
-    # Two epochs on arrays: the first fills the cache, the second reads it.
-    return model, _fit(model, x, y, epochs=2 if name == "cached" else 1)
+    # Three epochs on arrays: the first fills the cache, the others read it.
+    return model, _fit(model, x, y, epochs=3 if name == "cached" else 1)
 
 
 _CASES = [
