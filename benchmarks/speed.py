@@ -22,7 +22,8 @@ On `fit` of NumPy arrays (`fit(x, y, batch_size=128)`), the MLP
 2. Fit calls: what a call costs beyond its epochs, on short fits (two
    epochs of two steps: a fresh model's first call, tracing included,
    then the same model's second call), for those variants and
-   `sft_unguarded`; and a fresh model's whole `fit(x, y, epochs=E)`,
+   `sft_unguarded` (two epochs are too few to cache: `sft_cached` runs
+   `sft_live`'s code there); and a fresh model's whole `fit(x, y, epochs=E)`,
    tracing and every epoch included, for each `E` of `--epochs`:
    `plain`, `distiller`, `sft_live` (the cache off) and `sft_cached` (the
    defaults), in turns, median over `--fit_rounds`.
@@ -88,11 +89,12 @@ GUARD_BUDGET = 0.02
 # 0.85), so that the teacher shapes what is learned.
 DIGITS_LAMBDA = 0.1
 # Whole fits that run the same code (too few epochs to cache) differ by at
-# least this much in CPU time on two cores, more where that run's such
-# fits differ more: a smaller gap decides nothing.
+# least this much on two cores (more in wall than in CPU time), more
+# where that run's such fits differ more: a smaller gap decides nothing.
 NOISE = 0.03
 # The fewest epochs of a `fit` on arrays that `SFTModel` caches the
-# teacher's outputs for, on one device (`cache_teacher`).
+# teacher's outputs for, on one device (`cache_teacher`; keep in step
+# with `keras_sft._teacher_outputs._epochs_that_pay`).
 CACHED_EPOCHS = 3
 _STEP_COLUMNS = [
     ("model", "model", "{}"),

@@ -97,8 +97,9 @@ def main(argv):
                         "variant": variant,
                         "epochs": epochs,
                         "fit_s": statistics.median(seconds),
-                        "paired vs sft_live": live
-                        and report.paired_ratio(seconds, live)[0],
+                        "paired vs sft_live": None
+                        if live is None
+                        else report.paired_ratio(seconds, live)[0],
                     }
                     for variant, seconds in times.items()
                 ],

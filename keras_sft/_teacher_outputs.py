@@ -209,7 +209,7 @@ class TeacherOutputs:
         `enabled`); frees the first epoch's buffers when `fit` ends.
 
         Given arrays and three or more epochs, and no frozen prefix that
-        the live step shares (`shared_prefix`), on one device, each
+        the live step shares (`_shares_prefix`), on one device, each
         example's position is packed beside its inputs, and the steps of
         the first epoch store the live teacher's outputs in a buffer by
         position, which later epochs read: no separate pass. Under a
@@ -409,7 +409,8 @@ def _without_gradient(forward):
 
 
 def _caches_inputs(model, arguments):
-    """Whether `model.fit(**arguments)` trains on cached teacher outputs."""
+    """Whether `model` and `fit`'s `arguments` allow cached teacher
+    outputs (a shared frozen prefix aside: `_shares_prefix`)."""
     x, y = arguments.get("x"), arguments.get("y")
     epochs = arguments.get("epochs", 1) - arguments.get("initial_epoch", 0)
     return (
@@ -429,8 +430,9 @@ def _epochs_that_pay(model):
     # Under a strategy one `predict` pass replaces the teacher's work of
     # every epoch: one epoch would only add `predict`'s overhead, two save
     # one. On one device the first epoch runs the teacher anyway, and each
-    # step pays a `cond` and a gather: two-epoch fits ran slower than with
-    # the cache off (MLP 0.96x in wall time, CNN 0.97x), three faster
+    # step pays a `cond` and a gather: two-epoch MLP fits ran 0.96x as fast
+    # as with the cache off in wall time (0.92x in CPU time), three-epoch
+    # ones 1.12x (1.10x); the CNN's were within the noise in wall time
     # (docs/performance.md, "The cache's threshold").
     return 2 if _keras_compat.made_in_strategy_scope(model) else 3
 

@@ -102,10 +102,11 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             with `distance` (any but `"kl"`; Functional or Sequential
             models). Defaults to `None`.
         cache_teacher: Bool. When `fit` gets arrays and three or more
-            epochs (two under a `tf.distribute` strategy), keep the
-            teacher's outputs from the first epoch instead of computing
-            them at every step, where that pays (docs/user_guide.md,
-            "Teacher-output caching"). Defaults to `True`.
+            epochs, keep the teacher's outputs from the first epoch
+            (under a `tf.distribute` strategy: from one `predict` pass,
+            given two or more epochs) instead of computing them at every
+            step, where that pays (docs/user_guide.md, "Teacher-output
+            caching"). Defaults to `True`.
         guard_nonfinite: Bool. Never apply a step whose loss, terms,
             `lambda_` or gradients are not finite (or whose `lambda_` is
             negative): `fit` stops with a `keras_sft.NonFiniteLossError`

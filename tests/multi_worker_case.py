@@ -76,8 +76,8 @@ def anchors(strategy, directory):
 
 
 def cache_teacher(strategy, directory):
-    """Two epochs on arrays with `cache_teacher=True`, which caches the
-    teacher's outputs on one process."""
+    """Three epochs on arrays with `cache_teacher=True`, which caches the
+    teacher's outputs on one process (from three epochs on one device)."""
     model = _model(strategy, cache_teacher=True)
     x, y, weights = helpers.classification_data(n=48)
     model.fit(
@@ -85,7 +85,7 @@ def cache_teacher(strategy, directory):
         y,
         sample_weight=weights,
         batch_size=GLOBAL_BATCH_SIZE,
-        epochs=2,
+        epochs=3,
         shuffle=False,
         verbose=0,
     )

@@ -104,7 +104,7 @@ def _case(name):
     model = keras_sft.SFTModel(student, **options)
     model.compile(optimizer="sgd")
     if name == "two_outputs":
-        return model, _fit(model, x, {"a": y, "b": y % 2}, epochs=2)
+        return model, _fit(model, x, {"a": y, "b": y % 2}, epochs=3)
     if name == "anchors":
         return model, _fit(
             model, x, y, epochs=3, anchor_x=x[:5], anchor_mode="both"
