@@ -454,21 +454,16 @@ def _digits_accuracy():
 
 def _cache_ratios(fit_rows, model_name):
     """By epochs, the speed of the defaults over the cache off's in
-    `fit_rows` of `model_name`: `(wall, cpu)`."""
-    times = {
-        (r["epochs"], r["variant"]): (r["fit_s"], r["cpu_s"])
-        for r in fit_rows
-        if r["model"] == model_name
+    `fit_rows` of `model_name`: `(wall, cpu)`, the wall ratio the rows'
+    own `vs sft_live`."""
+    rows = [r for r in fit_rows if r["model"] == model_name]
+    live_cpu = {
+        r["epochs"]: r["cpu_s"] for r in rows if r["variant"] == "sft_live"
     }
     return {
-        epochs: tuple(
-            live / cached
-            for live, cached in zip(
-                times[(epochs, "sft_live")], pair, strict=True
-            )
-        )
-        for (epochs, variant), pair in times.items()
-        if variant == "sft_cached"
+        r["epochs"]: (r["vs sft_live"], live_cpu[r["epochs"]] / r["cpu_s"])
+        for r in rows
+        if r["variant"] == "sft_cached"
     }
 
 

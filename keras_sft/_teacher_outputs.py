@@ -180,16 +180,15 @@ class TeacherOutputs:
     def _shares_prefix(self):
         """Whether the live step would run the student's frozen leading
         layers once for both models (`split_prefix`, for the layers'
-        current `trainable`)."""
+        current `trainable`; without `distill_features`, which
+        `_caches_inputs` has already ruled out)."""
         # The live teacher then runs only past the prefix, and a cache,
         # whose first epoch or `predict` pass runs the whole teacher,
         # costs more than it saves: three-epoch fits of a CNN with a
         # frozen backbone ran 0.80x as fast as with the cache off
         # (docs/performance.md, "The cache's threshold"). No split is
         # kept here: `split_prefix` makes it when the step is traced.
-        return not self._live.features and _frozen_prefix.shares(
-            self.student, self.teacher
-        )
+        return _frozen_prefix.shares(self.student, self.teacher)
 
     def _split_key(self):
         """Each student layer's `trainable`, and which variables the
