@@ -14,8 +14,8 @@ On `fit` of NumPy arrays (`fit(x, y, batch_size=128)`), the MLP
    plain `fit` and the Distiller run it);
    `sft_cached` (the defaults: the timed epoch is the last of a
    three-epoch `fit`, which reads the teacher's outputs that the first
-   stored); `sft_bfloat16` and `sft_float16` (`sft_live` with that
-   `teacher_dtype`). The speed ratios compare each variant's fastest
+   stored); `sft_bfloat16`, `sft_float16` and `sft_int8` (`sft_live`
+   with that `teacher_dtype`). The speed ratios compare each variant's fastest
    epoch, the one least disturbed by other processes; the paired ones
    take each round's `sft_live` time over the variant's, median over
    rounds, in wall and in CPU time.
@@ -71,12 +71,13 @@ STEP_VARIANTS = (
     "sft_cached",
     "sft_bfloat16",
     "sft_float16",
+    "sft_int8",
 )
 FIT_VARIANTS = ("plain", "distiller", "sft_live", "sft_cached")
 SHORT_VARIANTS = (*FIT_VARIANTS, "sft_unguarded")
 # Steps of an epoch of the short fits, which two epochs make.
 SHORT_STEPS = 2
-PRECISIONS = ("float32", "bfloat16", "float16")
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
 BATCH_SIZE = 128
 # Steps of a timed epoch, and examples of the whole fits (as
 # `throughput.py` and `whole_fit.py`).
@@ -467,6 +468,22 @@ def _cache_ratios(fit_rows, model_name):
     }
 
 
+def _precision_figures(steps, memory, model_name, precision):
+    """What a `precision` teacher of `model_name` changes against the
+    float32 teacher: its step's speed, its weights, the term."""
+    step = steps[(model_name, f"sft_{precision}")]
+    weights = (
+        memory[precision]["weight_bytes"] / memory["float32"]["weight_bytes"]
+    )
+    article = "an" if precision.startswith("int") else "a"
+    return (
+        f"{article} {precision} teacher's step at {step['vs sft_live']:.3f}x "
+        f"(CPU, paired: {step['cpu paired vs sft_live']:.3f}x) the float32 "
+        f"teacher's, its weights {weights:.2f}x, the term changed by up to "
+        f"{memory[precision]['term_change']:.1e}"
+    )
+
+
 def _decisions(step_rows, fit_rows, precision_rows, accuracy_rows):
     """One line per default, with the figures it rests on."""
     steps = {(r["model"], r["variant"]): r for r in step_rows}
@@ -514,25 +531,18 @@ def _decisions(step_rows, fit_rows, precision_rows, accuracy_rows):
                 else f"; never slower by more than the noise ({noise:.0%})"
             )
         )
-        bfloat16 = steps[(model_name, "sft_bfloat16")]
         memory = {
             r["precision"]: r
             for r in precision_rows
             if r["model"] == model_name
         }
-        weights = (
-            memory["bfloat16"]["weight_bytes"]
-            / memory["float32"]["weight_bytes"]
-        )
         lines.append(
-            f"- teacher_dtype=None ({model_name}): a bfloat16 teacher's "
-            f"step at {bfloat16['vs sft_live']:.3f}x (CPU, paired: "
-            f"{bfloat16['cpu paired vs sft_live']:.3f}x) the float32 "
-            "teacher's, "
-            f"its weights {weights:.2f}x, "
-            f"the term changed by up to "
-            f"{memory['bfloat16']['term_change']:.1e}: opt-in, since it "
-            "changes the term"
+            f"- teacher_dtype=None ({model_name}): "
+            + "; ".join(
+                _precision_figures(steps, memory, model_name, precision)
+                for precision in PRECISIONS[1:]
+            )
+            + ": opt-in, since each changes the term"
         )
     by_precision = {r["precision"]: r for r in accuracy_rows}
     lines.append(

@@ -13,8 +13,8 @@ times the same students and the same objectives:
 - `sft_keras_adam`: `sft_live` with Keras's Adam update as Keras runs it
   (eleven kernels per weight), not fused into TensorFlow's one kernel as
   `SFTModel` runs it on one device without XLA;
-- `sft_bfloat16` and `sft_float16`: `sft_live` with the teacher in that
-  precision (`teacher_dtype`).
+- `sft_bfloat16`, `sft_float16` and `sft_int8`: `sft_live` with the
+  teacher in that precision (`teacher_dtype`).
 
 No flags here: the binaries that import this module define their own.
 """
@@ -162,8 +162,8 @@ def compiled(student, variant, *, cache_teacher=None, **compile_kwargs):
     `cache_teacher` is `SFTModel`'s argument for the `sft_*` variants;
     None leaves its default. `sft_unguarded` is `sft_live` without the
     non-finite step guard; `sft_keras_adam` is `sft_live` with Keras's
-    Adam update unfused; `sft_bfloat16` and `sft_float16` run the
-    teacher in that precision. The Distiller computes
+    Adam update unfused; `sft_bfloat16`, `sft_float16` and `sft_int8`
+    run the teacher in that precision. The Distiller computes
     `w * task + (1 - w) * mse`; with `w = 1 / (1 + LAMBDA)` that is SFT's
     `task + LAMBDA * mse` divided by `1 + LAMBDA`, the same objective.
     """
@@ -190,7 +190,7 @@ def compiled(student, variant, *, cache_teacher=None, **compile_kwargs):
             {} if cache_teacher is None else {"cache_teacher": cache_teacher}
         )
         precision = variant.removeprefix("sft_")
-        if precision in ("bfloat16", "float16"):
+        if precision in ("bfloat16", "float16", "int8"):
             options["teacher_dtype"] = precision
         # "mse", the Distiller's distance, whatever SFTModel's default.
         model = keras_sft.SFTModel(

@@ -433,6 +433,14 @@ def replace_weight(layer, old, new):
         for index, weight in enumerate(weights):
             if weight is old:
                 weights[index] = new
+    # The tracker finds a variable it stored by id: where it kept `old`'s,
+    # it must find `new`'s, so that Keras can untrack `new` (as `quantize`
+    # does with the kernel it replaces) and never mistakes a later object
+    # that reuses `old`'s id for one it holds.
+    for ids in layer._tracker.stored_ids.values():
+        if id(old) in ids:
+            ids.discard(id(old))
+            ids.add(id(new))
 
 
 # What `tf.train.Checkpoint` saves and restores: an object that defines

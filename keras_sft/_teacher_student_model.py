@@ -224,7 +224,14 @@ class TeacherStudentModel(_keras_compat.OneReplicaSymbolicBuild):
             self.distribute_strategy,
             trained=self._unshareable_weights(),
         ):
+            self._teacher_took_copies()
             self._forget_traced()
+
+    def _teacher_took_copies(self):
+        """Called when the teacher got its own copies of weights it shared
+        with the student, while they hold the pretrained values, before
+        the functions traced with the shared ones are dropped; subclasses
+        may convert the copies."""
 
     def _reshare_restored(self):
         """Shares again the weights that restoring a `tf.train.Checkpoint`

@@ -117,11 +117,14 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
         teacher_dtype: String or `None`. `"bfloat16"` or `"float16"` runs
             the frozen teacher in that precision and stores the weights it
             holds apart from the student in it (half their float32
-            memory; the teacher given as `teacher` is changed in place);
-            the consistency term is still computed in float32, on
-            outputs that differ from the float32 teacher's by the
-            rounding of that precision (docs/performance.md). `None` keeps
-            the teacher's own precision. Defaults to `None`.
+            memory); `"int8"` quantizes, with Keras's `quantize("int8")`,
+            the `Dense`, `EinsumDense` and `Embedding` layers whose
+            weights it holds (a quarter of their float32 memory). The
+            teacher given as `teacher` is changed in place. The
+            consistency term is still computed in float32, on outputs
+            that differ from the float32 teacher's by the rounding of that
+            precision (docs/performance.md). `None` keeps the teacher's
+            own precision. Defaults to `None`.
         **kwargs: Passed to `keras.Model` (for example `name`). The dtype
             policy defaults to the student's.
 
@@ -343,6 +346,16 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             *self.output_distill_loss_trackers.values(),
             *self.feature_distill_loss_trackers.values(),
         ]
+
+    def _teacher_took_copies(self):
+        # An int8 teacher holds its own layers in int8, those it copies
+        # when the student unfreezes them too: in the freeze-then-unfreeze
+        # recipe they are most of its weights.
+        if getattr(self, "teacher_dtype", None) == "int8":
+            with self.distribute_strategy.scope():
+                teacher_module.cast_teacher(
+                    self.teacher, "int8", shared_weights=self.student.weights
+                )
 
     def _current_lambda(self):
         """`lambda_`, or its schedule's value at the optimizer's step."""
@@ -596,7 +609,15 @@ class SFTModel(_teacher_student_model.TeacherStudentModel):
             config["lambda_"] = keras.saving.deserialize_keras_object(
                 config["lambda_"]
             )
-        return cls(**config)
+        if config.get("teacher_dtype") != "int8":
+            return cls(**config)
+        # The saved teacher's config holds which layers were quantized;
+        # its other layers held float weights of their own (copied since,
+        # or by a write outside `SFTModel`), which the saved weights fill.
+        teacher_dtype = config.pop("teacher_dtype")
+        model = cls(**config)
+        model.teacher_dtype = teacher_dtype
+        return model
 
 
 # The constructor's arguments that are stored as they were given.

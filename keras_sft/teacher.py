@@ -8,6 +8,7 @@ import warnings
 import keras
 import numpy as np
 
+from keras_sft import _checks
 from keras_sft import _keras_compat
 
 
@@ -305,26 +306,43 @@ def _custom_classes(layers):
 
 # The precisions `SFTModel(teacher_dtype=...)` runs a teacher in, beside
 # `None` (the teacher's own).
-TEACHER_DTYPES = ("bfloat16", "float16")
+TEACHER_DTYPES = ("bfloat16", "float16", "int8")
 
 
 def cast_teacher(teacher, dtype, *, shared_weights=()):
     """Makes the frozen `teacher` compute in `dtype`, and store its own
-    floating weights in it, in place.
+    weights in it, in place.
 
-    Each layer gets the mixed policy of `dtype` (computations in `dtype`,
-    variables read in it), and each floating weight the teacher owns is
-    replaced by a copy in `dtype`: half the memory of float32. Weights in
-    `shared_weights` (the student's variables that a shared teacher
-    reads) stay as they are, read in `dtype` at each call.
-    `BatchNormalization` computes in float32 whatever its policy, as Keras
-    makes it.
+    For `"bfloat16"` and `"float16"`, each layer gets the mixed policy of
+    `dtype` (computations in `dtype`, variables read in it), and each
+    floating weight the teacher owns is replaced by a copy in `dtype`:
+    half the memory of float32. `BatchNormalization` computes in float32
+    whatever its policy, as Keras makes it.
+
+    For `"int8"`, Keras's own `quantize("int8")` is applied to each layer
+    that Keras quantizes (`Dense`, `EinsumDense`, `Embedding`) and whose
+    weights the teacher owns: weights in int8 with one float scale per
+    output channel (a quarter of float32's memory), inputs quantized per
+    row at each call, outputs in the layer's compute dtype. The other
+    layers (convolutions, normalization) keep their precision.
+
+    Weights in `shared_weights` (the student's variables that a shared
+    teacher reads) stay as they are: read in `dtype` at each call for the
+    half precisions, and not quantized for `"int8"`, whose layers that
+    read them compute as before.
 
     Args:
         teacher: A built, frozen `keras.Model`.
         dtype: String, one of `TEACHER_DTYPES`.
         shared_weights: The variables to leave in place. Defaults to `()`.
+
+    Raises:
+        ValueError: For `"int8"`, where a layer to quantize computes in
+            float16, which Keras's int8 quantization refuses.
     """
+    if dtype == "int8":
+        _quantize_int8(teacher, {id(w) for w in shared_weights})
+        return
     policy = keras.DTypePolicy(f"mixed_{dtype}")
     shared = {id(w) for w in shared_weights}
     for layer in _keras_compat.all_layers(teacher):
@@ -340,6 +358,41 @@ def cast_teacher(teacher, dtype, *, shared_weights=()):
                     name=weight.name,
                 )
                 _keras_compat.replace_weight(layer, weight, copy)
+
+
+def _quantize_int8(teacher, shared):
+    """Quantizes to int8 each layer of `teacher` that Keras quantizes and
+    that holds none of the variables whose ids are in `shared`."""
+    layers = []
+    for layer in _keras_compat.all_layers(teacher):
+        weights = [w for ws in _keras_compat.own_weights(layer) for w in ws]
+        if (
+            # What `keras.Model.quantize` quantizes: layers without
+            # sublayers that implement `quantize` and are not quantized.
+            type(layer).quantize is keras.layers.Layer.quantize
+            or len(_keras_compat.all_layers(layer)) > 1
+            or layer.quantization_mode is not None
+            or not weights
+            or any(id(w) in shared for w in weights)
+        ):
+            continue
+        layers.append(layer)
+    for layer in layers:
+        if layer.compute_dtype == "float16":
+            raise _checks.argument_error(
+                "teacher_dtype",
+                "a teacher whose layers to quantize do not compute in "
+                "float16 (Keras's int8 quantization refuses it)",
+                received=f"teacher_dtype='int8' with layer {layer.name!r} "
+                "computing in float16",
+            )
+    for layer in layers:
+        try:
+            layer.quantize("int8")
+        except NotImplementedError:
+            # A subclass of a layer Keras quantizes, whose `call` Keras
+            # cannot know: it keeps its precision, as in `Model.quantize`.
+            continue
 
 
 def _is_float(dtype):

@@ -60,9 +60,9 @@ def test_speed_prints_each_table_and_the_decisions():
     assert "logical CPUs" in lines[0]
     rows = [line.split("|")[1:3] for line in lines if line.startswith("| mlp")]
     variants = [variant.strip() for _, variant in rows]
-    # Eight step variants, five short fits, four whole fits, then three
+    # Nine step variants, five short fits, four whole fits, then four
     # precisions.
-    assert variants[:8] == [
+    assert variants[:9] == [
         "plain",
         "distiller",
         "sft_live",
@@ -71,8 +71,9 @@ def test_speed_prints_each_table_and_the_decisions():
         "sft_cached",
         "sft_bfloat16",
         "sft_float16",
+        "sft_int8",
     ]
-    assert len(rows) == 8 + 5 + 4 + 3
+    assert len(rows) == 9 + 5 + 4 + 4
     decisions = [line for line in lines if line.startswith("- ")]
     assert [line.split(" ")[1] for line in decisions] == [
         "guard_nonfinite=True",

@@ -99,3 +99,15 @@ def test_releasing_traced_graphs_frees_the_graphs_traced_in_it():
     # frees them and the workaround can go.
     _fit_a_model()
     assert helpers.live_traced_graphs() > before
+
+
+def test_replace_weight_leaves_keras_able_to_untrack_the_new_variable():
+    layer = keras.layers.Dense(2)
+    layer.build((None, 3))
+    old = layer.kernel
+    new = keras.Variable(np.ones((3, 2), "float32"), name="kernel")
+    _keras_compat.replace_weight(layer, old, new)
+    assert layer.kernel is new and layer.weights[0] is new
+    # As `quantize` untracks the kernel it deletes.
+    layer._untrack_variable(new)
+    assert [w.name for w in layer.weights] == ["bias"]

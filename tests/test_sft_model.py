@@ -329,14 +329,88 @@ def test_half_precision_teacher_halves_its_weights_term_in_float32(dtype):
     )
 
 
-def test_half_precision_teacher_round_trips(tmp_path):
+def test_int8_teacher_quantizes_what_it_owns_term_in_float32():
+    student = helpers.mlp()
+    student.layers[1].trainable = False
+    model = keras_sft.SFTModel(student, distance="mse", teacher_dtype="int8")
+    assert model.teacher_dtype == "int8"
+    # The frozen layer stays the student's variables; the trained head is
+    # the teacher's own copy, quantized.
+    frozen, head = model.teacher.layers[1:]
+    assert frozen.kernel is student.layers[1].kernel
+    assert frozen.quantization_mode is None
+    assert head.quantization_mode == "int8" and head._kernel.dtype == "int8"
     x, y, _ = helpers.classification_data()
-    model = _sft(teacher_dtype="bfloat16")
+    model.compile(optimizer="sgd")
+    model.fit(x, y, epochs=1, verbose=0)
+    logs = model.evaluate(x, y, return_dict=True, verbose=0)
+    s = helpers.numpy_mlp_logits(model.student.get_weights(), x)
+    t = np.asarray(model.teacher(x), "float64")
+    np.testing.assert_allclose(
+        logs["distill_loss"], ((s - t) ** 2).mean(), rtol=1e-5
+    )
+    float_teacher = helpers.numpy_mlp_logits(
+        [frozen.kernel.numpy(), frozen.bias.numpy()]
+        + [head._kernel.numpy() / head.kernel_scale.numpy(), head.bias.numpy()],
+        x,
+    )
+    assert np.abs(t - float_teacher).max() > 0
+
+
+def test_int8_teacher_quantizes_what_the_student_unfreezes(tmp_path):
+    student = helpers.mlp()
+    pretrained = student.get_weights()
+    student.layers[1].trainable = False
+    model = keras_sft.SFTModel(student, distance="mse", teacher_dtype="int8")
+    x, y, _ = helpers.classification_data()
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=1, verbose=0)
+    student.layers[1].trainable = True
+    model.compile(optimizer="adam")
+    model.fit(x, y, epochs=1, verbose=0)
+    # The copy the teacher took when the layer was unfrozen is int8, from
+    # the pretrained kernel, and the float kernel is gone from its lists.
+    layer = model.teacher.layers[1]
+    assert layer.quantization_mode == "int8"
+    assert [(w.name, w.dtype) for w in layer.weights] == [
+        ("bias", "float32"),
+        ("kernel", "int8"),
+        ("kernel_scale", "float32"),
+    ]
+    np.testing.assert_allclose(
+        layer._kernel.numpy() / layer.kernel_scale.numpy(),
+        pretrained[0],
+        atol=np.abs(pretrained[0]).max() / 127,
+    )
+    outputs = np.asarray(model.teacher(x))
+    # A model built afresh from a trainable student takes its weights, and
+    # so does the saved model loaded back.
+    path = str(tmp_path / "sft.weights.h5")
+    model.save_weights(path)
+    fresh = keras_sft.SFTModel(
+        helpers.mlp(seed=3), distance="mse", teacher_dtype="int8"
+    )
+    fresh.load_weights(path)
+    loaded = helpers.keras_round_trip(model, tmp_path, "sft.keras")
+    for other in (fresh, loaded):
+        np.testing.assert_array_equal(np.asarray(other.teacher(x)), outputs)
+        np.testing.assert_array_equal(
+            other.predict(x, verbose=0), model.predict(x, verbose=0)
+        )
+
+
+@pytest.mark.parametrize(
+    "dtype, weight_dtypes",
+    [("bfloat16", {"bfloat16"}), ("int8", {"int8", "float32"})],
+)
+def test_lower_precision_teacher_round_trips(tmp_path, dtype, weight_dtypes):
+    x, y, _ = helpers.classification_data()
+    model = _sft(teacher_dtype=dtype)
     model.compile(optimizer="adam")
     model.fit(x, y, epochs=1, verbose=0)
     loaded = helpers.keras_round_trip(model, tmp_path, "sft.keras")
-    assert loaded.teacher_dtype == "bfloat16"
-    assert {w.dtype for w in loaded.teacher.weights} == {"bfloat16"}
+    assert loaded.teacher_dtype == dtype
+    assert {w.dtype for w in loaded.teacher.weights} == weight_dtypes
     for a, b in zip(
         loaded.teacher.get_weights(), model.teacher.get_weights(), strict=True
     ):
@@ -405,9 +479,10 @@ def test_keras_round_trip(tmp_path):
         ),
         ({"temperature": -2.0}, r"Received: temperature=-2.0"),
         (
-            {"teacher_dtype": "int8"},
+            {"teacher_dtype": "int4"},
             r"Invalid value for argument `teacher_dtype`. Expected one of "
-            r"\('bfloat16', 'float16'\). Received: teacher_dtype='int8'",
+            r"\('bfloat16', 'float16', 'int8'\). "
+            r"Received: teacher_dtype='int4'",
         ),
     ],
 )

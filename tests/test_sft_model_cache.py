@@ -85,9 +85,10 @@ def test_cached_fit_equals_live(kwargs, monkeypatch):
         assert "val_distill_loss" in cached[1]
 
 
-def test_cached_fit_equals_live_with_a_bfloat16_teacher():
-    cached = _fit(_model(cache_teacher=True, teacher_dtype="bfloat16"))
-    live = _fit(_model(cache_teacher=False, teacher_dtype="bfloat16"))
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_cached_fit_equals_live_with_a_lower_precision_teacher(dtype):
+    cached = _fit(_model(cache_teacher=True, teacher_dtype=dtype))
+    live = _fit(_model(cache_teacher=False, teacher_dtype=dtype))
     _assert_same(cached, live)
 
 
@@ -267,3 +268,18 @@ def test_no_predict_pass_where_the_step_shares_a_frozen_prefix(
     model.fit(x, y, batch_size=8, epochs=2, verbose=0)
     assert (model._teacher_outputs.shared_prefix() is not None) == frozen
     assert len(calls) == (0 if frozen else 1)
+
+
+@pytest.mark.slow
+def test_cached_fit_equals_live_mirrored_with_an_int8_teacher():
+    mirrored = helpers.two_cpu_strategy
+    cached_model = _model(True, mirrored(), teacher_dtype="int8")
+    # Keras's quantization made the teacher's int8 weights in the
+    # strategy's scope, one copy per replica.
+    kernel = cached_model.teacher.layers[-1]._kernel
+    assert kernel.dtype == "int8"
+    assert isinstance(kernel.value, tf.distribute.DistributedValues)
+    _assert_same(
+        _fit(cached_model),
+        _fit(_model(False, mirrored(), teacher_dtype="int8")),
+    )

@@ -411,3 +411,109 @@ def test_cast_teacher_leaves_shared_weights_in_place():
     assert owned and {w.dtype for w in owned} == {"bfloat16"}
     x, _, _ = helpers.classification_data()
     assert keras.backend.standardize_dtype(teacher(x).dtype) == "bfloat16"
+
+
+def _grid_mlp():
+    """`mlp()` with weights in {-0.5, 0, 0.5}: Keras's int8 quantization
+    of them is exact, and so is the first layer on inputs in {-1, 0, 1}."""
+    model = helpers.mlp()
+    model.set_weights(
+        [np.round(np.clip(w, -0.5, 0.5) * 2) / 2 for w in model.get_weights()]
+    )
+    return model
+
+
+def _numpy_int8_dense(inputs, kernel, kernel_scale, bias):
+    """Keras 3's int8 `Dense` in float32 NumPy: the inputs quantized per
+    row by their largest magnitude, an integer product, then de-scaled."""
+    inputs = inputs.astype("float32")
+    scale = np.float32(127) / (
+        np.abs(inputs).max(axis=-1, keepdims=True) + np.float32(1e-7)
+    )
+    quantized = np.clip(np.round(inputs * scale), -127, 127)
+    product = (quantized.astype("int64") @ kernel.astype("int64")).astype(
+        "float32"
+    )
+    return product / (kernel_scale * scale) + bias
+
+
+def test_cast_teacher_int8_runs_keras_int8_layers_on_a_quarter_of_the_bytes():
+    teacher = clone_teacher(_grid_mlp())
+    float_weights = teacher.get_weights()
+    float_bytes = sum(w.nbytes for w in float_weights)
+    x = np.random.default_rng(0).integers(-1, 2, size=(32, 6)).astype("float32")
+    cast_teacher(teacher, "int8")
+    dense = [layer for layer in teacher.layers if layer.weights]
+    for layer, kernel in zip(dense, float_weights[::2], strict=True):
+        assert layer.quantization_mode == "int8"
+        assert layer._kernel.dtype == "int8"
+        # Per output channel: the largest magnitude maps to 127.
+        np.testing.assert_allclose(
+            layer._kernel.numpy() / layer.kernel_scale.numpy(),
+            kernel,
+            atol=np.abs(kernel).max() / 127,
+        )
+    # A byte per kernel entry, a float32 scale per output: under a third
+    # of the float32 teacher's bytes on this small model.
+    int8_bytes = sum(w.numpy().nbytes for w in teacher.weights)
+    assert int8_bytes == float_bytes - 3 * (6 * 8 + 8 * 3) + 4 * (8 + 3)
+    hidden = np.maximum(
+        _numpy_int8_dense(x, *_int8_parts(dense[0])), np.float32(0)
+    )
+    expected = _numpy_int8_dense(hidden, *_int8_parts(dense[1]))
+    outputs = np.asarray(teacher(x))
+    np.testing.assert_allclose(outputs, expected, rtol=1e-6, atol=1e-6)
+    # The quantized hidden layer moves the outputs, within its rounding.
+    float_outputs = helpers.numpy_mlp_logits(float_weights, x)
+    error = np.abs(outputs - float_outputs).max()
+    assert 0 < error < 0.02 * np.abs(float_outputs).max()
+
+
+def _int8_parts(layer):
+    return (
+        layer._kernel.numpy(),
+        layer.kernel_scale.numpy(),
+        layer.bias.numpy(),
+    )
+
+
+def test_cast_teacher_int8_quantizes_only_what_it_owns_and_keras_can():
+    inputs = keras.Input((6, 6, 1))
+    hidden = keras.layers.Conv2D(2, 3, activation="relu")(inputs)
+    hidden = keras.layers.Flatten()(hidden)
+    hidden = keras.layers.Dense(8, activation="relu")(hidden)
+    outputs = keras.layers.Dense(3)(hidden)
+    student = keras.Model(inputs, outputs)
+    student.layers[3].trainable = False
+    teacher = _shared_teacher.shared_teacher(student)
+    shared = teacher.layers[3].kernel
+    assert shared is student.layers[3].kernel
+    # No warning (pytest makes them errors) for the layers Keras cannot
+    # quantize, as `keras.Model.quantize` gives.
+    cast_teacher(teacher, "int8", shared_weights=student.weights)
+    conv, _, frozen, head = teacher.layers[1:]
+    assert conv.quantization_mode is None
+    assert {w.dtype for w in conv.weights} == {"float32"}
+    assert frozen.quantization_mode is None and frozen.kernel is shared
+    assert head.quantization_mode == "int8"
+    assert head._kernel.dtype == "int8"
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 1)).astype("float32")
+    assert keras.backend.standardize_dtype(teacher(x).dtype) == "float32"
+
+
+def test_cast_teacher_int8_refuses_float16_layers_and_changes_nothing():
+    teacher = clone_teacher(helpers.mlp())
+    teacher.layers[2].dtype_policy = keras.DTypePolicy("mixed_float16")
+    before = [(w.dtype, w.numpy()) for w in teacher.weights]
+    with pytest.raises(
+        ValueError,
+        match=r"Invalid value for argument `teacher_dtype`. Expected a "
+        r"teacher whose layers to quantize do not compute in float16 "
+        r"\(Keras's int8 quantization refuses it\). Received: "
+        r"teacher_dtype='int8' with layer 'dense_\d+' computing in float16",
+    ):
+        cast_teacher(teacher, "int8")
+    assert all(layer.quantization_mode is None for layer in teacher.layers)
+    for (dtype, value), weight in zip(before, teacher.weights, strict=True):
+        assert weight.dtype == dtype
+        np.testing.assert_array_equal(weight.numpy(), value)
