@@ -467,6 +467,14 @@ def set_checkpoint_stand_in(layer, variable, stand_in):
             children.stand_ins.setdefault(name, stand_in)
 
 
+def drop_checkpoint_stand_ins(layer):
+    """Makes `tf.train.Checkpoint` find `layer`'s own dependencies again
+    where `set_checkpoint_stand_in` gave it stand-ins: for a layer that
+    shares no variable any more and whose variables changed places."""
+    if isinstance(vars(layer).get("_trackable_children"), _CheckpointChildren):
+        del vars(layer)["_trackable_children"]
+
+
 class _CheckpointChildren:
     """A layer's own `_trackable_children`: Keras's, with stand-ins."""
 

@@ -393,6 +393,10 @@ def _quantize_int8(teacher, shared):
             # A subclass of a layer Keras quantizes, whose `call` Keras
             # cannot know: it keeps its precision, as in `Model.quantize`.
             continue
+        # A layer that shared a weight once (unfrozen since) has a stand-in
+        # at its kernel's former place in checkpoints: the int8 kernel and
+        # its scale are checkpointed as the layer's own.
+        _keras_compat.drop_checkpoint_stand_ins(layer)
 
 
 def _is_float(dtype):

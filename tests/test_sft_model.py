@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_sft
 from tests import helpers
@@ -397,6 +398,13 @@ def test_int8_teacher_quantizes_what_the_student_unfreezes(tmp_path):
         np.testing.assert_array_equal(
             other.predict(x, verbose=0), model.predict(x, verbose=0)
         )
+    # A checkpoint holds the int8 kernel where the shared one was.
+    checkpoint = tf.train.Checkpoint(model=model)
+    saved = checkpoint.save(str(tmp_path / "ckpt"))
+    for weight in model.teacher.weights:
+        weight.assign(keras.ops.zeros_like(weight))
+    checkpoint.restore(saved).assert_existing_objects_matched()
+    np.testing.assert_array_equal(np.asarray(model.teacher(x)), outputs)
 
 
 @pytest.mark.parametrize(
