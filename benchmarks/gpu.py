@@ -11,6 +11,9 @@ accelerator's user chooses between:
 4. `distiller`: `keras.distillation.Distiller` weighted as SFT's objective;
 5. `sft_bfloat16`: `sft_live` with the teacher in bfloat16
    (`teacher_dtype`);
+6. with `--variants` only, `sft_int8`: `sft_live` with the teacher's
+   `Dense` layers quantized to int8 (not under `mixed_float16`, which
+   Keras's int8 refuses);
 
 each with `jit_compile` false and true and with `steps_per_execution` 1
 and 32, on the MLP 784-256-10 (batch 1024) and on `variants.resnet`, a
@@ -55,6 +58,8 @@ from benchmarks import report  # noqa: E402
 from benchmarks import variants  # noqa: E402
 
 VARIANTS = ("plain", "sft_live", "sft_cached", "distiller", "sft_bfloat16")
+# Timed where `--variants` names them.
+OPTIONAL_VARIANTS = ("sft_int8",)
 MODELS = ("mlp", "resnet")
 BATCH_SIZES = {"mlp": 1024, "resnet": 256}
 # Weights of the models' shares of `--budget_s`: the residual CNN's XLA
@@ -153,8 +158,21 @@ flags.register_validator(
 )
 flags.register_validator(
     "variants",
-    lambda values: set(values) <= set(VARIANTS),
-    f"Invalid value for flag `variants`. Expected a list of {VARIANTS}.",
+    lambda values: set(values) <= set(VARIANTS + OPTIONAL_VARIANTS),
+    "Invalid value for flag `variants`. Expected a list of "
+    f"{VARIANTS + OPTIONAL_VARIANTS}.",
+)
+flags.register_multi_flags_validator(
+    ["variants", "mixed_precision"],
+    lambda values: (
+        not (
+            "sft_int8" in values["variants"]
+            and values["mixed_precision"] == "mixed_float16"
+        )
+    ),
+    "Invalid value for flag `variants`. Expected no `sft_int8` under "
+    "`--mixed_precision=mixed_float16` (Keras's int8 quantization refuses "
+    "float16 layers).",
 )
 
 

@@ -128,3 +128,38 @@ def test_smoke_run_prints_and_writes_every_row(tmp_path):
     assert raw["device"] == "CPU"
     assert len(raw["rows"]) == len(expected)
     assert all(r["timed_epochs"] == 1 for r in raw["rows"])
+
+
+def test_int8_teacher_is_refused_under_mixed_float16():
+    result = helpers.run_binary(
+        "benchmarks.gpu",
+        "--variants=sft_int8",
+        "--mixed_precision=mixed_float16",
+    )
+    assert result.returncode != 0
+    assert (
+        "Invalid value for flag `variants`. Expected no `sft_int8` under "
+        "`--mixed_precision=mixed_float16` (Keras's int8 quantization "
+        "refuses float16 layers)." in result.stderr
+    )
+
+
+@pytest.mark.slow
+def test_smoke_run_times_an_int8_teacher_when_asked(tmp_path):
+    result = helpers.run_binary(
+        "benchmarks.gpu",
+        "--smoke",
+        "--models=mlp",
+        "--variants=plain,sft_int8",
+        "--jit_compile=false,true",
+        "--steps_per_execution=1",
+        f"--output_dir={tmp_path}",
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line[:1] == "|"]
+    assert [row.split("|")[1:4] for row in rows[2:]] == [
+        [" mlp ", f" {variant} ", f" {jit} "]
+        for jit in ("False", "True")
+        for variant in ("plain", "sft_int8")
+    ]
