@@ -62,6 +62,8 @@ from benchmarks import report  # noqa: E402
 from benchmarks import variants  # noqa: E402
 
 MODELS = ("mlp", "cnn")
+PRECISIONS = ("float32", "bfloat16", "float16", "int8")
+# `sft_live` with each teacher precision but float32 last.
 STEP_VARIANTS = (
     "plain",
     "distiller",
@@ -69,15 +71,12 @@ STEP_VARIANTS = (
     "sft_unguarded",
     "sft_keras_adam",
     "sft_cached",
-    "sft_bfloat16",
-    "sft_float16",
-    "sft_int8",
+    *(f"sft_{precision}" for precision in PRECISIONS[1:]),
 )
 FIT_VARIANTS = ("plain", "distiller", "sft_live", "sft_cached")
 SHORT_VARIANTS = (*FIT_VARIANTS, "sft_unguarded")
 # Steps of an epoch of the short fits, which two epochs make.
 SHORT_STEPS = 2
-PRECISIONS = ("float32", "bfloat16", "float16", "int8")
 BATCH_SIZE = 128
 # Steps of a timed epoch, and examples of the whole fits (as
 # `throughput.py` and `whole_fit.py`).

@@ -190,7 +190,7 @@ def compiled(student, variant, *, cache_teacher=None, **compile_kwargs):
             {} if cache_teacher is None else {"cache_teacher": cache_teacher}
         )
         precision = variant.removeprefix("sft_")
-        if precision in ("bfloat16", "float16", "int8"):
+        if precision in keras_sft.teacher.TEACHER_DTYPES:
             options["teacher_dtype"] = precision
         # "mse", the Distiller's distance, whatever SFTModel's default.
         model = keras_sft.SFTModel(

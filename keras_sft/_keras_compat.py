@@ -436,7 +436,7 @@ def replace_weight(layer, old, new):
     # The tracker finds a variable it stored by id: where it kept `old`'s,
     # it must find `new`'s, so that Keras can untrack `new` (as `quantize`
     # does with the kernel it replaces) and never mistakes a later object
-    # that reuses `old`'s id for one it holds.
+    # that reuses `old`'s id for one it holds. Checked on Keras 3.15.1.
     for ids in layer._tracker.stored_ids.values():
         if id(old) in ids:
             ids.discard(id(old))
